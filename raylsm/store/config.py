@@ -1,0 +1,109 @@
+"""Configuration of one shard store: a frozen dataclass whose fields say how a change applies.
+
+Owned here: every knob of the storage engine, its default, unit, allowed range and trade-off.
+Called by the shard store (at open and by `apply_tuning`), and later by the actor and controller
+layers that nest it in the top-level config. Immutable, so thread-safe.
+
+Each field's metadata has `applies`: "live" (the next call sees it), "next_segment" (the next
+segment that is created), or "reopen" (only when the store is opened again).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from raylsm.errors import ConfigError
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+LIVE, NEXT_SEGMENT, REOPEN = "live", "next_segment", "reopen"
+DURABILITY_MODES = ("process", "machine")
+
+
+def _knob(default: Any, applies: str, doc: str):
+    return field(default=default, metadata={"applies": applies, "doc": doc})
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    # Disk budget of the segment files. Eviction frees whole oldest segments before a new one would
+    # exceed it; disk use never exceeds it plus one segment. Must hold at least 2 segments.
+    capacity_bytes: int = _knob(64 * GiB, LIVE, "bytes of segment files kept on disk")
+    # Size of one segment file. Larger: fewer files, coarser eviction. Smaller: finer FIFO, more files.
+    segment_bytes: int = _knob(256 * MiB, NEXT_SEGMENT, "bytes per segment file")
+    # Reserve each new segment's blocks up front (posix_fallocate): a full disk is found when a
+    # segment is created, never halfway through a write.
+    preallocate_segments: bool = _knob(True, NEXT_SEGMENT, "fallocate segments when created")
+    # Bypass the kernel page cache (O_DIRECT where buffers are aligned, else read + FADV_DONTNEED).
+    # The host-memory tier above is the cache; a second copy in the page cache only evicts it.
+    direct_io: bool = _knob(True, LIVE, "O_DIRECT reads and writes where buffers allow")
+    # "process": a put that returned True survives kill -9 of this process (bytes written, pointer
+    # in the RocksDB WAL, neither fsynced). "machine": also survives power loss (fdatasync of the
+    # segment, then a synced WAL write) at the cost of one fsync per batch.
+    durability: str = _knob("process", LIVE, "'process' or 'machine'")
+    # Which pages a put stores: "admit_all", or "second_touch" (store a page the second time it is
+    # offered within the ghost window: drops one-hit wonders, costs one recompute per kept page).
+    admission_policy: str = _knob("admit_all", LIVE, "admission policy name")
+    admission_ghost_entries: int = _knob(1 << 20, LIVE, "keys remembered by second_touch")
+    # Which pages of an evicted segment are re-appended: "read_since_written" or "none".
+    reinsertion_policy: str = _knob("read_since_written", LIVE, "reinsertion policy name")
+    # At most this fraction of a segment is re-appended when it is evicted (write amplification cap).
+    reinsertion_budget_fraction: float = _knob(0.25, LIVE, "fraction of a segment re-appended at eviction")
+    # Neighbouring reads closer than this are merged into one preadv (the gap is read and dropped).
+    merge_gap_bytes: int = _knob(64 * KiB, LIVE, "largest gap a merged read skips")
+    # RocksDB block cache for index and filter blocks of the pointer index.
+    block_cache_bytes: int = _knob(64 * MiB, REOPEN, "RocksDB block cache bytes")
+    # RocksDB memtable size (pointers are 25 bytes; 64 MiB holds ~1M pointers).
+    write_buffer_bytes: int = _knob(64 * MiB, LIVE, "RocksDB write_buffer_size")
+
+    def validate(self) -> "StoreConfig":
+        """Return self, or raise ConfigError naming the first field out of range."""
+        _require(self, "segment_bytes", 1 * MiB <= self.segment_bytes <= 16 * GiB and self.segment_bytes % 4096 == 0,
+                 "a multiple of 4096 in [1 MiB, 16 GiB]")
+        _require(self, "capacity_bytes", self.capacity_bytes >= 2 * self.segment_bytes,
+                 f">= 2 * segment_bytes ({2 * self.segment_bytes})")
+        _require(self, "durability", self.durability in DURABILITY_MODES, f"one of {DURABILITY_MODES}")
+        from raylsm.store.admission import ADMISSION_POLICIES
+        from raylsm.store.reinsertion import REINSERTION_POLICIES
+        _require(self, "admission_policy", self.admission_policy in ADMISSION_POLICIES,
+                 f"one of {sorted(ADMISSION_POLICIES)}")
+        _require(self, "admission_ghost_entries", 1 <= self.admission_ghost_entries <= 1 << 26, "in [1, 2**26]")
+        _require(self, "reinsertion_policy", self.reinsertion_policy in REINSERTION_POLICIES,
+                 f"one of {sorted(REINSERTION_POLICIES)}")
+        _require(self, "reinsertion_budget_fraction", 0.0 <= self.reinsertion_budget_fraction <= 0.5, "in [0, 0.5]")
+        _require(self, "merge_gap_bytes", 0 <= self.merge_gap_bytes <= 16 * MiB, "in [0, 16 MiB]")
+        _require(self, "block_cache_bytes", 1 * MiB <= self.block_cache_bytes <= 64 * GiB, "in [1 MiB, 64 GiB]")
+        _require(self, "write_buffer_bytes", 1 * MiB <= self.write_buffer_bytes <= 4 * GiB, "in [1 MiB, 4 GiB]")
+        return self
+
+    def with_changes(self, changes: Mapping[str, Any], allow_reopen_fields: bool = False) -> "StoreConfig":
+        """A validated copy with `changes` applied; ConfigError for an unknown field, a wrong type,
+        or (unless allowed) a field that applies only on reopen."""
+        known = {f.name: f for f in dataclasses.fields(self)}
+        for name, value in changes.items():
+            if name not in known:
+                raise ConfigError(f"unknown store config field {name!r}; known: {sorted(known)}")
+            expected = type(getattr(self, name))
+            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                if not (expected is float and isinstance(value, int) and not isinstance(value, bool)):
+                    raise ConfigError(f"store config field {name!r} must be {expected.__name__}, got {value!r}")
+            if not allow_reopen_fields and applies(name) == REOPEN:
+                raise ConfigError(f"store config field {name!r} applies only on reopen")
+        return dataclasses.replace(self, **changes).validate()
+
+
+def applies(field_name: str) -> str:
+    """How a change of `field_name` takes effect: "live", "next_segment" or "reopen"."""
+    for f in dataclasses.fields(StoreConfig):
+        if f.name == field_name:
+            return f.metadata["applies"]
+    raise ConfigError(f"unknown store config field {field_name!r}")
+
+
+def _require(config: StoreConfig, name: str, ok: bool, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"store config field {name!r} = {getattr(config, name)!r} is out of range: must be {allowed}")

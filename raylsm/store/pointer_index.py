@@ -1,0 +1,117 @@
+"""The pointer index: RocksDB (rocksdict, raw mode) mapping page keys to segment pointers.
+
+Owns the RocksDB handle of one shard, its options and its meta keys. Called by the shard store and
+recovery. Thread-safe (the RocksDB handle is); iterators are created per call and never shared.
+Multi-get and WriteBatch are the only data-path calls: multi-get releases the GIL, and a WriteBatch
+of small pointers holds it only briefly.
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+from rocksdict import (BlockBasedOptions, Cache, Options, Rdict, ReadOptions, WriteBatch,
+                       WriteOptions)
+
+from raylsm.errors import StoreLockedError
+from raylsm.store import format as fmt
+from raylsm.store.page_key import END_OF_PAGE_KEYS, FIRST_PAGE_KEY
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    block_cache_bytes: int
+    write_buffer_bytes: int
+    sync_writes: bool  # fsync the WAL on every commit (survives power loss, not only kill -9)
+
+
+class PointerIndex:
+    def __init__(self, path: str, options: IndexOptions):
+        rocks_options = Options(raw_mode=True)
+        rocks_options.create_if_missing(True)
+        rocks_options.set_write_buffer_size(options.write_buffer_bytes)
+        rocks_options.set_max_background_jobs(2)
+        table = BlockBasedOptions()
+        table.set_block_cache(Cache(options.block_cache_bytes))
+        table.set_bloom_filter(10, False)
+        table.set_cache_index_and_filter_blocks(True)
+        rocks_options.set_block_based_table_factory(table)
+        try:
+            self._db = Rdict(path, rocks_options)
+        except Exception as error:  # rocksdict raises a bare Exception for the LOCK file
+            if "lock" in str(error).lower():
+                raise StoreLockedError(f"store index {path} is open elsewhere: {error}") from error
+            raise
+        self._write_options = WriteOptions()
+        self._write_options.sync = options.sync_writes
+
+    def set_sync_writes(self, sync: bool) -> None:
+        write_options = WriteOptions()
+        write_options.sync = sync
+        self._write_options = write_options
+
+    def set_rocksdb_options(self, options: dict[str, str]) -> None:
+        """Live RocksDB column-family options (e.g. write_buffer_size); see notes on set_options."""
+        self._db.set_options(options)
+
+    # ---- data path ----------------------------------------------------------------------------
+
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        """One batched MultiGet (GIL released); None for absent keys."""
+        if not keys:
+            return []
+        return self._db.get(list(keys))
+
+    def new_batch(self) -> WriteBatch:
+        return WriteBatch(raw_mode=True)
+
+    def commit(self, batch: WriteBatch) -> None:
+        if len(batch):
+            self._db.write(batch, self._write_options)
+
+    def scan_from(self, start_key: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Yield (key, value) in key order from `start_key` on (one seek, then next)."""
+        iterator = self._db.iter(ReadOptions())
+        iterator.seek(start_key)
+        while iterator.valid():
+            yield iterator.key(), iterator.value()
+            iterator.next()
+
+    def scan_pages(self) -> Iterator[tuple[bytes, bytes]]:
+        for key, value in self.scan_from(FIRST_PAGE_KEY):
+            if key >= END_OF_PAGE_KEYS:
+                return
+            yield key, value
+
+    def delete_all_pages(self) -> None:
+        self._db.delete_range(FIRST_PAGE_KEY, END_OF_PAGE_KEYS)
+
+    # ---- meta ---------------------------------------------------------------------------------
+
+    def get_meta(self, key: bytes) -> bytes | None:
+        return self._db.get(key)
+
+    def put_meta(self, key: bytes, value: bytes) -> None:
+        self._db.put(key, value, self._write_options)
+
+    def delete_meta(self, key: bytes) -> None:
+        self._db.delete(key, self._write_options)
+
+    def estimated_keys(self) -> int:
+        return self._db.property_int_value("rocksdb.estimate-num-keys") or 0
+
+    def flush(self) -> None:
+        self._db.flush()
+
+    def close(self) -> None:
+        self._db.flush_wal(True)
+        self._db.close()
+        self._db = None
+        gc.collect()  # drop iterator handles so the LOCK is released for an in-process reopen
+
+
+def read_format_version(index: PointerIndex) -> int | None:
+    raw = index.get_meta(fmt.META_FORMAT_VERSION)
+    return None if raw is None else fmt.decode_u32(raw)

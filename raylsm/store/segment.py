@@ -1,0 +1,230 @@
+"""One segment file: append batch records, read values into caller buffers, seal, walk.
+
+Owns the file descriptors of one segment and the vectored I/O on them. Called by the shard store
+(appends under its write lock; reads from any thread) and by recovery. Reads never take a lock:
+`preadv` is positional and releases the GIL. A segment retired by eviction stays readable by the
+readers that pinned it (the file is unlinked, the descriptors close when the last pin drops).
+
+Two descriptors per file: a buffered one, and an O_DIRECT one used when every buffer of an I/O is
+aligned (see io_buffers.direct_io_capable). Linux keeps the two coherent for the same file.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from typing import Iterator, Sequence
+
+from raylsm.errors import CorruptionError
+from raylsm.store import format as fmt
+from raylsm.store.io_buffers import aligned_empty, direct_io_capable
+
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
+
+
+def _advance(views: list[memoryview], done: int) -> list[memoryview]:
+    """Drop the first `done` bytes of a list of views (after a short vectored I/O)."""
+    rest = []
+    for view in views:
+        if done >= view.nbytes:
+            done -= view.nbytes
+            continue
+        rest.append(view[done:] if done else view)
+        done = 0
+    return rest
+
+
+def full_pwritev(fd: int, views: list[memoryview], offset: int) -> None:
+    total = sum(view.nbytes for view in views)
+    written = 0
+    while written < total:
+        n = os.pwritev(fd, views, offset + written)
+        if n <= 0:
+            raise OSError(errno.EIO, "pwritev wrote nothing")
+        written += n
+        if written < total:
+            views = _advance(views, n)
+
+
+def full_preadv(fd: int, views: list[memoryview], offset: int) -> None:
+    """Fill every view from `offset` on; CorruptionError if the file ends first."""
+    total = sum(view.nbytes for view in views)
+    done = 0
+    while done < total:
+        # NOTE: os.preadv takes at most IOV_MAX (1024) buffers; callers merge runs far below that.
+        n = os.preadv(fd, views, offset + done)
+        if n == 0:
+            raise CorruptionError(f"short read at offset {offset + done}: file ends")
+        done += n
+        if done < total:
+            views = _advance(views, n)
+
+
+class Segment:
+    """An append-only segment file. Not thread-safe for appends; reads are."""
+
+    def __init__(self, path: str, segment_id: int, fd: int, direct_fd: int, write_offset: int,
+                 capacity_bytes: int, sealed: bool):
+        self.path = path
+        self.segment_id = segment_id
+        self._fd = fd
+        self._direct_fd = direct_fd  # -1 when O_DIRECT is unavailable
+        self.write_offset = write_offset
+        self.capacity_bytes = capacity_bytes
+        self.sealed = sealed
+        self._pins = 0
+        self._retired = False
+        self._lock = threading.Lock()
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, directory: str, segment_id: int, capacity_bytes: int, preallocate: bool) -> "Segment":
+        """Create a new segment file. Raises OSError (ENOSPC when preallocation finds no room)."""
+        path = os.path.join(directory, fmt.segment_file_name(segment_id))
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            if preallocate:
+                os.posix_fallocate(fd, 0, capacity_bytes)
+            direct_fd = _open_direct(path)
+        except BaseException:
+            os.close(fd)
+            os.unlink(path)
+            raise
+        return cls(path, segment_id, fd, direct_fd, 0, capacity_bytes, sealed=False)
+
+    @classmethod
+    def open_sealed(cls, directory: str, segment_id: int) -> "Segment":
+        """Open an existing segment read-only for serving; its size is its file size."""
+        path = os.path.join(directory, fmt.segment_file_name(segment_id))
+        fd = os.open(path, os.O_RDWR)
+        size = os.fstat(fd).st_size
+        return cls(path, segment_id, fd, _open_direct(path), size, size, sealed=True)
+
+    def seal(self) -> None:
+        """No more appends: cut the preallocated tail so the file holds only written records."""
+        if not self.sealed:
+            os.ftruncate(self._fd, self.write_offset)
+            self.capacity_bytes = self.write_offset
+            self.sealed = True
+
+    def truncate(self, size: int) -> None:
+        """Cut a torn or unwritten tail (recovery)."""
+        os.ftruncate(self._fd, size)
+        self.write_offset = self.capacity_bytes = size
+
+    def sync(self) -> None:
+        os.fdatasync(self._fd)
+
+    @property
+    def file_bytes(self) -> int:
+        """Bytes this segment holds on disk (its preallocation while it is active)."""
+        return self.capacity_bytes
+
+    def pin(self) -> bool:
+        """Keep the descriptors open for a read; False if the segment was already retired."""
+        with self._lock:
+            if self._retired:
+                return False
+            self._pins += 1
+            return True
+
+    def unpin(self) -> None:
+        with self._lock:
+            self._pins -= 1
+            close_now = self._retired and self._pins == 0
+        if close_now:
+            self._close_fds()
+
+    def retire(self, unlink: bool = True) -> None:
+        """Remove the file; descriptors close once no reader pins them."""
+        if unlink:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+        with self._lock:
+            self._retired = True
+            close_now = self._pins == 0
+        if close_now:
+            self._close_fds()
+
+    def close(self) -> None:
+        self.retire(unlink=False)
+
+    def _close_fds(self) -> None:
+        for fd in (self._fd, self._direct_fd):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._fd = self._direct_fd = -1
+
+    # ---- I/O ----------------------------------------------------------------------------------
+
+    def remaining_bytes(self) -> int:
+        return self.capacity_bytes - self.write_offset
+
+    def append(self, views: list[memoryview], nbytes: int, use_direct_io: bool) -> int:
+        """Write one record (already laid out, `nbytes` long) at the write offset; return its offset.
+
+        On any OSError (ENOSPC, EIO) the write offset does not move, so the next append overwrites
+        whatever part was written; nothing points at it.
+        """
+        offset = self.write_offset
+        if nbytes > self.remaining_bytes():
+            raise ValueError("record does not fit in the segment")
+        fd = self._direct_fd if (use_direct_io and self._direct_fd >= 0 and direct_io_capable(views)) else self._fd
+        full_pwritev(fd, views, offset)
+        self.write_offset = offset + nbytes
+        return offset
+
+    def read_into(self, offset: int, views: list[memoryview], use_direct_io: bool) -> None:
+        """Fill `views` with the bytes starting at `offset` (one vectored read)."""
+        if use_direct_io and self._direct_fd >= 0 and direct_io_capable(views):
+            full_preadv(self._direct_fd, views, offset)
+            return
+        full_preadv(self._fd, views, offset)
+        if use_direct_io:
+            # Buffers that O_DIRECT cannot take still must not pile up in the page cache.
+            os.posix_fadvise(self._fd, offset, sum(v.nbytes for v in views), os.POSIX_FADV_DONTNEED)
+
+    def walk(self) -> Iterator[tuple[int, list[fmt.BatchEntry]]]:
+        """Yield (record offset, entries) for each intact record from the start; stop at the first
+        block that is not an intact record (the end of the written part)."""
+        offset = 0
+        size = os.fstat(self._fd).st_size
+        while offset + fmt.BLOCK_BYTES <= size:
+            block = os.pread(self._fd, fmt.BLOCK_BYTES, offset)
+            prefix = fmt.decode_batch_prefix(block)
+            if prefix is None or offset + prefix.batch_bytes > size:
+                return
+            header = block if prefix.header_bytes <= len(block) else os.pread(self._fd, prefix.header_bytes, offset)
+            entries = fmt.decode_batch_entries(header)
+            if entries is None:
+                return
+            yield offset, entries
+            offset += prefix.batch_bytes
+
+    def written_end(self) -> int:
+        """Offset just past the last intact record."""
+        end = 0
+        for offset, entries in self.walk():
+            end = offset + fmt.plan_batch([e.length for e in entries]).batch_bytes
+        return end
+
+
+def _open_direct(path: str) -> int:
+    if not _O_DIRECT:
+        return -1
+    try:
+        return os.open(path, os.O_RDWR | _O_DIRECT)
+    except OSError:  # e.g. tmpfs refuses O_DIRECT
+        return -1
+
+
+def scratch_buffer(nbytes: int):
+    """An aligned scratch buffer for bytes a merged read must skip over."""
+    return aligned_empty(fmt.align_up(max(nbytes, 1)))

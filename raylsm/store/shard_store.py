@@ -1,0 +1,561 @@
+"""ShardStore: one shard's KV-page store over one directory.
+
+Owns the pointer index (RocksDB) and the segment files of one directory, and the write, read,
+probe, eviction and reinsertion paths over them. Called by the shard actor (later issues), the
+benchmarks and tests. Imports no Ray, SGLang or torch.
+
+Thread-safety: every public method may be called from any thread. Writes (put, delete, clear,
+eviction, tuning) are serialized by one write lock; reads and probes take no lock (positional
+vectored reads, GIL released) and pin the segments they read so eviction cannot close them midway.
+
+Outcomes, per page: a hit is True (and the caller's buffer holds the verified bytes); a miss is
+False, whatever its cause (absent, freed, corrupt, unreadable, bad output buffer), and is counted by
+cause in `stats()`. Exceptions are for bad input (ValueError and subclasses, before anything is
+written) and for a closed store (StoreClosedError).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from raylsm.errors import FormatVersionError, StoreClosedError, ValueTooLargeError
+from raylsm.store import format as fmt
+from raylsm.store.admission import make_admission_policy
+from raylsm.store.config import StoreConfig
+from raylsm.store.io_buffers import aligned_empty, byte_view
+from raylsm.store.page_key import extent_prefix, validate_keys
+from raylsm.store.pointer_index import IndexOptions, PointerIndex, read_format_version
+from raylsm.store.read_plan import plan_reads
+from raylsm.store.recovery import recover
+from raylsm.store.reinsertion import make_reinsertion_policy
+from raylsm.store.segment import Segment
+from raylsm.store.stats import StoreStats
+
+
+class ShardStore:
+    """Use `ShardStore.open(path, config)`; see the module docstring for the contract."""
+
+    def __init__(self, root: str, config: StoreConfig, index: PointerIndex):
+        self.root = root
+        self._config = config
+        self._index = index
+        self._segments_dir = os.path.join(root, fmt.SEGMENTS_DIR)
+        self._write_lock = threading.RLock()
+        self._closed = False
+        self._stats = StoreStats()
+        self._admission = make_admission_policy(config)
+        self._reinsertion = make_reinsertion_policy(config)
+        state = recover(self._segments_dir, index)
+        self._segments: dict[int, Segment] = state.segments
+        self._live_bytes: dict[int, int] = state.live_bytes
+        self._next_segment_id = state.next_segment_id
+        self._active: Segment | None = None
+        # Reads served per page since it was written, by segment then value offset (for reinsertion).
+        self._reads_since_written: dict[int, dict[int, int]] = {}
+        self._zero_pad = aligned_empty(fmt.BLOCK_BYTES)
+        self._zero_pad[:] = 0
+        self.recovery = state
+        self._stats.add(recovery_dropped_pointers=state.dropped_pointers)
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str, config: StoreConfig | None = None) -> "ShardStore":
+        """Open (or create) the store in directory `path`.
+
+        Raises ConfigError for an invalid config, StoreLockedError if the directory is open
+        elsewhere, FormatVersionError if it was written by an incompatible format version.
+        """
+        config = (config or StoreConfig()).validate()
+        os.makedirs(os.path.join(path, fmt.SEGMENTS_DIR), exist_ok=True)
+        index = PointerIndex(os.path.join(path, fmt.INDEX_DIR), IndexOptions(
+            block_cache_bytes=config.block_cache_bytes, write_buffer_bytes=config.write_buffer_bytes,
+            sync_writes=config.durability == "machine"))
+        try:
+            version = read_format_version(index)
+            if version is None:
+                index.put_meta(fmt.META_FORMAT_VERSION, fmt.encode_u32(fmt.FORMAT_VERSION))
+            elif version != fmt.FORMAT_VERSION:
+                raise FormatVersionError(
+                    f"{path} holds format version {version}; this raylsm reads version {fmt.FORMAT_VERSION}")
+            return cls(path, config, index)
+        except BaseException:
+            index.close()
+            raise
+
+    def close(self) -> None:
+        """Seal the active segment, mark a clean shutdown, release the directory. Idempotent."""
+        with self._write_lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._active is not None:
+                self._active.seal()
+                self._active = None
+            self._index.put_meta(fmt.META_CLEAN_SHUTDOWN, b"1")
+            self._index.close()
+            for segment in self._segments.values():
+                segment.close()
+            self._segments = {}
+
+    def __enter__(self) -> "ShardStore":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def config(self) -> StoreConfig:
+        return self._config
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosedError(f"store {self.root} is closed")
+
+    # ---- write path ---------------------------------------------------------------------------
+
+    def put_batch(self, keys: Sequence[bytes], values: Sequence[Any]) -> list[bool]:
+        """Store pages; True per page that is stored (now or already), False if it was not.
+
+        `values` are buffer-protocol objects (bytes, numpy arrays, memoryviews), written straight
+        from the caller's memory. A page already present is skipped and reported True. A page the
+        admission policy refuses, or that an I/O error (e.g. ENOSPC) kept off the disk, is False.
+        Raises ValueError naming the index of a bad key or value, ValueTooLargeError for a value
+        larger than a segment can hold; in both cases nothing is written.
+        """
+        started = time.perf_counter()
+        validate_keys(keys)
+        if len(values) != len(keys):
+            raise ValueError(f"{len(keys)} keys but {len(values)} values")
+        views = []
+        limit = self._config.segment_bytes - fmt.header_bytes_for(1)
+        for index, value in enumerate(values):
+            try:
+                view = byte_view(value)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"value {index} is not a contiguous buffer: {error}") from error
+            if view.nbytes > limit:
+                raise ValueTooLargeError(
+                    f"value {index} is {view.nbytes} bytes; the limit is {limit} bytes (segment_bytes - one header block)")
+            views.append(view)
+
+        results = [False] * len(keys)
+        with self._write_lock:
+            self._check_open()
+            current = self._index.get_many(keys)
+            todo_keys, todo_views, todo_slots = [], [], []
+            first_slot: dict[bytes, int] = {}
+            existing = rejected = 0
+            for slot, (key, raw) in enumerate(zip(keys, current)):
+                if raw is not None and self._points_to_live_segment(raw):
+                    results[slot] = True
+                    existing += 1
+                elif key in first_slot:
+                    continue  # a repeat inside this batch: resolved from the first occurrence below
+                elif self._admission.admit(key, views[slot].nbytes):
+                    first_slot[key] = slot
+                    todo_keys.append(key)
+                    todo_views.append(views[slot])
+                    todo_slots.append(slot)
+                else:
+                    rejected += 1
+            written = self._append_pages(todo_keys, todo_views)
+            for slot, ok in zip(todo_slots, written):
+                results[slot] = ok
+            for slot, key in enumerate(keys):
+                if not results[slot] and key in first_slot:
+                    results[slot] = results[first_slot[key]]
+        stored = sum(written)
+        self._stats.observe("put", (time.perf_counter() - started) * 1e3,
+                            puts_pages=stored, puts_bytes=sum(v.nbytes for v, ok in zip(todo_views, written) if ok),
+                            puts_existing=existing, puts_rejected=rejected, puts_failed=len(written) - stored)
+        return results
+
+    def _points_to_live_segment(self, raw: bytes) -> bool:
+        pointer = fmt.decode_pointer(raw)
+        return pointer is not None and pointer.segment_id in self._segments
+
+    def _append_pages(self, keys: list[bytes], views: list[memoryview],
+                      checksums: list[int] | None = None) -> list[bool]:
+        """Append pages as records into the active segment, rolling segments as needed, and commit
+        their pointers. Caller holds the write lock. An I/O error fails the pages not yet committed."""
+        results = [False] * len(keys)
+        if checksums is None:
+            checksums = [fmt.checksum(view) for view in views]
+        start = 0
+        while start < len(keys):
+            try:
+                segment = self._active if self._active is not None else self._roll()
+            except OSError:
+                return results  # no room for a new segment (ENOSPC): these pages are not stored
+            end = _fit(views, start, segment.remaining_bytes())
+            if end == start:
+                if segment.write_offset == 0:
+                    return results  # cannot happen for validated sizes; guard against a loop
+                self._seal_active()
+                continue
+            try:
+                self._write_record(segment, keys[start:end], views[start:end], checksums[start:end])
+            except OSError:
+                return results
+            results[start:end] = [True] * (end - start)
+            start = end
+        return results
+
+    def _write_record(self, segment: Segment, keys: Sequence[bytes], views: Sequence[memoryview],
+                      checksums: Sequence[int]) -> None:
+        """One record: one vectored append of header and values, then one WriteBatch of pointers.
+        The pointers are committed only after the bytes are written (and synced, if durability asks)."""
+        layout = fmt.plan_batch([view.nbytes for view in views])
+        entries = [fmt.BatchEntry(key, view.nbytes, offset, value_checksum)
+                   for key, view, offset, value_checksum in zip(keys, views, layout.value_offsets, checksums)]
+        iovecs: list[memoryview] = [memoryview(fmt.encode_batch_header(layout, entries))]
+        zero_pad = memoryview(self._zero_pad)
+        for view in views:
+            iovecs.append(view)
+            pad = fmt.align_up(view.nbytes) - view.nbytes
+            if pad:
+                iovecs.append(zero_pad[:pad])
+        record_offset = segment.append(iovecs, layout.batch_bytes, self._config.direct_io)
+        if self._config.durability == "machine":
+            segment.sync()
+        batch = self._index.new_batch()
+        for entry in entries:
+            pointer = fmt.Pointer(segment.segment_id, record_offset + entry.offset_in_batch, entry.length, entry.checksum)
+            batch.put(entry.key, fmt.encode_pointer(pointer))
+        self._index.commit(batch)
+        self._live_bytes[segment.segment_id] = self._live_bytes.get(segment.segment_id, 0) + sum(e.length for e in entries)
+
+    def _seal_active(self) -> None:
+        if self._active is not None:
+            self._active.seal()
+            self._active = None
+
+    def _roll(self) -> Segment:
+        """Seal the active segment, evict until a new one fits the budget, create it, and re-append
+        the pages eviction kept. Raises OSError if the new segment cannot be created."""
+        self._seal_active()
+        config = self._config
+        reinsert: list[tuple[bytes, np.ndarray, int]] = []
+        while self._disk_bytes() + config.segment_bytes > config.capacity_bytes and self._segments:
+            reinsert.extend(self._evict_oldest(budget_bytes=int(config.segment_bytes * config.reinsertion_budget_fraction)))
+        segment = Segment.create(self._segments_dir, self._next_segment_id, config.segment_bytes,
+                                 config.preallocate_segments)
+        self._next_segment_id += 1
+        self._segments[segment.segment_id] = segment
+        self._live_bytes[segment.segment_id] = 0
+        self._active = segment
+        if reinsert:
+            keys, buffers, checksums = zip(*reinsert)
+            views = [memoryview(buffer) for buffer in buffers]
+            if _fit(views, 0, segment.remaining_bytes()) == len(views):
+                self._write_record(segment, keys, views, checksums)
+                self._stats.add(reinserted_pages=len(keys), reinserted_bytes=sum(v.nbytes for v in views))
+        return segment
+
+    def _disk_bytes(self) -> int:
+        return sum(segment.file_bytes for segment in self._segments.values())
+
+    def _evict_oldest(self, budget_bytes: int) -> list[tuple[bytes, np.ndarray, int]]:
+        """Free the oldest segment. Pages that earned it (by the reinsertion policy, within
+        `budget_bytes`) are read into memory and returned for re-append; the rest lose their pointers.
+        The low watermark moves past the segment in the same WriteBatch, then the file is unlinked."""
+        segment_id = min(self._segments)
+        segment = self._segments[segment_id]
+        reads = self._reads_since_written.pop(segment_id, {})
+        entries = [(record_offset + entry.offset_in_batch, entry)
+                   for record_offset, entries in segment.walk() for entry in entries]
+        current = self._index.get_many([entry.key for _, entry in entries]) if entries else []
+        batch = self._index.new_batch()
+        kept: list[tuple[bytes, np.ndarray, int]] = []
+        evicted_pages = evicted_bytes = 0
+        for (offset, entry), raw in zip(entries, current):
+            pointer = fmt.decode_pointer(raw) if raw is not None else None
+            if pointer is None or pointer.segment_id != segment_id or pointer.offset != offset:
+                continue  # deleted, or already moved elsewhere
+            if (self._reinsertion.should_reinsert(entry.key, reads.get(offset, 0))
+                    and entry.length <= budget_bytes):
+                buffer = aligned_empty(entry.length)
+                try:
+                    segment.read_into(offset, [memoryview(buffer)], self._config.direct_io)
+                except OSError:
+                    buffer = None
+                if buffer is not None and fmt.checksum(buffer) == entry.checksum:
+                    kept.append((entry.key, buffer, entry.checksum))
+                    budget_bytes -= entry.length
+                    batch.delete(entry.key)  # re-put with its new location right after
+                    continue
+            batch.delete(entry.key)
+            evicted_pages += 1
+            evicted_bytes += entry.length
+        batch.put(fmt.META_LOW_WATERMARK, fmt.encode_u32(segment_id + 1))
+        self._index.commit(batch)
+        del self._segments[segment_id]
+        self._live_bytes.pop(segment_id, None)
+        segment.retire()
+        self._stats.add(evicted_segments=1, evicted_pages=evicted_pages, evicted_bytes=evicted_bytes)
+        return kept
+
+    def delete_batch(self, keys: Sequence[bytes]) -> int:
+        """Remove pages; returns how many were present. Their bytes die with their segment."""
+        validate_keys(keys)
+        with self._write_lock:
+            self._check_open()
+            batch = self._index.new_batch()
+            deleted = 0
+            for key, raw in zip(keys, self._index.get_many(keys)):
+                pointer = fmt.decode_pointer(raw) if raw is not None else None
+                if pointer is None:
+                    continue
+                batch.delete(key)
+                deleted += 1
+                if pointer.segment_id in self._live_bytes:
+                    self._live_bytes[pointer.segment_id] -= pointer.length
+            self._index.commit(batch)
+        self._stats.add(deleted_pages=deleted)
+        return deleted
+
+    def clear(self) -> None:
+        """Remove every page and every segment file."""
+        with self._write_lock:
+            self._check_open()
+            self._active = None
+            self._index.delete_all_pages()
+            self._index.put_meta(fmt.META_LOW_WATERMARK, fmt.encode_u32(self._next_segment_id))
+            for segment in self._segments.values():
+                segment.retire()
+            self._segments = {}
+            self._live_bytes = {}
+            self._reads_since_written = {}
+
+    # ---- read path ----------------------------------------------------------------------------
+
+    def get_batch_into(self, keys: Sequence[bytes], out_buffers: Sequence[Any]) -> list[bool]:
+        """Read pages straight into the caller's writable buffers; True per verified hit.
+
+        Each buffer must be writable, C-contiguous and exactly the page's size, else that page is a
+        miss (counted as bad_buffer) and its buffer is not touched. Reads are sorted by location
+        and neighbours are merged into one vectored read. A checksum mismatch is a miss (counted as
+        corrupt) and its buffer is zeroed: never wrong bytes.
+        """
+        started = time.perf_counter()
+        validate_keys(keys)
+        if len(out_buffers) != len(keys):
+            raise ValueError(f"{len(keys)} keys but {len(out_buffers)} output buffers")
+        self._check_open()
+        results = [False] * len(keys)
+        raws = self._index.get_many(keys)
+        wanted, views = [], {}
+        absent = bad_buffer = 0
+        for slot, raw in enumerate(raws):
+            pointer = fmt.decode_pointer(raw) if raw is not None else None
+            if pointer is None:
+                absent += 1
+                continue
+            view = _writable_view(out_buffers[slot], pointer.length)
+            if view is None:
+                bad_buffer += 1
+                continue
+            wanted.append((slot, pointer))
+            views[slot] = view
+        pointers = dict(wanted)
+        stale = corrupt = io_errors = hit_bytes = 0
+        direct_io = self._config.direct_io
+        for run in plan_reads(wanted, self._config.merge_gap_bytes):
+            segment = self._segments.get(run.segment_id)
+            if segment is None or not segment.pin():
+                stale += sum(1 for slot, _ in run.parts if slot >= 0)
+                continue
+            try:
+                iovecs = [views[slot] if slot >= 0 else _gap_view(nbytes) for slot, nbytes in run.parts]
+                segment.read_into(run.offset, iovecs, direct_io)
+            except (OSError, ValueError):
+                io_errors += sum(1 for slot, _ in run.parts if slot >= 0)
+                continue
+            finally:
+                segment.unpin()
+            reads = self._reads_since_written.setdefault(run.segment_id, {})
+            for slot, _ in run.parts:
+                if slot < 0:
+                    continue
+                pointer = pointers[slot]
+                if fmt.checksum(views[slot]) == pointer.checksum:
+                    results[slot] = True
+                    hit_bytes += pointer.length
+                    reads[pointer.offset] = reads.get(pointer.offset, 0) + 1
+                else:
+                    corrupt += 1
+                    np.frombuffer(views[slot], dtype=np.uint8)[:] = 0
+        hits = sum(results)
+        self._stats.observe("get", (time.perf_counter() - started) * 1e3, gets_hit=hits, gets_hit_bytes=hit_bytes,
+                            gets_miss_absent=absent, gets_miss_stale=stale, gets_miss_corrupt=corrupt,
+                            gets_miss_bad_buffer=bad_buffer, gets_miss_io=io_errors)
+        return results
+
+    def get_batch(self, keys: Sequence[bytes]) -> list[np.ndarray | None]:
+        """Convenience read that allocates: an aligned uint8 array per hit, None per miss."""
+        self._check_open()
+        raws = self._index.get_many(keys) if keys else []
+        buffers = []
+        for raw in raws:
+            pointer = fmt.decode_pointer(raw) if raw is not None else None
+            buffers.append(aligned_empty(pointer.length) if pointer else np.empty(0, np.uint8))
+        hits = self.get_batch_into(keys, buffers)
+        return [buffer if hit else None for buffer, hit in zip(buffers, hits)]
+
+    def probe(self, keys: Sequence[bytes]) -> int:
+        """The number of leading keys that are present (SGLang's batch_exists).
+
+        Keys that share an extent with their successor are answered by one seek and a forward scan;
+        others by one batched multi-get. Present means a pointer into a live segment; the bytes are
+        not read (a later corrupt read is a miss then).
+        """
+        started = time.perf_counter()
+        validate_keys(keys)
+        self._check_open()
+        count = self._count_present_prefix(keys)
+        self._stats.observe("probe", (time.perf_counter() - started) * 1e3,
+                            probe_calls=1, probe_keys=len(keys), probe_hits=count)
+        return count
+
+    def _count_present_prefix(self, keys: Sequence[bytes]) -> int:
+        count = 0
+        for use_scan, group in _probe_groups(keys):
+            found = self._present_by_scan(group) if use_scan else self._present_by_multiget(group)
+            count += found
+            if found < len(group):
+                break
+        return count
+
+    def _present_by_multiget(self, keys: Sequence[bytes]) -> int:
+        for found, raw in enumerate(self._index.get_many(keys)):
+            if raw is None or not self._points_to_live_segment(raw):
+                return found
+        return len(keys)
+
+    def _present_by_scan(self, keys: Sequence[bytes]) -> int:
+        """Keys are ascending and share an extent prefix: one seek, then next() per key, with a
+        re-seek only where another chain's page of the same extent sits in between."""
+        scan = self._index.scan_from(keys[0])
+        found = 0
+        for key in keys:
+            entry = next(scan, None)
+            if entry is not None and entry[0] != key:
+                scan = self._index.scan_from(key)
+                entry = next(scan, None)
+            if entry is None or entry[0] != key or not self._points_to_live_segment(entry[1]):
+                return found
+            found += 1
+        return found
+
+    # ---- pointers for same-node readers --------------------------------------------------------
+
+    def locate_batch(self, keys: Sequence[bytes]) -> list[tuple[str, int, int, int] | None]:
+        """(segment path, offset, length, checksum) per present key, for a reader on this node that
+        reads sealed segment bytes itself and verifies the checksum; None per absent key."""
+        validate_keys(keys)
+        self._check_open()
+        located = []
+        for raw in self._index.get_many(keys):
+            pointer = fmt.decode_pointer(raw) if raw is not None else None
+            segment = self._segments.get(pointer.segment_id) if pointer else None
+            located.append(None if segment is None else
+                           (segment.path, pointer.offset, pointer.length, pointer.checksum))
+        return located
+
+    # ---- tuning and stats ---------------------------------------------------------------------
+
+    def apply_tuning(self, changes: Mapping[str, Any]) -> StoreConfig:
+        """Apply runtime-changeable config fields ("live" and "next_segment"); returns the new config.
+        ConfigError (nothing changed) for unknown fields, bad values or reopen-only fields."""
+        with self._write_lock:
+            self._check_open()
+            new = self._config.with_changes(changes)
+            old = self._config
+            self._config = new
+            if new.admission_policy != old.admission_policy or new.admission_ghost_entries != old.admission_ghost_entries:
+                self._admission = make_admission_policy(new)
+            if new.reinsertion_policy != old.reinsertion_policy:
+                self._reinsertion = make_reinsertion_policy(new)
+            if new.durability != old.durability:
+                self._index.set_sync_writes(new.durability == "machine")
+            if new.write_buffer_bytes != old.write_buffer_bytes:
+                self._index.set_rocksdb_options({"write_buffer_size": str(new.write_buffer_bytes)})
+            return new
+
+    def stats(self) -> dict:
+        """Counters, latency histograms and space: live bytes (referenced by pointers), disk bytes
+        (segment files), dead bytes (written but no longer referenced), capacity."""
+        with self._write_lock:
+            segments = list(self._segments.values())
+            live = sum(self._live_bytes.values())
+            written = sum(segment.write_offset for segment in segments)
+            disk = sum(segment.file_bytes for segment in segments)
+        snapshot = self._stats.snapshot()
+        snapshot["space"] = {"live_bytes": live, "dead_bytes": max(written - live, 0), "disk_bytes": disk,
+                             "capacity_bytes": self._config.capacity_bytes, "segments": len(segments)}
+        return snapshot
+
+
+def _fit(views: Sequence[memoryview], start: int, room: int) -> int:
+    """One past the last page (from `start`) that fits with its record header into `room` bytes."""
+    end = start
+    values = 0
+    while end < len(views) and end - start < fmt.MAX_ENTRIES_PER_BATCH:
+        grown = values + fmt.align_up(views[end].nbytes)
+        if fmt.header_bytes_for(end - start + 1) + grown > room:
+            break
+        values = grown
+        end += 1
+    return end
+
+
+def _probe_groups(keys: Sequence[bytes]) -> list[tuple[bool, Sequence[bytes]]]:
+    """Split a probe batch, in order, into runs of ascending keys of one extent (answered by a scan)
+    and stretches of keys without such neighbours (answered together by one multi-get)."""
+    groups: list[tuple[bool, Sequence[bytes]]] = []
+    start = 0
+    lone_start = None
+    while start < len(keys):
+        end = start + 1
+        prefix = extent_prefix(keys[start])
+        while end < len(keys) and keys[end] > keys[end - 1] and extent_prefix(keys[end]) == prefix:
+            end += 1
+        if end - start == 1:
+            lone_start = start if lone_start is None else lone_start
+        else:
+            if lone_start is not None:
+                groups.append((False, keys[lone_start:start]))
+                lone_start = None
+            groups.append((True, keys[start:end]))
+        start = end
+    if lone_start is not None:
+        groups.append((False, keys[lone_start:]))
+    return groups
+
+
+def _writable_view(buffer: Any, nbytes: int) -> memoryview | None:
+    try:
+        view = byte_view(buffer)
+    except (TypeError, ValueError):
+        return None
+    if view.readonly or view.nbytes != nbytes:
+        return None
+    return view
+
+
+_gap_buffers = threading.local()
+
+
+def _gap_view(nbytes: int) -> memoryview:
+    """A per-thread aligned scratch buffer for bytes a merged read skips."""
+    scratch = getattr(_gap_buffers, "buffer", None)
+    if scratch is None or scratch.nbytes < nbytes:
+        scratch = aligned_empty(fmt.align_up(max(nbytes, 64 * 1024)))
+        _gap_buffers.buffer = scratch
+    return memoryview(scratch)[:nbytes]
