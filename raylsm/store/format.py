@@ -52,6 +52,16 @@ def checksum(buffer: object) -> int:
     return xxhash.xxh3_64_intdigest(buffer)
 
 
+def checksum_parts(parts: Sequence[object]) -> int:
+    """xxh3_64 of the concatenation of `parts`, without concatenating them."""
+    if len(parts) == 1:
+        return xxhash.xxh3_64_intdigest(parts[0])
+    hasher = xxhash.xxh3_64()
+    for part in parts:
+        hasher.update(part)
+    return hasher.intdigest()
+
+
 # ---- batch records ----------------------------------------------------------------------------
 
 BATCH_MAGIC = b"RLSB"

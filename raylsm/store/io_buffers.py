@@ -40,6 +40,20 @@ def byte_view(buffer: object) -> memoryview:
     return view
 
 
+def page_views(page: object) -> tuple[memoryview, ...]:
+    """A page as byte views: one buffer, or a list/tuple of buffers holding its parts in order
+    (e.g. the K and V halves of an SGLang page_first page). Raises TypeError or ValueError."""
+    if isinstance(page, (list, tuple)):
+        if not page:
+            raise ValueError("a page given as parts needs at least one part")
+        return tuple(byte_view(part) for part in page)
+    return (byte_view(page),)
+
+
+def parts_nbytes(parts: tuple[memoryview, ...]) -> int:
+    return sum(part.nbytes for part in parts)
+
+
 def address_of(view: memoryview) -> int:
     return np.frombuffer(view, dtype=np.uint8).ctypes.data if view.nbytes else 0
 

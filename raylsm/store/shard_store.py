@@ -27,7 +27,7 @@ from raylsm.errors import FormatVersionError, StoreClosedError, ValueTooLargeErr
 from raylsm.store import format as fmt
 from raylsm.store.admission import make_admission_policy
 from raylsm.store.config import StoreConfig
-from raylsm.store.io_buffers import aligned_empty, byte_view
+from raylsm.store.io_buffers import aligned_empty, page_views, parts_nbytes
 from raylsm.store.page_key import extent_prefix, validate_keys
 from raylsm.store.pointer_index import IndexOptions, PointerIndex, read_format_version
 from raylsm.store.read_plan import plan_reads
@@ -122,8 +122,9 @@ class ShardStore:
     def put_batch(self, keys: Sequence[bytes], values: Sequence[Any]) -> list[bool]:
         """Store pages; True per page that is stored (now or already), False if it was not.
 
-        `values` are buffer-protocol objects (bytes, numpy arrays, memoryviews), written straight
-        from the caller's memory. A page already present is skipped and reported True. A page the
+        `values` are buffer-protocol objects (bytes, numpy arrays, memoryviews), or per page a
+        list of such buffers holding the page's parts in order; written straight from the caller's
+        memory. A page already present is skipped and reported True. A page the
         admission policy refuses, or that an I/O error (e.g. ENOSPC) kept off the disk, is False.
         Raises ValueError naming the index of a bad key or value, ValueTooLargeError for a value
         larger than a segment can hold; in both cases nothing is written.
@@ -132,23 +133,23 @@ class ShardStore:
         validate_keys(keys)
         if len(values) != len(keys):
             raise ValueError(f"{len(keys)} keys but {len(values)} values")
-        views = []
+        pages = []
         limit = self._config.segment_bytes - fmt.header_bytes_for(1)
         for index, value in enumerate(values):
             try:
-                view = byte_view(value)
+                parts = page_views(value)
             except (TypeError, ValueError) as error:
                 raise ValueError(f"value {index} is not a contiguous buffer: {error}") from error
-            if view.nbytes > limit:
-                raise ValueTooLargeError(
-                    f"value {index} is {view.nbytes} bytes; the limit is {limit} bytes (segment_bytes - one header block)")
-            views.append(view)
+            if parts_nbytes(parts) > limit:
+                raise ValueTooLargeError(f"value {index} is {parts_nbytes(parts)} bytes; the limit is {limit} "
+                                         f"bytes (segment_bytes - one header block)")
+            pages.append(parts)
 
         results = [False] * len(keys)
         with self._write_lock:
             self._check_open()
             current = self._index.get_many(keys)
-            todo_keys, todo_views, todo_slots = [], [], []
+            todo_keys, todo_pages, todo_slots = [], [], []
             first_slot: dict[bytes, int] = {}
             existing = rejected = 0
             for slot, (key, raw) in enumerate(zip(keys, current)):
@@ -157,14 +158,14 @@ class ShardStore:
                     existing += 1
                 elif key in first_slot:
                     continue  # a repeat inside this batch: resolved from the first occurrence below
-                elif self._admission.admit(key, views[slot].nbytes):
+                elif self._admission.admit(key, parts_nbytes(pages[slot])):
                     first_slot[key] = slot
                     todo_keys.append(key)
-                    todo_views.append(views[slot])
+                    todo_pages.append(pages[slot])
                     todo_slots.append(slot)
                 else:
                     rejected += 1
-            written = self._append_pages(todo_keys, todo_views)
+            written = self._append_pages(todo_keys, todo_pages)
             for slot, ok in zip(todo_slots, written):
                 results[slot] = ok
             for slot, key in enumerate(keys):
@@ -172,7 +173,7 @@ class ShardStore:
                     results[slot] = results[first_slot[key]]
         stored = sum(written)
         self._stats.observe("put", (time.perf_counter() - started) * 1e3,
-                            puts_pages=stored, puts_bytes=sum(v.nbytes for v, ok in zip(todo_views, written) if ok),
+                            puts_pages=stored, puts_bytes=sum(parts_nbytes(p) for p, ok in zip(todo_pages, written) if ok),
                             puts_existing=existing, puts_rejected=rejected, puts_failed=len(written) - stored)
         return results
 
@@ -180,45 +181,46 @@ class ShardStore:
         pointer = fmt.decode_pointer(raw)
         return pointer is not None and pointer.segment_id in self._segments
 
-    def _append_pages(self, keys: list[bytes], views: list[memoryview],
+    def _append_pages(self, keys: list[bytes], pages: list[tuple[memoryview, ...]],
                       checksums: list[int] | None = None) -> list[bool]:
         """Append pages as records into the active segment, rolling segments as needed, and commit
         their pointers. Caller holds the write lock. An I/O error fails the pages not yet committed."""
         results = [False] * len(keys)
         if checksums is None:
-            checksums = [fmt.checksum(view) for view in views]
+            checksums = [fmt.checksum_parts(parts) for parts in pages]
         start = 0
         while start < len(keys):
             try:
                 segment = self._active if self._active is not None else self._roll()
             except OSError:
                 return results  # no room for a new segment (ENOSPC): these pages are not stored
-            end = _fit(views, start, segment.remaining_bytes())
+            end = _fit(pages, start, segment.remaining_bytes())
             if end == start:
                 if segment.write_offset == 0:
                     return results  # cannot happen for validated sizes; guard against a loop
                 self._seal_active()
                 continue
             try:
-                self._write_record(segment, keys[start:end], views[start:end], checksums[start:end])
+                self._write_record(segment, keys[start:end], pages[start:end], checksums[start:end])
             except OSError:
                 return results
             results[start:end] = [True] * (end - start)
             start = end
         return results
 
-    def _write_record(self, segment: Segment, keys: Sequence[bytes], views: Sequence[memoryview],
+    def _write_record(self, segment: Segment, keys: Sequence[bytes], pages: Sequence[tuple[memoryview, ...]],
                       checksums: Sequence[int]) -> None:
         """One record: one vectored append of header and values, then one WriteBatch of pointers.
         The pointers are committed only after the bytes are written (and synced, if durability asks)."""
-        layout = fmt.plan_batch([view.nbytes for view in views])
-        entries = [fmt.BatchEntry(key, view.nbytes, offset, value_checksum)
-                   for key, view, offset, value_checksum in zip(keys, views, layout.value_offsets, checksums)]
+        lengths = [parts_nbytes(parts) for parts in pages]
+        layout = fmt.plan_batch(lengths)
+        entries = [fmt.BatchEntry(key, length, offset, value_checksum)
+                   for key, length, offset, value_checksum in zip(keys, lengths, layout.value_offsets, checksums)]
         iovecs: list[memoryview] = [memoryview(fmt.encode_batch_header(layout, entries))]
         zero_pad = memoryview(self._zero_pad)
-        for view in views:
-            iovecs.append(view)
-            pad = fmt.align_up(view.nbytes) - view.nbytes
+        for parts, length in zip(pages, lengths):
+            iovecs.extend(parts)
+            pad = fmt.align_up(length) - length
             if pad:
                 iovecs.append(zero_pad[:pad])
         record_offset = segment.append(iovecs, layout.batch_bytes, self._config.direct_io)
@@ -252,10 +254,10 @@ class ShardStore:
         self._active = segment
         if reinsert:
             keys, buffers, checksums = zip(*reinsert)
-            views = [memoryview(buffer) for buffer in buffers]
-            if _fit(views, 0, segment.remaining_bytes()) == len(views):
-                self._write_record(segment, keys, views, checksums)
-                self._stats.add(reinserted_pages=len(keys), reinserted_bytes=sum(v.nbytes for v in views))
+            pages = [(memoryview(buffer),) for buffer in buffers]
+            if _fit(pages, 0, segment.remaining_bytes()) == len(pages):
+                self._write_record(segment, keys, pages, checksums)
+                self._stats.add(reinserted_pages=len(keys), reinserted_bytes=sum(b.nbytes for b in buffers))
         return segment
 
     def _disk_bytes(self) -> int:
@@ -338,8 +340,9 @@ class ShardStore:
     def get_batch_into(self, keys: Sequence[bytes], out_buffers: Sequence[Any]) -> list[bool]:
         """Read pages straight into the caller's writable buffers; True per verified hit.
 
-        Each buffer must be writable, C-contiguous and exactly the page's size, else that page is a
-        miss (counted as bad_buffer) and its buffer is not touched. Reads are sorted by location
+        Each buffer (or, per page, a list of buffers taking its parts in order) must be writable,
+        C-contiguous and exactly the page's size in total, else that page is a miss (counted as
+        bad_buffer) and its buffer is not touched. Reads are sorted by location
         and neighbours are merged into one vectored read. A checksum mismatch is a miss (counted as
         corrupt) and its buffer is zeroed: never wrong bytes.
         """
@@ -357,22 +360,27 @@ class ShardStore:
             if pointer is None:
                 absent += 1
                 continue
-            view = _writable_view(out_buffers[slot], pointer.length)
-            if view is None:
+            parts = _writable_parts(out_buffers[slot], pointer.length)
+            if parts is None:
                 bad_buffer += 1
                 continue
             wanted.append((slot, pointer))
-            views[slot] = view
+            views[slot] = parts
         pointers = dict(wanted)
         stale = corrupt = io_errors = hit_bytes = 0
         direct_io = self._config.direct_io
-        for run in plan_reads(wanted, self._config.merge_gap_bytes):
+        for run in plan_reads(wanted, self._config.merge_gap_bytes, {slot: len(p) for slot, p in views.items()}):
             segment = self._segments.get(run.segment_id)
             if segment is None or not segment.pin():
                 stale += sum(1 for slot, _ in run.parts if slot >= 0)
                 continue
             try:
-                iovecs = [views[slot] if slot >= 0 else _gap_view(nbytes) for slot, nbytes in run.parts]
+                iovecs = []
+                for slot, nbytes in run.parts:
+                    if slot >= 0:
+                        iovecs.extend(views[slot])
+                    else:
+                        iovecs.append(_gap_view(nbytes))
                 segment.read_into(run.offset, iovecs, direct_io)
             except (OSError, ValueError):
                 io_errors += sum(1 for slot, _ in run.parts if slot >= 0)
@@ -384,13 +392,14 @@ class ShardStore:
                 if slot < 0:
                     continue
                 pointer = pointers[slot]
-                if fmt.checksum(views[slot]) == pointer.checksum:
+                if fmt.checksum_parts(views[slot]) == pointer.checksum:
                     results[slot] = True
                     hit_bytes += pointer.length
                     reads[pointer.offset] = reads.get(pointer.offset, 0) + 1
                 else:
                     corrupt += 1
-                    np.frombuffer(views[slot], dtype=np.uint8)[:] = 0
+                    for part in views[slot]:
+                        np.frombuffer(part, dtype=np.uint8)[:] = 0
         hits = sum(results)
         self._stats.observe("get", (time.perf_counter() - started) * 1e3, gets_hit=hits, gets_hit_bytes=hit_bytes,
                             gets_miss_absent=absent, gets_miss_stale=stale, gets_miss_corrupt=corrupt,
@@ -502,12 +511,12 @@ class ShardStore:
         return snapshot
 
 
-def _fit(views: Sequence[memoryview], start: int, room: int) -> int:
+def _fit(pages: Sequence[tuple[memoryview, ...]], start: int, room: int) -> int:
     """One past the last page (from `start`) that fits with its record header into `room` bytes."""
     end = start
     values = 0
-    while end < len(views) and end - start < fmt.MAX_ENTRIES_PER_BATCH:
-        grown = values + fmt.align_up(views[end].nbytes)
+    while end < len(pages) and end - start < fmt.MAX_ENTRIES_PER_BATCH:
+        grown = values + fmt.align_up(parts_nbytes(pages[end]))
         if fmt.header_bytes_for(end - start + 1) + grown > room:
             break
         values = grown
@@ -539,14 +548,14 @@ def _probe_groups(keys: Sequence[bytes]) -> list[tuple[bool, Sequence[bytes]]]:
     return groups
 
 
-def _writable_view(buffer: Any, nbytes: int) -> memoryview | None:
+def _writable_parts(buffer: Any, nbytes: int) -> tuple[memoryview, ...] | None:
     try:
-        view = byte_view(buffer)
+        parts = page_views(buffer)
     except (TypeError, ValueError):
         return None
-    if view.readonly or view.nbytes != nbytes:
+    if any(part.readonly for part in parts) or parts_nbytes(parts) != nbytes:
         return None
-    return view
+    return parts
 
 
 _gap_buffers = threading.local()
