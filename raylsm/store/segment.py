@@ -102,6 +102,19 @@ class Segment:
         size = os.fstat(fd).st_size
         return cls(path, segment_id, fd, _open_direct(path), size, size, sealed=True)
 
+    @classmethod
+    def open_reader(cls, directory: str, segment_id: int) -> "Segment":
+        """Open a segment of another process's store read-only (same-node readers). Raises
+        FileNotFoundError if it was freed."""
+        path = os.path.join(directory, fmt.segment_file_name(segment_id))
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            direct_fd = os.open(path, os.O_RDONLY | _O_DIRECT) if _O_DIRECT else -1
+        except OSError:
+            direct_fd = -1
+        size = os.fstat(fd).st_size
+        return cls(path, segment_id, fd, direct_fd, size, size, sealed=True)
+
     def seal(self) -> None:
         """No more appends: cut the preallocated tail so the file holds only written records."""
         if not self.sealed:

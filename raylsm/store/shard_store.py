@@ -30,7 +30,7 @@ from raylsm.store.config import StoreConfig
 from raylsm.store.io_buffers import aligned_empty, page_views, parts_nbytes
 from raylsm.store.page_key import extent_prefix, validate_keys
 from raylsm.store.pointer_index import IndexOptions, PointerIndex, read_format_version
-from raylsm.store.read_plan import plan_reads
+from raylsm.store.page_reader import read_verified, writable_parts
 from raylsm.store.recovery import recover
 from raylsm.store.reinsertion import make_reinsertion_policy
 from raylsm.store.segment import Segment
@@ -176,6 +176,10 @@ class ShardStore:
                             puts_pages=stored, puts_bytes=sum(parts_nbytes(p) for p, ok in zip(todo_pages, written) if ok),
                             puts_existing=existing, puts_rejected=rejected, puts_failed=len(written) - stored)
         return results
+
+    def _pinned_segment(self, segment_id: int) -> Segment | None:
+        segment = self._segments.get(segment_id)
+        return segment if segment is not None and segment.pin() else None
 
     def _points_to_live_segment(self, raw: bytes) -> bool:
         pointer = fmt.decode_pointer(raw)
@@ -351,7 +355,6 @@ class ShardStore:
         if len(out_buffers) != len(keys):
             raise ValueError(f"{len(keys)} keys but {len(out_buffers)} output buffers")
         self._check_open()
-        results = [False] * len(keys)
         raws = self._index.get_many(keys)
         wanted, views = [], {}
         absent = bad_buffer = 0
@@ -360,50 +363,24 @@ class ShardStore:
             if pointer is None:
                 absent += 1
                 continue
-            parts = _writable_parts(out_buffers[slot], pointer.length)
+            parts = writable_parts(out_buffers[slot], pointer.length)
             if parts is None:
                 bad_buffer += 1
                 continue
             wanted.append((slot, pointer))
             views[slot] = parts
-        pointers = dict(wanted)
-        stale = corrupt = io_errors = hit_bytes = 0
-        direct_io = self._config.direct_io
-        for run in plan_reads(wanted, self._config.merge_gap_bytes, {slot: len(p) for slot, p in views.items()}):
-            segment = self._segments.get(run.segment_id)
-            if segment is None or not segment.pin():
-                stale += sum(1 for slot, _ in run.parts if slot >= 0)
-                continue
-            try:
-                iovecs = []
-                for slot, nbytes in run.parts:
-                    if slot >= 0:
-                        iovecs.extend(views[slot])
-                    else:
-                        iovecs.append(_gap_view(nbytes))
-                segment.read_into(run.offset, iovecs, direct_io)
-            except (OSError, ValueError):
-                io_errors += sum(1 for slot, _ in run.parts if slot >= 0)
-                continue
-            finally:
-                segment.unpin()
-            reads = self._reads_since_written.setdefault(run.segment_id, {})
-            for slot, _ in run.parts:
-                if slot < 0:
-                    continue
-                pointer = pointers[slot]
-                if fmt.checksum_parts(views[slot]) == pointer.checksum:
-                    results[slot] = True
-                    hit_bytes += pointer.length
-                    reads[pointer.offset] = reads.get(pointer.offset, 0) + 1
-                else:
-                    corrupt += 1
-                    for part in views[slot]:
-                        np.frombuffer(part, dtype=np.uint8)[:] = 0
+        outcome = read_verified(wanted, views, len(keys), self._config.merge_gap_bytes, self._config.direct_io,
+                                self._pinned_segment)
+        for segment_id, offsets in outcome.hit_offsets.items():
+            reads = self._reads_since_written.setdefault(segment_id, {})
+            for offset in offsets:
+                reads[offset] = reads.get(offset, 0) + 1
+        results = outcome.results
         hits = sum(results)
-        self._stats.observe("get", (time.perf_counter() - started) * 1e3, gets_hit=hits, gets_hit_bytes=hit_bytes,
-                            gets_miss_absent=absent, gets_miss_stale=stale, gets_miss_corrupt=corrupt,
-                            gets_miss_bad_buffer=bad_buffer, gets_miss_io=io_errors)
+        self._stats.observe("get", (time.perf_counter() - started) * 1e3, gets_hit=hits,
+                            gets_hit_bytes=outcome.hit_bytes, gets_miss_absent=absent, gets_miss_stale=outcome.stale,
+                            gets_miss_corrupt=outcome.corrupt, gets_miss_bad_buffer=bad_buffer,
+                            gets_miss_io=outcome.io_errors)
         return results
 
     def get_batch(self, keys: Sequence[bytes]) -> list[np.ndarray | None]:
@@ -464,18 +441,18 @@ class ShardStore:
 
     # ---- pointers for same-node readers --------------------------------------------------------
 
-    def locate_batch(self, keys: Sequence[bytes]) -> list[tuple[str, int, int, int] | None]:
-        """(segment path, offset, length, checksum) per present key, for a reader on this node that
-        reads sealed segment bytes itself and verifies the checksum; None per absent key."""
+    def locate_batch(self, keys: Sequence[bytes]) -> tuple[str, int, list[fmt.Pointer | None]]:
+        """Pointers for a reader on this node that reads segment bytes itself (LocalSegmentReader):
+        (segments directory, low watermark, a pointer or None per key). Segments below the low
+        watermark are freed; the reader closes its files of them."""
         validate_keys(keys)
         self._check_open()
-        located = []
+        pointers: list[fmt.Pointer | None] = []
         for raw in self._index.get_many(keys):
             pointer = fmt.decode_pointer(raw) if raw is not None else None
-            segment = self._segments.get(pointer.segment_id) if pointer else None
-            located.append(None if segment is None else
-                           (segment.path, pointer.offset, pointer.length, pointer.checksum))
-        return located
+            pointers.append(pointer if pointer is not None and pointer.segment_id in self._segments else None)
+        low_watermark = min(self._segments, default=self._next_segment_id)
+        return self._segments_dir, low_watermark, pointers
 
     # ---- tuning and stats ---------------------------------------------------------------------
 
@@ -546,25 +523,3 @@ def _probe_groups(keys: Sequence[bytes]) -> list[tuple[bool, Sequence[bytes]]]:
     if lone_start is not None:
         groups.append((False, keys[lone_start:]))
     return groups
-
-
-def _writable_parts(buffer: Any, nbytes: int) -> tuple[memoryview, ...] | None:
-    try:
-        parts = page_views(buffer)
-    except (TypeError, ValueError):
-        return None
-    if any(part.readonly for part in parts) or parts_nbytes(parts) != nbytes:
-        return None
-    return parts
-
-
-_gap_buffers = threading.local()
-
-
-def _gap_view(nbytes: int) -> memoryview:
-    """A per-thread aligned scratch buffer for bytes a merged read skips."""
-    scratch = getattr(_gap_buffers, "buffer", None)
-    if scratch is None or scratch.nbytes < nbytes:
-        scratch = aligned_empty(fmt.align_up(max(nbytes, 64 * 1024)))
-        _gap_buffers.buffer = scratch
-    return memoryview(scratch)[:nbytes]
