@@ -1,0 +1,1 @@
+"""The Ray actor that wraps one ShardStore, its placement on a node, and its metrics."""

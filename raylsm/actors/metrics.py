@@ -1,0 +1,74 @@
+"""Per-shard Prometheus metrics, exported through `ray.util.metrics`.
+
+Owned here: metric names, tags and how a store's stats snapshot becomes counter increments. Called
+by the shard actor after each data call. Ray adds its own labels (including WorkerId, which changes
+when an actor restarts); aggregate by the `shard` tag. Names get Ray's `ray_` prefix, e.g.
+`ray_raylsm_gets_total{shard=...,outcome=...}`. Thread-safe (one lock around the delta bookkeeping).
+"""
+
+from __future__ import annotations
+
+import threading
+
+from ray.util.metrics import Counter, Gauge, Histogram
+
+LATENCY_BOUNDARIES_MS = [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500]
+
+# store counter -> (metric, outcome tag)
+_OUTCOMES = {
+    "gets_hit": ("gets", "hit"),
+    "gets_miss_absent": ("gets", "absent"),
+    "gets_miss_stale": ("gets", "absent"),
+    "gets_miss_corrupt": ("gets", "corrupt"),
+    "gets_miss_bad_buffer": ("gets", "bad_buffer"),
+    "gets_miss_io": ("gets", "io_error"),
+    "puts_pages": ("puts", "stored"),
+    "puts_existing": ("puts", "existing"),
+    "puts_rejected": ("puts", "rejected"),
+    "puts_failed": ("puts", "failed"),
+}
+_BYTES = {"gets_hit_bytes": "read", "puts_bytes": "written"}
+
+
+class ShardMetrics:
+    def __init__(self, shard_name: str):
+        self._tags = {"shard": shard_name}
+        self._lock = threading.Lock()
+        self._last: dict[str, int] = {}
+        self._pages = {name: Counter(f"raylsm_{name}_total", description=f"pages by outcome ({name})",
+                                     tag_keys=("shard", "outcome")) for name in ("gets", "puts")}
+        self._bytes = Counter("raylsm_bytes_total", description="page bytes read and written",
+                              tag_keys=("shard", "direction"))
+        self._evicted = Counter("raylsm_evicted_pages_total", description="pages freed by eviction",
+                                tag_keys=("shard",))
+        self._reinserted = Counter("raylsm_reinserted_pages_total", description="pages re-appended at eviction",
+                                   tag_keys=("shard",))
+        self._capacity = Gauge("raylsm_capacity_bytes", description="disk budget", tag_keys=("shard",))
+        self._disk = Gauge("raylsm_disk_bytes", description="bytes of segment files", tag_keys=("shard",))
+        self._live = Gauge("raylsm_live_bytes", description="bytes referenced by the index", tag_keys=("shard",))
+        self._latency = Histogram("raylsm_call_latency_ms", description="shard call latency",
+                                  boundaries=LATENCY_BOUNDARIES_MS, tag_keys=("shard", "op"))
+
+    def observe_call(self, op: str, ms: float) -> None:
+        self._latency.observe(ms, tags={**self._tags, "op": op})
+
+    def sync(self, stats: dict) -> None:
+        """Turn the store's cumulative counters into metric increments since the last sync."""
+        counters = stats["counters"]
+        with self._lock:
+            deltas = {name: value - self._last.get(name, 0) for name, value in counters.items()}
+            self._last = dict(counters)
+        for name, (metric, outcome) in _OUTCOMES.items():
+            if deltas.get(name, 0) > 0:
+                self._pages[metric].inc(deltas[name], tags={**self._tags, "outcome": outcome})
+        for name, direction in _BYTES.items():
+            if deltas.get(name, 0) > 0:
+                self._bytes.inc(deltas[name], tags={**self._tags, "direction": direction})
+        if deltas.get("evicted_pages", 0) > 0:
+            self._evicted.inc(deltas["evicted_pages"], tags=self._tags)
+        if deltas.get("reinserted_pages", 0) > 0:
+            self._reinserted.inc(deltas["reinserted_pages"], tags=self._tags)
+        space = stats["space"]
+        self._capacity.set(space["capacity_bytes"], tags=self._tags)
+        self._disk.set(space["disk_bytes"], tags=self._tags)
+        self._live.set(space["live_bytes"], tags=self._tags)

@@ -1,0 +1,135 @@
+"""The top-level raylsm configuration: one frozen dataclass per component, nested in TierConfig.
+
+Owned here: the tier's knobs outside one store (shard placement, client routing and timeouts, the
+controller loop) and the parsing of an untyped dict (SGLang's extra config, a CLI file) into them,
+done once at the edge. Immutable, so thread-safe. Store knobs live in raylsm.store.config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from raylsm.errors import ConfigError
+from raylsm.store.config import StoreConfig
+
+RAY_NAMESPACE = "raylsm"
+CONTROLLER_NAME = "raylsm-controller"
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    # Node-local directory that holds the shard directories of a node (one per SSD shard). The
+    # embedded default keeps it under the working directory; on a cluster, point it at the SSD.
+    data_dir: str = "./.raylsm/data"
+    # Custom Ray resource a node offers to host a shard (`ray start --resources='{"raylsm_shard": 1}'`).
+    resource_name: str = "raylsm_shard"
+    # Threads of the threaded shard actor: reads (preadv, multi-get) release the GIL and overlap.
+    max_concurrency: int = 8
+    # How long a restarted shard retries opening its directory while the old process holds the lock.
+    open_retry_s: float = 60.0
+    store: StoreConfig = field(default_factory=StoreConfig)
+
+    def validate(self) -> "ShardConfig":
+        _require(self, "max_concurrency", 1 <= self.max_concurrency <= 256, "in [1, 256]")
+        _require(self, "open_retry_s", 0 <= self.open_retry_s <= 3600, "in [0, 3600]")
+        _require(self, "resource_name", bool(self.resource_name), "non-empty")
+        self.store.validate()
+        return self
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    # Pages per extent: consecutive pages of one chain that share a shard and an index prefix.
+    extent_pages: int = 8
+    # Virtual nodes per shard on the consistent-hash ring.
+    virtual_nodes: int = 128
+    # A shard call that takes longer is a miss (the prefetch has a budget of about a second).
+    call_timeout_s: float = 2.0
+    # How often the client asks the controller for a newer ring version.
+    ring_refresh_s: float = 2.0
+    # Read bytes of shards on this node straight from their segment files (no object store).
+    same_node_fast_path: bool = True
+
+    def validate(self) -> "ClientConfig":
+        _require(self, "extent_pages", 1 <= self.extent_pages <= 4096, "in [1, 4096]")
+        _require(self, "virtual_nodes", 1 <= self.virtual_nodes <= 4096, "in [1, 4096]")
+        _require(self, "call_timeout_s", 0.01 <= self.call_timeout_s <= 600, "in [0.01, 600]")
+        _require(self, "ring_refresh_s", 0.1 <= self.ring_refresh_s <= 3600, "in [0.1, 3600]")
+        return self
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    reconcile_period_s: float = 2.0
+    # A shard that does not answer a health ping within this is reported unhealthy.
+    ping_timeout_s: float = 5.0
+
+    def validate(self) -> "ControllerConfig":
+        _require(self, "reconcile_period_s", 0.05 <= self.reconcile_period_s <= 3600, "in [0.05, 3600]")
+        _require(self, "ping_timeout_s", 0.05 <= self.ping_timeout_s <= 600, "in [0.05, 600]")
+        return self
+
+
+@dataclass(frozen=True)
+class TierConfig:
+    # Ray address to join ("auto", "ray://...", or None to start/attach a local instance).
+    ray_address: str | None = None
+    ray_namespace: str = RAY_NAMESPACE
+    shard: ShardConfig = field(default_factory=ShardConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
+
+    def validate(self) -> "TierConfig":
+        self.shard.validate()
+        self.client.validate()
+        self.controller.validate()
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], where: str = "config") -> "TierConfig":
+        """Build a validated config from nested dicts; ConfigError names any unknown or bad key."""
+        return _build(cls, raw, where).validate()
+
+
+def _build(kind: type, raw: Mapping[str, Any], where: str):
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where} must be a mapping, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(kind)}
+    values = {}
+    for name, value in raw.items():
+        if name not in fields:
+            raise ConfigError(f"unknown key {where}.{name}; known keys: {sorted(fields)}")
+        default = getattr(kind(), name)
+        if dataclasses.is_dataclass(default):
+            values[name] = _build(type(default), value, f"{where}.{name}")
+            continue
+        values[name] = _coerce(value, default, f"{where}.{name}")
+    return kind(**values)
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    if default is None or value is None:
+        return value
+    expected = type(default)
+    if expected is bool:
+        if isinstance(value, bool):
+            return value
+    elif expected is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif expected is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(value, expected):
+        return value
+    raise ConfigError(f"{where} must be {expected.__name__}, got {value!r}")
+
+
+def _require(config: object, name: str, ok: bool, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{type(config).__name__}.{name} = {getattr(config, name)!r} is out of range: must be {allowed}")

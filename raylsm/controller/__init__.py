@@ -1,0 +1,1 @@
+"""The controller: membership, shard lifecycle, ring versions and (later) tuning and autoscaling."""

@@ -1,0 +1,74 @@
+"""Every Ray call the controller makes, behind one small class (as Ray Serve's controller does), so
+the membership logic in controller.py is unit-testable with a fake of this class and no Ray.
+
+Called by the Controller only, from its reconcile thread and its actor methods.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from raylsm.actors.placement import shard_name, start_shard
+from raylsm.config import ShardConfig
+
+
+@dataclass(frozen=True)
+class ShardSlot:
+    """A place where a shard should run: the index-th unit of the shard resource on a node."""
+
+    name: str
+    node_id: str
+
+
+class RayClusterApi:
+    def __init__(self, namespace: str):
+        self._namespace = namespace
+
+    def shard_slots(self, resource_name: str) -> list[ShardSlot]:
+        """One slot per unit of `resource_name` on every alive node."""
+        slots = []
+        for node in ray.nodes():
+            if not node.get("Alive"):
+                continue
+            units = int(node.get("Resources", {}).get(resource_name, 0))
+            slots.extend(ShardSlot(shard_name(node["NodeID"], index), node["NodeID"]) for index in range(units))
+        return slots
+
+    def alive_node_ids(self) -> set[str]:
+        return {node["NodeID"] for node in ray.nodes() if node.get("Alive")}
+
+    def start_shard(self, slot: ShardSlot, config: ShardConfig) -> Any:
+        return start_shard(slot.node_id, slot.name, config, self._namespace)
+
+    def ping_all(self, handles: dict[str, Any], timeout_s: float) -> dict[str, bool]:
+        """Ping every shard at once; True for those that answered within the timeout."""
+        refs = {handle.ping.remote(): name for name, handle in handles.items()}
+        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s) if refs else ([], [])
+        answered = {}
+        for ref in ready:
+            try:
+                answered[refs[ref]] = bool(ray.get(ref))
+            except ray.exceptions.RayError:
+                answered[refs[ref]] = False
+        return {name: answered.get(name, False) for name in handles}
+
+    def call_all(self, handles: dict[str, Any], method: str, timeout_s: float, *args: Any) -> dict[str, Any]:
+        """Call `method` on every shard; the value, or the exception, per shard (None on timeout)."""
+        refs = {getattr(handle, method).remote(*args): name for name, handle in handles.items()}
+        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s) if refs else ([], [])
+        results: dict[str, Any] = {name: None for name in handles}
+        for ref in ready:
+            try:
+                results[refs[ref]] = ray.get(ref)
+            except ray.exceptions.RayError as error:
+                results[refs[ref]] = error
+        return results
+
+    def kill(self, handle: Any) -> None:
+        try:
+            ray.kill(handle, no_restart=True)
+        except ray.exceptions.RayError:
+            pass
