@@ -1,0 +1,288 @@
+"""TierClient: the raylsm client inside every SGLang process (and the benchmarks).
+
+Owned here: turning a batch of page hashes into store keys and shard groups (one ring lookup per
+extent), one call per shard issued in parallel, merging results back in batch order, the same-node
+fast path, ring refresh, and mapping every failure to a miss. Owns no data.
+
+Called by the SGLang adapter from HiCache's prefetch, prefetch-IO and backup threads at once:
+thread-safe (the ring is swapped atomically; handles and the local reader have their own locks).
+
+Outcomes: `exists` returns a prefix count, `get_into` and `put` a bool per page. A dead, restarting
+or slow shard (bounded by `call_timeout_s`) makes its pages misses (or failed puts) and is counted by
+cause; no exception escapes a data-path method.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from typing import Any, Sequence
+
+import numpy as np
+import ray
+
+from raylsm.config import TierConfig
+from raylsm.controller.controller_actor import get_controller
+from raylsm.router import EmptyRingError, ExtentConfig, HashRing, page_anchors, routing_key
+from raylsm.store import page_key
+from raylsm.store.io_buffers import page_views, parts_nbytes
+from raylsm.store.local_reader import LocalSegmentReader
+
+logger = logging.getLogger(__name__)
+
+MISS_CAUSES = ("absent", "shard_down", "timeout", "no_shards", "error")
+
+
+class _Routed:
+    """A batch after routing: store keys in batch order and the slots of each shard."""
+
+    __slots__ = ("keys", "groups")
+
+    def __init__(self, keys: list[bytes], groups: dict[str, list[int]]):
+        self.keys = keys
+        self.groups = groups
+
+
+class TierClient:
+    def __init__(self, config: TierConfig | None = None, controller: Any = None):
+        self._config = (config or TierConfig()).validate()
+        client = self._config.client
+        self._extents = ExtentConfig.plain(client.extent_pages)
+        if not ray.is_initialized():
+            ray.init(address=self._config.ray_address or "auto", namespace=self._config.ray_namespace,
+                     log_to_driver=False)
+        self._namespace = self._config.ray_namespace
+        self._controller = controller or get_controller(self._namespace)
+        self._node_id = ray.get_runtime_context().get_node_id()
+        self._ring = HashRing((), client.virtual_nodes, 0)
+        self._ring_info: dict = {"version": -1, "shards": {}}
+        self._handles: dict[str, Any] = {}
+        self._handles_lock = threading.Lock()
+        self._local_reader = LocalSegmentReader()
+        self._counters: Counter[str] = Counter()
+        self._counters_lock = threading.Lock()
+        self._closed = threading.Event()
+        self.refresh_ring()
+        self._refresher = threading.Thread(target=self._refresh_loop, name="raylsm-ring-refresh", daemon=True)
+        self._refresher.start()
+
+    # ---- ring ---------------------------------------------------------------------------------
+
+    @property
+    def ring_version(self) -> int:
+        return self._ring_info["version"]
+
+    def refresh_ring(self) -> bool:
+        """Fetch the controller's ring; True if it changed. Failures keep the current ring."""
+        try:
+            info = ray.get(self._controller.ring.remote(), timeout=self._config.client.call_timeout_s)
+        except (ray.exceptions.RayError, TimeoutError) as error:
+            logger.warning("raylsm: ring refresh failed (%s); keeping version %s", error, self.ring_version)
+            return False
+        if info["version"] == self._ring_info["version"]:
+            return False
+        self._ring = HashRing(sorted(info["shards"]), self._config.client.virtual_nodes, max(info["version"], 0))
+        self._ring_info = info
+        with self._handles_lock:
+            self._handles = {name: handle for name, handle in self._handles.items() if name in info["shards"]}
+        logger.info("raylsm: ring version %d with %d shards", info["version"], len(info["shards"]))
+        return True
+
+    def _refresh_loop(self) -> None:
+        while not self._closed.wait(self._config.client.ring_refresh_s):
+            self.refresh_ring()
+
+    def _handle(self, shard: str) -> Any:
+        with self._handles_lock:
+            handle = self._handles.get(shard)
+        if handle is None:
+            handle = ray.get_actor(shard, namespace=self._namespace)
+            with self._handles_lock:
+                self._handles[shard] = handle
+        return handle
+
+    def _route(self, namespace_id: bytes, page_hashes: Sequence[bytes],
+               prefix_hashes: Sequence[bytes] | None) -> _Routed:
+        ring = self._ring
+        keys: list[bytes] = []
+        groups: dict[str, list[int]] = {}
+        shard_of_anchor: dict[bytes, str] = {}
+        for slot, (page, (depth, anchor)) in enumerate(
+                zip(page_hashes, page_anchors(page_hashes, prefix_hashes, self._extents))):
+            keys.append(page_key.encode(namespace_id, anchor, depth, page))
+            shard = shard_of_anchor.get(anchor)
+            if shard is None:
+                shard = shard_of_anchor[anchor] = ring.shard_for(routing_key(namespace_id, anchor))
+            groups.setdefault(shard, []).append(slot)
+        return _Routed(keys, groups)
+
+    # ---- data path ----------------------------------------------------------------------------
+
+    def exists(self, namespace_id: bytes, page_hashes: Sequence[bytes],
+               prefix_hashes: Sequence[bytes] | None = None) -> int:
+        """How many leading pages of the batch the tier holds (0 on any failure)."""
+        if not page_hashes:
+            return 0
+        try:
+            routed = self._route(namespace_id, page_hashes, prefix_hashes)
+            present = [False] * len(page_hashes)
+            calls = {shard: (self._handle(shard).probe, ([routed.keys[s] for s in slots],))
+                     for shard, slots in routed.groups.items()}
+            for shard, value in self._fan_out(calls).items():
+                if isinstance(value, int):
+                    for slot in routed.groups[shard][:value]:
+                        present[slot] = True
+            count = present.index(False) if False in present else len(present)
+            self._count(exists_calls=1, exists_pages=len(page_hashes), exists_hits=count)
+            return count
+        except EmptyRingError:
+            self._count(miss_no_shards=len(page_hashes))
+            return 0
+        except Exception:  # never into SGLang's threads
+            logger.exception("raylsm: exists failed")
+            self._count(miss_error=len(page_hashes))
+            return 0
+
+    def get_into(self, namespace_id: bytes, page_hashes: Sequence[bytes], prefix_hashes: Sequence[bytes] | None,
+                 out_buffers: Sequence[Any]) -> list[bool]:
+        """Fill out_buffers[i] (a buffer, or a list of buffers for the page's parts) with page i;
+        True per verified hit. Same-node shards are read from their segment files directly."""
+        results = [False] * len(page_hashes)
+        if not page_hashes:
+            return results
+        try:
+            routed = self._route(namespace_id, page_hashes, prefix_hashes)
+            local, remote = self._split_local(routed.groups)
+            page_bytes = [parts_nbytes(page_views(buffer)) for buffer in out_buffers]
+            calls = {}
+            for shard, slots in remote.items():
+                calls[shard] = (self._handle(shard).get_batch,
+                                ([routed.keys[s] for s in slots], [page_bytes[s] for s in slots]))
+            for shard, slots in local.items():
+                calls[shard] = (self._handle(shard).locate_batch, ([routed.keys[s] for s in slots],))
+            for shard, value in self._fan_out(calls).items():
+                slots = routed.groups[shard]
+                if isinstance(value, BaseException) or value is None:
+                    continue
+                if shard in local:
+                    segments_dir, low_watermark, pointers = value
+                    self._local_reader.forget_below(segments_dir, low_watermark)
+                    hits = self._local_reader.read_into(segments_dir, pointers, [out_buffers[s] for s in slots])
+                    self._count(local_read_pages=len(slots))
+                else:
+                    hits, data = value
+                    _scatter(data, hits, [out_buffers[s] for s in slots], [page_bytes[s] for s in slots])
+                for slot, hit in zip(slots, hits):
+                    results[slot] = bool(hit)
+            hits = sum(results)
+            self._count(get_calls=1, get_pages=len(results), get_hits=hits)
+            return results
+        except EmptyRingError:
+            self._count(miss_no_shards=len(page_hashes))
+            return results
+        except Exception:
+            logger.exception("raylsm: get failed")
+            self._count(miss_error=len(page_hashes))
+            return [False] * len(page_hashes)
+
+    def put(self, namespace_id: bytes, page_hashes: Sequence[bytes], prefix_hashes: Sequence[bytes] | None,
+            values: Sequence[Any]) -> list[bool]:
+        """Store pages (each a buffer or a list of part buffers); True per page stored or present."""
+        results = [False] * len(page_hashes)
+        if not page_hashes:
+            return results
+        try:
+            routed = self._route(namespace_id, page_hashes, prefix_hashes)
+            calls = {shard: (self._handle(shard).put_batch,
+                             ([routed.keys[s] for s in slots], [_as_arrays(values[s]) for s in slots]))
+                     for shard, slots in routed.groups.items()}
+            for shard, value in self._fan_out(calls).items():
+                if isinstance(value, list):
+                    for slot, ok in zip(routed.groups[shard], value):
+                        results[slot] = bool(ok)
+            self._count(put_calls=1, put_pages=len(results), put_stored=sum(results))
+            return results
+        except EmptyRingError:
+            self._count(put_failed_no_shards=len(page_hashes))
+            return results
+        except Exception:
+            logger.exception("raylsm: put failed")
+            self._count(put_failed_error=len(page_hashes))
+            return [False] * len(page_hashes)
+
+    # ---- plumbing -----------------------------------------------------------------------------
+
+    def _split_local(self, groups: dict[str, list[int]]) -> tuple[dict, dict]:
+        if not self._config.client.same_node_fast_path:
+            return {}, groups
+        shards = self._ring_info["shards"]
+        local = {s: slots for s, slots in groups.items() if shards.get(s, {}).get("node_id") == self._node_id}
+        remote = {s: slots for s, slots in groups.items() if s not in local}
+        return local, remote
+
+    def _fan_out(self, calls: dict[str, tuple[Any, tuple]]) -> dict[str, Any]:
+        """Issue every shard's call at once; wait at most call_timeout_s in total. The value per
+        shard, or an exception (RayError, or TimeoutError for a shard that did not answer)."""
+        refs = {}
+        results: dict[str, Any] = {}
+        for shard, (method, args) in calls.items():
+            try:
+                refs[method.remote(*args)] = shard
+            except Exception as error:  # e.g. the actor handle is gone
+                results[shard] = error
+                self._count_failure(shard, error)
+        if refs:
+            ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=self._config.client.call_timeout_s)
+            for ref in ready:
+                shard = refs[ref]
+                try:
+                    results[shard] = ray.get(ref)
+                except Exception as error:
+                    results[shard] = error
+                    self._count_failure(shard, error)
+            for ref in pending:
+                results[refs[ref]] = TimeoutError(f"shard {refs[ref]} did not answer in time")
+                self._count(timeouts=1)
+                ray.cancel(ref)
+        return results
+
+    def _count_failure(self, shard: str, error: BaseException) -> None:
+        if isinstance(error, (ray.exceptions.RayActorError, ValueError)):
+            self._count(shard_down=1)
+        else:
+            self._count(call_errors=1)
+        logger.debug("raylsm: shard %s call failed: %r", shard, error)
+
+    def _count(self, **deltas: int) -> None:
+        with self._counters_lock:
+            self._counters.update(deltas)
+
+    def stats(self) -> dict:
+        with self._counters_lock:
+            counters = dict(self._counters)
+        return {"ring_version": self.ring_version, "shards": len(self._ring_info["shards"]), "counters": counters}
+
+    def close(self) -> None:
+        self._closed.set()
+        self._local_reader.close()
+
+
+def _as_arrays(value: Any) -> Any:
+    """A page's bytes as numpy views (no copy), so Ray ships them out of band, not pickled."""
+    if isinstance(value, (list, tuple)):
+        return [np.frombuffer(part, dtype=np.uint8) for part in page_views(value)]
+    return np.frombuffer(page_views(value)[0], dtype=np.uint8)
+
+
+def _scatter(data: np.ndarray, hits: Sequence[bool], out_buffers: Sequence[Any], page_bytes: Sequence[int]) -> None:
+    """Copy each hit page from the shard's returned array into the caller's buffer(s)."""
+    offset = 0
+    for hit, buffer, nbytes in zip(hits, out_buffers, page_bytes):
+        if hit:
+            for part in page_views(buffer):
+                np.copyto(np.frombuffer(part, dtype=np.uint8), data[offset: offset + part.nbytes])
+                offset += part.nbytes
+        else:
+            offset += nbytes
