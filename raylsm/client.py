@@ -212,6 +212,11 @@ class TierClient:
             self._count(put_failed_error=len(page_hashes))
             return [False] * len(page_hashes)
 
+    def clear_namespace(self, namespace_id: bytes) -> int:
+        """Delete one namespace's pages on every shard of the ring; returns pages deleted."""
+        calls = {shard: (self._handle(shard).delete_namespace, (namespace_id,)) for shard in self._ring.shards}
+        return sum(value for value in self._fan_out(calls).values() if isinstance(value, int))
+
     # ---- plumbing -----------------------------------------------------------------------------
 
     def _split_local(self, groups: dict[str, list[int]]) -> tuple[dict, dict]:

@@ -108,6 +108,9 @@ class ShardServer:
     def clear(self) -> None:
         self._store.clear()
 
+    def delete_namespace(self, namespace: bytes) -> int:
+        return self._store.delete_namespace(namespace)
+
     def _after_call(self, op: str, started: float) -> None:
         self._metrics.observe_call(op, (time.perf_counter() - started) * 1e3)
         # NOTE: one stats snapshot per call (~tens of microseconds), not per page.

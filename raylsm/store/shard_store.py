@@ -28,6 +28,7 @@ from raylsm.store import format as fmt
 from raylsm.store.admission import make_admission_policy
 from raylsm.store.config import StoreConfig
 from raylsm.store.io_buffers import aligned_empty, page_views, parts_nbytes
+from raylsm.store import page_key
 from raylsm.store.page_key import extent_prefix, validate_keys
 from raylsm.store.pointer_index import IndexOptions, PointerIndex, read_format_version
 from raylsm.store.page_reader import read_verified, writable_parts
@@ -321,6 +322,27 @@ class ShardStore:
                 batch.delete(key)
                 deleted += 1
                 if pointer.segment_id in self._live_bytes:
+                    self._live_bytes[pointer.segment_id] -= pointer.length
+            self._index.commit(batch)
+        self._stats.add(deleted_pages=deleted)
+        return deleted
+
+    def delete_namespace(self, namespace: bytes) -> int:
+        """Remove every page of one namespace (8-byte id); returns how many there were."""
+        prefix = bytes((page_key.PAGE_KEY_TAG,)) + namespace
+        if len(namespace) != page_key.NAMESPACE_ID_BYTES:
+            raise ValueError(f"namespace id must be {page_key.NAMESPACE_ID_BYTES} bytes, got {len(namespace)}")
+        with self._write_lock:
+            self._check_open()
+            batch = self._index.new_batch()
+            deleted = 0
+            for key, raw in self._index.scan_from(prefix):
+                if not key.startswith(prefix):
+                    break
+                batch.delete(key)
+                deleted += 1
+                pointer = fmt.decode_pointer(raw)
+                if pointer is not None and pointer.segment_id in self._live_bytes:
                     self._live_bytes[pointer.segment_id] -= pointer.length
             self._index.commit(batch)
         self._stats.add(deleted_pages=deleted)
