@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import xxhash
 
@@ -355,7 +355,3 @@ class ExtentRouter:
     ) -> list[bytes]:
         return page_keys(namespace_id, page_hashes, prefix_hashes, self.extents)
 
-
-def shards_touched(groups: Iterable[tuple[str, list[int]]]) -> int:
-    """Number of shards a grouped batch fans out to."""
-    return sum(1 for _ in groups)

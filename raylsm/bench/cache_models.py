@@ -174,14 +174,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Print LRU and Belady hit ratios on the packaged trace at a few capacity fractions."""
     import argparse
 
-    from raylsm.bench.trace import PageKeyCache, load_trace
+    from raylsm.bench.trace import PageKeyCache, load_trace, request_blocks
 
     parser = argparse.ArgumentParser(description="LRU vs Belady hit ratios (prefix semantics)")
-    parser.add_argument("--page-tokens", type=int, default=512, help="512 = block level")
+    parser.add_argument(
+        "--page-tokens", type=int, default=None, help="full pages of this size (default: block ids)"
+    )
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.05, 0.10, 0.25])
     args = parser.parse_args(argv)
-    requests_pages = PageKeyCache(args.page_tokens).all_pages(load_trace(limit=args.limit))
+    trace = load_trace(limit=args.limit)
+    if args.page_tokens is None:
+        requests_pages = [request_blocks(request) for request in trace]
+    else:
+        requests_pages = PageKeyCache(args.page_tokens).all_pages(trace)
     print(f"best possible {best_possible_hit_ratio(requests_pages):.3f}")
     print(f"{'capacity':>10s} {'pages':>9s} {'lru':>6s} {'belady':>7s}")
     for fraction in args.fractions:

@@ -109,6 +109,12 @@ def load_trace(
     return requests
 
 
+def request_blocks(request: TraceRequest) -> list[int]:
+    """Block-level page ids of a request: every block id, a partial last block included (the level of
+    the design's hit-ratio figures)."""
+    return list(request.hash_ids)
+
+
 def _check_page_tokens(page_tokens: int, block_tokens: int) -> int:
     if page_tokens <= 0 or block_tokens <= 0 or block_tokens % page_tokens:
         raise ConfigError(
@@ -173,7 +179,8 @@ class PageKeyCache:
                 break
             block_pages = self._blocks.get((previous, block_id))
             if block_pages is None:
-                block_pages = tuple(chain_page_hashes((block_id,), self._pages_per_block, self._pages_per_block, previous))
+                per_block = self._pages_per_block
+                block_pages = tuple(chain_page_hashes((block_id,), per_block, per_block, previous))
                 self._blocks[(previous, block_id)] = block_pages
             pages.extend(block_pages)
             previous = block_pages[-1]
