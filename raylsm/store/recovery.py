@@ -24,6 +24,7 @@ class RecoveredState:
     segments: dict[int, Segment]
     next_segment_id: int
     live_bytes: dict[int, int] = field(default_factory=dict)
+    live_pages: dict[int, int] = field(default_factory=dict)
     dropped_pointers: int = 0
     truncated_bytes: int = 0
     clean_shutdown: bool = False
@@ -57,6 +58,7 @@ def recover(segments_dir: str, index: PointerIndex) -> RecoveredState:
             newest.truncate(end)
 
     live_bytes = {segment_id: 0 for segment_id in segment_ids}
+    live_pages = dict(live_bytes)
     dropped = 0
     batch = index.new_batch()
     for key, raw in index.scan_pages():
@@ -67,7 +69,8 @@ def recover(segments_dir: str, index: PointerIndex) -> RecoveredState:
             dropped += 1
             continue
         live_bytes[pointer.segment_id] += pointer.length
+        live_pages[pointer.segment_id] += 1
     index.commit(batch)
 
     next_id = max(segment_ids[-1] + 1 if segment_ids else 0, low_watermark)
-    return RecoveredState(segments, next_id, live_bytes, dropped, truncated, clean_shutdown)
+    return RecoveredState(segments, next_id, live_bytes, live_pages, dropped, truncated, clean_shutdown)

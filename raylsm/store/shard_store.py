@@ -53,7 +53,7 @@ class ShardStore:
         self._reinsertion = make_reinsertion_policy(config)
         state = recover(self._segments_dir, index)
         self._segments: dict[int, Segment] = state.segments
-        self._live_bytes: dict[int, int] = state.live_bytes
+        self._live = _LiveSpace(state.live_bytes, state.live_pages)
         self._next_segment_id = state.next_segment_id
         self._active: Segment | None = None
         # Reads served per page since it was written, by segment then value offset (for reinsertion).
@@ -236,7 +236,7 @@ class ShardStore:
             pointer = fmt.Pointer(segment.segment_id, record_offset + entry.offset_in_batch, entry.length, entry.checksum)
             batch.put(entry.key, fmt.encode_pointer(pointer))
         self._index.commit(batch)
-        self._live_bytes[segment.segment_id] = self._live_bytes.get(segment.segment_id, 0) + sum(e.length for e in entries)
+        self._live.add(segment.segment_id, len(entries), sum(entry.length for entry in entries))
 
     def _seal_active(self) -> None:
         if self._active is not None:
@@ -255,7 +255,6 @@ class ShardStore:
                                  config.preallocate_segments)
         self._next_segment_id += 1
         self._segments[segment.segment_id] = segment
-        self._live_bytes[segment.segment_id] = 0
         self._active = segment
         if reinsert:
             keys, buffers, checksums = zip(*reinsert)
@@ -303,7 +302,7 @@ class ShardStore:
         batch.put(fmt.META_LOW_WATERMARK, fmt.encode_u32(segment_id + 1))
         self._index.commit(batch)
         del self._segments[segment_id]
-        self._live_bytes.pop(segment_id, None)
+        self._live.drop(segment_id)
         segment.retire()
         self._stats.add(evicted_segments=1, evicted_pages=evicted_pages, evicted_bytes=evicted_bytes)
         return kept
@@ -321,8 +320,7 @@ class ShardStore:
                     continue
                 batch.delete(key)
                 deleted += 1
-                if pointer.segment_id in self._live_bytes:
-                    self._live_bytes[pointer.segment_id] -= pointer.length
+                self._live.remove(pointer.segment_id, pointer.length)
             self._index.commit(batch)
         self._stats.add(deleted_pages=deleted)
         return deleted
@@ -342,8 +340,8 @@ class ShardStore:
                 batch.delete(key)
                 deleted += 1
                 pointer = fmt.decode_pointer(raw)
-                if pointer is not None and pointer.segment_id in self._live_bytes:
-                    self._live_bytes[pointer.segment_id] -= pointer.length
+                if pointer is not None:
+                    self._live.remove(pointer.segment_id, pointer.length)
             self._index.commit(batch)
         self._stats.add(deleted_pages=deleted)
         return deleted
@@ -358,7 +356,7 @@ class ShardStore:
             for segment in self._segments.values():
                 segment.retire()
             self._segments = {}
-            self._live_bytes = {}
+            self._live = _LiveSpace({}, {})
             self._reads_since_written = {}
 
     # ---- read path ----------------------------------------------------------------------------
@@ -501,13 +499,37 @@ class ShardStore:
         (segment files), dead bytes (written but no longer referenced), capacity."""
         with self._write_lock:
             segments = list(self._segments.values())
-            live = sum(self._live_bytes.values())
+            live, pages = self._live.totals()
             written = sum(segment.write_offset for segment in segments)
             disk = sum(segment.file_bytes for segment in segments)
         snapshot = self._stats.snapshot()
-        snapshot["space"] = {"live_bytes": live, "dead_bytes": max(written - live, 0), "disk_bytes": disk,
+        snapshot["space"] = {"live_pages": pages, "live_bytes": live, "dead_bytes": max(written - live, 0), "disk_bytes": disk,
                              "capacity_bytes": self._config.capacity_bytes, "segments": len(segments)}
         return snapshot
+
+
+class _LiveSpace:
+    """Pages and bytes referenced by the index, per segment (caller holds the write lock)."""
+
+    def __init__(self, live_bytes: dict[int, int], live_pages: dict[int, int]):
+        self._bytes = dict(live_bytes)
+        self._pages = dict(live_pages)
+
+    def add(self, segment_id: int, pages: int, nbytes: int) -> None:
+        self._bytes[segment_id] = self._bytes.get(segment_id, 0) + nbytes
+        self._pages[segment_id] = self._pages.get(segment_id, 0) + pages
+
+    def remove(self, segment_id: int, nbytes: int) -> None:
+        if segment_id in self._bytes:
+            self._bytes[segment_id] -= nbytes
+            self._pages[segment_id] -= 1
+
+    def drop(self, segment_id: int) -> None:
+        self._bytes.pop(segment_id, None)
+        self._pages.pop(segment_id, None)
+
+    def totals(self) -> tuple[int, int]:
+        return sum(self._bytes.values()), sum(self._pages.values())
 
 
 def _fit(pages: Sequence[tuple[memoryview, ...]], start: int, room: int) -> int:
