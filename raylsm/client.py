@@ -49,7 +49,7 @@ class TierClient:
     def __init__(self, config: TierConfig | None = None, controller: Any = None):
         self._config = (config or TierConfig()).validate()
         client = self._config.client
-        self._extents = ExtentConfig.plain(client.extent_pages)
+        self._extents = ExtentConfig(client.extent_pages, client.shallow_depth_pages, client.shallow_extent_pages)
         if not ray.is_initialized():
             ray.init(address=self._config.ray_address or "auto", namespace=self._config.ray_namespace,
                      log_to_driver=False)

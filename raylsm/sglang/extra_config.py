@@ -22,6 +22,8 @@ FLAT_KEYS = {
     "ray_address": (None, "ray_address"),
     "ray_namespace": (None, "ray_namespace"),
     "extent_pages": ("client", "extent_pages"),
+    "shallow_depth_pages": ("client", "shallow_depth_pages"),
+    "shallow_extent_pages": ("client", "shallow_extent_pages"),
     "call_timeout_s": ("client", "call_timeout_s"),
     "ring_refresh_s": ("client", "ring_refresh_s"),
     "same_node_fast_path": ("client", "same_node_fast_path"),
