@@ -1,0 +1,149 @@
+"""Bringing the tier up and down: join or start Ray, start the controller, wait for the shards.
+
+Owned here: the embedded default (a local Ray head started with `ray start`, offering
+`raylsm_shard` units, and shard data under ./.raylsm/data), connecting to an existing cluster, and
+the status table. Called by the `raylsm up|status|down` commands, the trace benchmark and tests.
+Not on the data path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import ray
+
+from raylsm.config import TierConfig
+from raylsm.controller.controller_actor import get_controller, start_controller
+from raylsm.errors import ShardUnavailableError
+
+EMBEDDED_DIR = "./.raylsm"
+EMBEDDED_MARKER = "embedded-ray.json"  # written when `raylsm up` started the Ray head itself
+
+
+@dataclass(frozen=True)
+class UpResult:
+    ray_address: str
+    started_ray: bool
+    ring: dict
+
+
+def absolute_data_dir(config: TierConfig) -> TierConfig:
+    """Shard actors run in Ray's working directory: give them an absolute data_dir."""
+    shard = dataclasses.replace(config.shard, data_dir=os.path.abspath(config.shard.data_dir))
+    return dataclasses.replace(config, shard=shard)
+
+
+def _ray_executable() -> str:
+    candidate = os.path.join(os.path.dirname(sys.executable), "ray")
+    return candidate if os.path.exists(candidate) else (shutil.which("ray") or "ray")
+
+
+def start_embedded_ray(shards: int, num_cpus: int | None = None, state_dir: str = EMBEDDED_DIR) -> str:
+    """Start a local Ray head offering `shards` units of the shard resource; returns its address."""
+    os.makedirs(state_dir, exist_ok=True)
+    command = [_ray_executable(), "start", "--head", "--include-dashboard=false", "--disable-usage-stats",
+               f"--resources={json.dumps({'raylsm_shard': shards})}"]
+    if num_cpus is not None:
+        command.append(f"--num-cpus={num_cpus}")
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    with open(os.path.join(state_dir, EMBEDDED_MARKER), "w") as marker:
+        json.dump({"started_at": time.time(), "shards": shards}, marker)
+    return "auto"
+
+
+def ray_is_running() -> bool:
+    """Connect to a running local Ray instance if there is one; False if there is none."""
+    if ray.is_initialized():
+        return True
+    try:
+        ray.init(address="auto", namespace="raylsm", log_to_driver=False)
+    except (ConnectionError, RuntimeError):
+        return False
+    return True
+
+
+def up(config: TierConfig, shards: int = 1, wait_s: float = 120.0) -> UpResult:
+    """Join the configured Ray cluster (or a running local one, or start an embedded one), start the
+    controller, and wait until the ring has every shard the cluster offers. Idempotent."""
+    config = absolute_data_dir(config)
+    started = False
+    if config.ray_address:
+        ray.init(address=config.ray_address, namespace=config.ray_namespace, log_to_driver=False)
+    elif not ray_is_running():
+        start_embedded_ray(shards)
+        started = True
+        ray.init(address="auto", namespace=config.ray_namespace, log_to_driver=False)
+    controller = start_controller(config)
+    ring = wait_for_shards(controller, config.shard.resource_name, wait_s)
+    return UpResult(config.ray_address or "auto", started, ring)
+
+
+def wait_for_shards(controller, resource_name: str, wait_s: float) -> dict:
+    """Wait until every unit of the shard resource in the cluster has a serving shard in the ring."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        expected = int(sum(int(node.get("Resources", {}).get(resource_name, 0))
+                           for node in ray.nodes() if node.get("Alive")))
+        ring = ray.get(controller.reconcile_now.remote())
+        if expected and len(ring["shards"]) >= expected:
+            return ring
+        if time.monotonic() > deadline:
+            raise ShardUnavailableError(
+                f"only {len(ring['shards'])} of {expected} shards are serving after {wait_s:.0f}s "
+                f"(does any node offer the {resource_name!r} resource?)")
+        time.sleep(0.5)
+
+
+def status(namespace: str = "raylsm") -> dict:
+    """The controller's status (ring version, shards with state and store stats)."""
+    return ray.get(get_controller(namespace).status.remote())
+
+
+def down(namespace: str = "raylsm", state_dir: str = EMBEDDED_DIR) -> int:
+    """Close and kill every shard and the controller; stop Ray if `up` started it. Returns the
+    number of shards stopped (0 if no tier was running)."""
+    stopped = 0
+    if ray_is_running():
+        try:
+            controller = get_controller(namespace)
+        except ValueError:
+            controller = None
+        if controller is not None:
+            stopped = ray.get(controller.shutdown.remote())
+            ray.kill(controller, no_restart=True)
+        ray.shutdown()
+    marker = os.path.join(state_dir, EMBEDDED_MARKER)
+    if os.path.exists(marker):
+        subprocess.run([_ray_executable(), "stop", "--force"], check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.unlink(marker)
+    return stopped
+
+
+def format_status(report: dict) -> str:
+    """A fixed-width table of shards: node, state, pages, bytes, capacity, hit rate."""
+    rows = [("shard", "node", "state", "pages", "live GB", "disk GB", "capacity GB", "hit rate")]
+    for shard in report["shards"]:
+        stats = shard.get("stats") or {}
+        space = stats.get("space", {})
+        counters = stats.get("counters", {})
+        hits = counters.get("gets_hit", 0)
+        lookups = hits + sum(v for k, v in counters.items() if k.startswith("gets_miss"))
+        rows.append((shard["shard"], shard["node_id"][:12], shard["state"], str(space.get("live_pages", "-")),
+                     f"{space.get('live_bytes', 0) / 1e9:.3f}", f"{space.get('disk_bytes', 0) / 1e9:.3f}",
+                     f"{space.get('capacity_bytes', 0) / 1e9:.1f}",
+                     f"{hits / lookups:.3f}" if lookups else "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    lines.append(f"ring version {report['ring_version']}")
+    if report.get("errors"):
+        lines.append(f"controller errors: {report['errors']}")
+    return "\n".join(lines)
