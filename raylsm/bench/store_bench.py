@@ -24,8 +24,8 @@ Method, the same for every system:
 - Every get batch is checked: all pages must be hits and their stamps right; every 16th batch is
   compared byte for byte against the source.
 - p50/p99 are per batch call (ms per 128 pages); throughput is bytes / wall time of the pass.
-- The disk ceiling reads two ways (sequential 128-page chunks, random page-sized reads) and keeps
-  the stronger as its get figure.
+- The disk ceiling reads two ways (sequential 128-page chunks, random page-sized reads), each
+  twice, and keeps the best as its get figure (so raylsm's ratio to it is not flattered).
 
 Not thread-safe as a whole; it runs the systems one after another and owns the threads it starts.
 """
@@ -181,9 +181,7 @@ class Workload:
     def stamp(self, batch: PageBatch) -> np.ndarray:
         """Stamp the batch's pages into their pool rows; returns the pool row of each page."""
         ids = np.asarray(batch.page_ids, dtype=np.uint64)
-        rows = (ids % POOL_PAGES).astype(np.intp)
-        if len(np.unique(rows)) != len(rows):
-            raise AssertionError("a batch reuses a pool row; POOL_PAGES must exceed the batch")
+        rows = (ids % POOL_PAGES).astype(np.intp)  # distinct: put batches are <= 128 consecutive pages
         self._pool_words[rows, 0] = ids
         self._pool_words[rows, 1] = self.nonce
         self._pool_words[rows, -1] = ids ^ self.nonce
@@ -395,17 +393,23 @@ def run_system(system: BenchSystem, workload: Workload, config: BenchConfig, roo
             out = aligned_empty(BATCH_PAGES * workload.page_bytes).reshape(BATCH_PAGES, workload.page_bytes)
             outputs.append((out, [system.adapt_buffer(row) for row in out]))
         orders = system.read_orders or ("chain",)
-        cold_by_order = {}
+        repeats = getattr(system, "read_repeats", 1)
+        cold_by_order: dict[str, Measurement] = {}
+        figures: dict[str, list[float]] = {}
         for order in orders:
-            dropped = drop_page_cache()
-            cold_by_order[order] = _read_pass(system, workload, "get_cold", _batches_for(workload, order),
-                                              config.threads, outputs, config.progress, f"{label} {order}")
-            cold_by_order[order].detail["page_cache_dropped"] = dropped
+            for _ in range(repeats):
+                dropped = drop_page_cache()
+                measured = _read_pass(system, workload, "get_cold", _batches_for(workload, order), config.threads,
+                                      outputs, config.progress, f"{label} {order}")
+                measured.detail["page_cache_dropped"] = dropped
+                figures.setdefault(order, []).append(round(measured.gb_per_s, 4))
+                if order not in cold_by_order or measured.pages_per_s > cold_by_order[order].pages_per_s:
+                    cold_by_order[order] = measured
         best = max(orders, key=lambda order: cold_by_order[order].pages_per_s)
         cold = cold_by_order[best]
-        if len(orders) > 1:
-            cold.method = f"{best} (stronger of {', '.join(orders)})"
-            cold.detail.update({f"{order}_gb_per_s": round(m.gb_per_s, 4) for order, m in cold_by_order.items()})
+        if len(orders) > 1 or repeats > 1:
+            cold.method = f"{best} (best of {repeats} x {', '.join(orders)})"
+            cold.detail.update({f"{order}_gb_per_s": values for order, values in figures.items()})
         results.append(cold)
         warm = _read_pass(system, workload, "get_warm", _batches_for(workload, best), config.threads, outputs,
                           config.progress, f"{label} {best}")
@@ -598,8 +602,8 @@ def format_tables(measurements: Sequence[Measurement], workload: Workload, confi
             lines.append(f"{op:<18}" + "".join(cells))
         ceiling = _find(rows, "disk_ceiling", "get_cold", page_bytes)
         if ceiling is not None and ceiling.detail:
-            parts = [f"{key.removesuffix('_gb_per_s')} {value:.3f} GB/s" for key, value in ceiling.detail.items()
-                     if key.endswith("_gb_per_s")]
+            parts = [f"{key.removesuffix('_gb_per_s')} " + " / ".join(f"{v:.3f}" for v in values) + " GB/s"
+                     for key, values in ceiling.detail.items() if key.endswith("_gb_per_s")]
             lines.append(f"disk_ceiling get = {ceiling.method}: " + ", ".join(parts))
     return lines
 
