@@ -55,15 +55,15 @@ def _add_bench_store(subparsers: argparse._SubParsersAction) -> None:
                     "buffered), SGLang's HiCacheFile, plain RocksDB with BlobDB, and the raw disk, in one run on "
                     "the same disk. Prints a table per page size with ratios; --json writes the figures.")
     parser.add_argument("--quick", action="store_true",
-                        help="small run (8,000 x 64 KiB and 1,000 x 1 MiB pages), a few minutes at most")
+                        help="small run (16,000 x 64 KiB and 1,500 x 1 MiB pages), under 3 minutes")
     parser.add_argument("--json", metavar="PATH", dest="json_path", help="write the results as JSON to PATH")
     parser.add_argument("--dir", metavar="PATH", dest="data_dir",
                         help="data directory (default: a temporary directory under ./.raylsm/bench); each "
                              "system's data is removed after it ran")
     parser.add_argument("--pages-64k", type=_non_negative, metavar="N",
-                        help="stored 64 KiB pages (default 100,000; --quick 8,000; 0 skips)")
+                        help="stored 64 KiB pages (default 100,000; --quick 16,000; 0 skips)")
     parser.add_argument("--pages-1m", type=_non_negative, metavar="N",
-                        help="stored 1 MiB pages (default 8,000; --quick 1,000; 0 skips)")
+                        help="stored 1 MiB pages (default 8,000; --quick 1,500; 0 skips)")
     parser.add_argument("--extent-pages", type=_positive, default=16, metavar="E",
                         help="pages per extent in the page keys (default 16)")
     parser.add_argument("--chain-pages", type=_positive, default=64, metavar="K",
