@@ -290,7 +290,8 @@ def test_delete_batch_with_a_repeated_key_counts_it_once(store, kit):
     keys = kit.keys(2)
     store.put_batch(keys, [b"a" * 100, b"b" * 100])
     assert store.delete_batch([keys[0], keys[0]]) == 1
-    assert store.stats()["space"]["live_bytes"] == 100
+    space = store.stats()["space"]
+    assert (space["live_bytes"], space["live_pages"]) == (100, 1)
 
 
 def test_deletes_survive_reopen(store_factory, kit, tmp_path):
@@ -367,3 +368,42 @@ def test_durability_modes_round_trip(store_factory, kit, durability):
     store.close()
     store = store_factory()
     assert kit.read_all(store, keys + [kit.key(9)]) == [b"a", b"b" * 5000, b"c", b"d"]
+
+
+def test_delete_namespace_removes_only_that_namespace(store_factory, kit):
+    from raylsm.store import page_key
+    store = store_factory()
+    ns_a, ns_b = page_key.namespace_id("model-a"), page_key.namespace_id("model-b")
+    keys_a = [kit.key(i, namespace=ns_a) for i in range(5)]
+    keys_b = [kit.key(i, namespace=ns_b) for i in range(3)]
+    store.put_batch(keys_a + keys_b, [b"a" * 1000] * 5 + [b"b" * 10] * 3)
+    assert store.stats()["space"]["live_pages"] == 8
+    assert store.delete_namespace(ns_a) == 5
+    assert store.get_batch(keys_a) == [None] * 5
+    assert kit.read_all(store, keys_b) == [b"b" * 10] * 3
+    space = store.stats()["space"]
+    assert (space["live_pages"], space["live_bytes"]) == (3, 30)
+    assert store.delete_namespace(ns_a) == 0
+    with pytest.raises(ValueError, match="namespace"):
+        store.delete_namespace(b"short")
+    store.close()
+    store = store_factory()
+    assert store.get_batch(keys_a) == [None] * 5 and store.probe(keys_b) == 3
+    assert store.stats()["space"]["live_pages"] == 3
+
+
+def test_live_pages_follow_puts_deletes_evictions_and_reopen(store_factory, kit):
+    store = store_factory(capacity_bytes=2 * 1024 * 1024, reinsertion_policy="none")
+    keys = kit.keys(15)
+    store.put_batch(keys, [kit.value(i, 64 * 1024) for i in range(15)])  # fills segment 0
+    store.delete_batch(keys[:2])
+    assert store.stats()["space"]["live_pages"] == 13
+    i = 0
+    while kit.counters(store)["evicted_segments"] == 0:
+        store.put_batch([kit.key(("fill", i))], [kit.value(("fill", i), 64 * 1024)])
+        i += 1
+    space = store.stats()["space"]
+    assert space["live_pages"] == i and space["live_bytes"] == i * 64 * 1024
+    store.close()
+    store = store_factory()
+    assert store.stats()["space"]["live_pages"] == i
