@@ -42,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -474,11 +475,13 @@ def run(config: BenchConfig, out=sys.stdout, log: Callable[[str], None] | None =
                     continue
                 try:
                     system = make_system(name)
+                    measurements.extend(run_system(system, workload, config, root, log))
                 except SystemUnavailable as error:
                     systems_skipped[name] = str(error)
                     log(f"note: skipping {name}: {error}")
-                    continue
-                measurements.extend(run_system(system, workload, config, root, log))
+                except Exception as error:  # one broken system must not hide the others' figures
+                    notes.append(f"{name} {_size_name(page_bytes)} failed: {type(error).__name__}: {error}")
+                    log("!! " + notes[-1] + "\n" + traceback.format_exc())
             for line in format_tables(measurements, workload, config, can_drop):
                 print(line, file=out)
             out.flush()
