@@ -637,4 +637,4 @@ def format_goals(measurements: Sequence[Measurement]) -> list[str]:
         if needs_full and ours.stored_pages < 100_000:
             verdict += f" (indicative: {ours.stored_pages:,} < 100,000 pages)"
         lines.append(f"  {description:<46} {ratio:>7.2f}x  {verdict}")
-    return lines
+    return lines if len(lines) > 2 else []
