@@ -93,3 +93,14 @@ def test_plan_covers_every_page_once_at_its_offset(pointers, merge_gap_bytes):
         if before.segment_id == after.segment_id and len(before.parts) + 2 <= MAX_PARTS_PER_RUN:
             end = before.offset + sum(nbytes for _, nbytes in before.parts)
             assert after.offset - end > merge_gap_bytes or after.offset < end
+
+
+def test_pages_of_several_parts_count_every_iovec_against_the_limit():
+    wanted = [(i, _p(0, i * 8192, 100)) for i in range(600)]
+    parts = {i: 3 for i in range(600)}  # e.g. pages read into K, V and a third buffer
+    runs = plan_reads(wanted, merge_gap_bytes=1 << 20, buffers_per_slot=parts)
+    for run in runs:
+        iovecs = sum(parts[slot] if slot >= 0 else 1 for slot, _ in run.parts)
+        assert iovecs <= MAX_PARTS_PER_RUN
+    assert len(runs) >= 3
+    assert sorted(slot for run in runs for slot, _ in run.parts if slot >= 0) == list(range(600))
