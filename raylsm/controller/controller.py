@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raylsm.config import TierConfig
-from raylsm.controller.ray_api import RayClusterApi, ShardSlot
+from raylsm.controller.ray_api import RayClusterApi
 
 logger = logging.getLogger(__name__)
 

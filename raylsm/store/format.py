@@ -37,7 +37,6 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import xxhash
 
-from raylsm.errors import CorruptionError
 from raylsm.store.page_key import KEY_BYTES
 from raylsm.store.io_buffers import aligned_zeros
 
@@ -136,7 +135,7 @@ def decode_batch_prefix(block: bytes | memoryview) -> BatchPrefix | None:
     if magic != BATCH_MAGIC:
         return None
     if version != FORMAT_VERSION:
-        raise CorruptionError(f"batch record of format version {version}, expected {FORMAT_VERSION}")
+        return None  # a damaged header (the store's format version is checked once, at open)
     if header_bytes != header_bytes_for(count) or batch_bytes < header_bytes or batch_bytes % BLOCK_BYTES:
         return None
     return BatchPrefix(count, header_bytes, batch_bytes)

@@ -70,7 +70,8 @@ def encode(namespace: bytes, extent_hash: bytes, depth: int, page_hash: bytes) -
 def decode(key: bytes) -> PageKey:
     """Decode a key made by `encode`; ValueError if it is not one."""
     if not is_page_key(key):
-        raise ValueError(f"not a page key: {key[:8]!r}... ({len(key)} bytes)")
+        size = len(key) if isinstance(key, (bytes, bytearray, str)) else "n/a"
+        raise ValueError(f"not a page key: a {type(key).__name__} of length {size}, expected {KEY_BYTES} bytes")
     ns_end = 1 + NAMESPACE_ID_BYTES
     return PageKey(
         namespace_id=key[1:ns_end],

@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 from rocksdict import (BlockBasedOptions, Cache, Options, Rdict, ReadOptions, WriteBatch,
                        WriteOptions)
 
-from raylsm.errors import StoreLockedError
+from raylsm.errors import FormatVersionError, StoreLockedError
 from raylsm.store import format as fmt
 from raylsm.store.page_key import END_OF_PAGE_KEYS, FIRST_PAGE_KEY
 
@@ -114,4 +114,8 @@ class PointerIndex:
 
 def read_format_version(index: PointerIndex) -> int | None:
     raw = index.get_meta(fmt.META_FORMAT_VERSION)
-    return None if raw is None else fmt.decode_u32(raw)
+    if raw is None:
+        return None
+    if len(raw) != 4:
+        raise FormatVersionError(f"the store's format version record is malformed ({raw!r})")
+    return fmt.decode_u32(raw)

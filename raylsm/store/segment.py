@@ -14,7 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from typing import Iterator, Sequence
+from typing import Iterator
 
 from raylsm.errors import CorruptionError
 from raylsm.store import format as fmt

@@ -248,9 +248,12 @@ class ShardStore:
         the pages eviction kept. Raises OSError if the new segment cannot be created."""
         self._seal_active()
         config = self._config
+        # One budget for the whole roll, however many segments it frees, so what is kept always fits
+        # the new segment (the budget is at most half a segment).
+        budget = [int(config.segment_bytes * config.reinsertion_budget_fraction)]
         reinsert: list[tuple[bytes, np.ndarray, int]] = []
         while self._disk_bytes() + config.segment_bytes > config.capacity_bytes and self._segments:
-            reinsert.extend(self._evict_oldest(budget_bytes=int(config.segment_bytes * config.reinsertion_budget_fraction)))
+            reinsert.extend(self._evict_oldest(budget))
         segment = Segment.create(self._segments_dir, self._next_segment_id, config.segment_bytes,
                                  config.preallocate_segments)
         self._next_segment_id += 1
@@ -259,19 +262,32 @@ class ShardStore:
         if reinsert:
             keys, buffers, checksums = zip(*reinsert)
             pages = [(memoryview(buffer),) for buffer in buffers]
-            if _fit(pages, 0, segment.remaining_bytes()) == len(pages):
-                self._write_record(segment, keys, pages, checksums)
-                self._stats.add(reinserted_pages=len(keys), reinserted_bytes=sum(b.nbytes for b in buffers))
+            fits = _fit(pages, 0, segment.remaining_bytes())
+            if fits:
+                self._write_record(segment, keys[:fits], pages[:fits], checksums[:fits])
+            self._stats.add(reinserted_pages=fits, reinserted_bytes=sum(b.nbytes for b in buffers[:fits]),
+                            evicted_pages=len(keys) - fits, evicted_bytes=sum(b.nbytes for b in buffers[fits:]))
         return segment
+
+    def _enforce_capacity(self) -> None:
+        """Evict oldest sealed segments until disk use is within the budget (after it was lowered)."""
+        while self._disk_bytes() > self._config.capacity_bytes:
+            sealed = [segment_id for segment_id in self._segments
+                      if self._active is None or segment_id != self._active.segment_id]
+            if not sealed:
+                return
+            self._evict_oldest([0])
 
     def _disk_bytes(self) -> int:
         return sum(segment.file_bytes for segment in self._segments.values())
 
-    def _evict_oldest(self, budget_bytes: int) -> list[tuple[bytes, np.ndarray, int]]:
-        """Free the oldest segment. Pages that earned it (by the reinsertion policy, within
-        `budget_bytes`) are read into memory and returned for re-append; the rest lose their pointers.
+    def _evict_oldest(self, budget: list[int]) -> list[tuple[bytes, np.ndarray, int]]:
+        """Free the oldest sealed segment. Pages that earned it (by the reinsertion policy, within the
+        remaining byte budget `budget[0]`, which this spends) are read into memory and returned for
+        re-append; the rest lose their pointers.
         The low watermark moves past the segment in the same WriteBatch, then the file is unlinked."""
-        segment_id = min(self._segments)
+        active_id = self._active.segment_id if self._active is not None else None
+        segment_id = min(segment_id for segment_id in self._segments if segment_id != active_id)
         segment = self._segments[segment_id]
         reads = self._reads_since_written.pop(segment_id, {})
         entries = [(record_offset + entry.offset_in_batch, entry)
@@ -285,7 +301,7 @@ class ShardStore:
             if pointer is None or pointer.segment_id != segment_id or pointer.offset != offset:
                 continue  # deleted, or already moved elsewhere
             if (self._reinsertion.should_reinsert(entry.key, reads.get(offset, 0))
-                    and entry.length <= budget_bytes):
+                    and entry.length <= budget[0]):
                 buffer = aligned_empty(entry.length)
                 try:
                     segment.read_into(offset, [memoryview(buffer)], self._config.direct_io)
@@ -293,7 +309,7 @@ class ShardStore:
                     buffer = None
                 if buffer is not None and fmt.checksum(buffer) == entry.checksum:
                     kept.append((entry.key, buffer, entry.checksum))
-                    budget_bytes -= entry.length
+                    budget[0] -= entry.length
                     batch.delete(entry.key)  # re-put with its new location right after
                     continue
             batch.delete(entry.key)
@@ -310,6 +326,7 @@ class ShardStore:
     def delete_batch(self, keys: Sequence[bytes]) -> int:
         """Remove pages; returns how many were present. Their bytes die with their segment."""
         validate_keys(keys)
+        keys = list(dict.fromkeys(keys))  # a key repeated in the batch is one page
         with self._write_lock:
             self._check_open()
             batch = self._index.new_batch()
@@ -405,6 +422,7 @@ class ShardStore:
 
     def get_batch(self, keys: Sequence[bytes]) -> list[np.ndarray | None]:
         """Convenience read that allocates: an aligned uint8 array per hit, None per miss."""
+        validate_keys(keys)
         self._check_open()
         raws = self._index.get_many(keys) if keys else []
         buffers = []
@@ -490,6 +508,8 @@ class ShardStore:
                 self._reinsertion = make_reinsertion_policy(new)
             if new.durability != old.durability:
                 self._index.set_sync_writes(new.durability == "machine")
+            if new.capacity_bytes < old.capacity_bytes:
+                self._enforce_capacity()
             if new.write_buffer_bytes != old.write_buffer_bytes:
                 self._index.set_rocksdb_options({"write_buffer_size": str(new.write_buffer_bytes)})
             return new

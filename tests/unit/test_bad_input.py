@@ -35,9 +35,6 @@ def test_bad_key_names_its_index_and_nothing_is_written(store, kit, bad):
             call([good[0], good[1], bad])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ShardStore.get_batch calls the index's multi-get before "
-                                       "validating keys, so a non-bytes key raises rocksdict's KeyError "
-                                       "instead of a ValueError naming the key's index")
 @pytest.mark.parametrize("bad", [BAD_KEYS["str"], BAD_KEYS["none"]], ids=["str", "none"])
 def test_get_batch_bad_key_names_its_index(store, kit, bad):
     with pytest.raises(ValueError, match=r"\bkey 1\b"):

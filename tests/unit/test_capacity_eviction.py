@@ -185,9 +185,6 @@ def test_evicted_pages_stay_gone_after_reopen(store_factory, kit):
     assert kit.read_all(store, keys[:1]) == [b"again"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: capacity_bytes is tagged live, but lowering it evicts nothing "
-                                       "until the active segment fills and rolls; disk use stays above the "
-                                       "new budget plus one segment across puts")
 def test_lowering_capacity_applies_on_the_next_put(store_factory, kit):
     store = store_factory(capacity_bytes=8 * MiB)
     for i in range(0, 100, 5):
@@ -198,10 +195,6 @@ def test_lowering_capacity_applies_on_the_next_put(store_factory, kit):
     assert _disk_bytes(kit, store) <= 3 * MiB
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ShardStore._roll drops every page kept for reinsertion when they "
-                                       "do not all fit the new segment (several segments evicted at once): "
-                                       "none is re-appended, their pointers are already deleted, and they are "
-                                       "not counted as evicted")
 def test_evicting_several_segments_at_once_reinserts_what_fits_and_accounts_for_every_page(store_factory, kit):
     store = store_factory(capacity_bytes=8 * MiB)
     keys = kit.keys(100)

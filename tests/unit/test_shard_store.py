@@ -87,9 +87,6 @@ def test_incompatible_format_version_is_refused_and_releases_the_directory(tmp_p
         assert kit.read_all(store, [kit.key(1)]) == [b"kept"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: pointer_index.read_format_version decodes the meta value with "
-                                       "struct.unpack without a length check, so a malformed version value "
-                                       "raises struct.error instead of a typed raylsm error")
 def test_malformed_format_version_is_a_typed_error(tmp_path, kit):
     root = tmp_path / "s"
     ShardStore.open(str(root), kit.config()).close()
@@ -283,9 +280,6 @@ def test_delete_batch(store, kit):
     assert kit.read_all(store, [keys[1]]) == [b"new"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ShardStore.delete_batch counts a key repeated in one batch once "
-                                       "per occurrence (return value, deleted_pages) and subtracts its length "
-                                       "from live bytes once per occurrence")
 def test_delete_batch_with_a_repeated_key_counts_it_once(store, kit):
     keys = kit.keys(2)
     store.put_batch(keys, [b"a" * 100, b"b" * 100])
