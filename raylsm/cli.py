@@ -5,6 +5,9 @@ function that declares its arguments and a handler, and the handler imports the 
 the work lazily, so `raylsm --help` and light commands never pay for numpy, rocksdict or torch.
 Called from the shell (and `make demo` / `make bench`). Commands today:
 
+    raylsm up [--address ADDR] [--shards N] [--data-dir DIR] [--capacity-gb G] [--config FILE]
+    raylsm status
+    raylsm down
     raylsm bench store [--quick] [--json PATH] [--dir PATH] [--pages-64k N] [--pages-1m N] ...
 
 To add one (`up`, `down`, `status`, `bench trace`): write `_add_<name>(subparsers)` that calls
@@ -24,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raylsm", description="raylsm: a distributed KV-cache storage tier.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
+    _add_up(subparsers)
+    _add_status(subparsers)
+    _add_down(subparsers)
     _add_bench(subparsers)
     return parser
 
@@ -35,6 +41,99 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+# ---- raylsm up / status / down -----------------------------------------------------------------
+
+
+def _add_up(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "up", help="join or start Ray, start the controller and the shards",
+        description="Join the Ray cluster at --address (or a running local Ray, or start an embedded local head "
+                    "offering --shards units of the raylsm_shard resource), start the raylsm controller, and wait "
+                    "until every shard is serving.")
+    parser.add_argument("--address", help="Ray address to join (default: a running local Ray, else start one)")
+    parser.add_argument("--shards", type=_positive, default=1,
+                        help="shard units of an embedded local Ray head (default 1)")
+    parser.add_argument("--data-dir", help="node-local directory holding the shard directories "
+                                           "(default ./.raylsm/data)")
+    parser.add_argument("--capacity-gb", type=float, help="disk budget per shard in GB (default 64 GiB)")
+    parser.add_argument("--segment-mb", type=_positive, help="segment file size in MiB (default 256)")
+    parser.add_argument("--config", metavar="FILE", help="a JSON file holding a TierConfig as nested dicts")
+    parser.add_argument("--no-wait", action="store_true",
+                        help="return once the controller runs (shards join as nodes offering the resource come up)")
+    parser.set_defaults(handler=_run_up)
+
+
+def tier_config_from_args(args: argparse.Namespace):
+    """The TierConfig a command line asks for: --config file, then the flags on top."""
+    import json
+
+    from raylsm.config import TierConfig
+
+    raw: dict = {}
+    if getattr(args, "config", None):
+        with open(args.config) as handle:
+            raw = json.load(handle)
+    shard = raw.setdefault("shard", {})
+    if getattr(args, "address", None):
+        raw["ray_address"] = args.address
+    if getattr(args, "data_dir", None):
+        shard["data_dir"] = args.data_dir
+    store = shard.setdefault("store", {})
+    if getattr(args, "capacity_gb", None):
+        store["capacity_bytes"] = int(args.capacity_gb * 1e9) // 4096 * 4096
+    if getattr(args, "segment_mb", None):
+        store["segment_bytes"] = args.segment_mb * 1024 * 1024
+    return TierConfig.from_dict(raw)
+
+
+def _run_up(args: argparse.Namespace) -> int:
+    from raylsm import lifecycle
+
+    config = tier_config_from_args(args)
+    result = lifecycle.up(config, shards=args.shards, wait_s=0 if args.no_wait else 120.0)
+    where = "an embedded local Ray head" if result.started_ray else f"Ray at {result.ray_address}"
+    print(f"raylsm is up on {where}: ring version {result.ring['version']}, {len(result.ring['shards'])} shard(s)")
+    print(lifecycle.format_status(lifecycle.status(config.ray_namespace)))
+    return 0
+
+
+def _add_status(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("status", help="a table of the shards: node, state, pages, bytes, hit rate")
+    parser.add_argument("--namespace", default="raylsm", help="Ray namespace of the tier (default raylsm)")
+    parser.set_defaults(handler=_run_status)
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    from raylsm import lifecycle
+
+    if not lifecycle.ray_is_running():
+        print("raylsm: no Ray instance is running (start one with `raylsm up`)", file=sys.stderr)
+        return 1
+    try:
+        report = lifecycle.status(args.namespace)
+    except ValueError:
+        print("raylsm: Ray is running but the raylsm controller is not (start it with `raylsm up`)",
+              file=sys.stderr)
+        return 1
+    print(lifecycle.format_status(report))
+    return 0
+
+
+def _add_down(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("down", help="close every store, stop the shards and the controller "
+                                                "(and the local Ray if `up` started it)")
+    parser.add_argument("--namespace", default="raylsm", help="Ray namespace of the tier (default raylsm)")
+    parser.set_defaults(handler=_run_down)
+
+
+def _run_down(args: argparse.Namespace) -> int:
+    from raylsm import lifecycle
+
+    stopped = lifecycle.down(args.namespace)
+    print(f"raylsm is down ({stopped} shard(s) closed)")
+    return 0
 
 
 # ---- raylsm bench ... ---------------------------------------------------------------------------

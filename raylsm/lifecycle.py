@@ -81,7 +81,10 @@ def up(config: TierConfig, shards: int = 1, wait_s: float = 120.0) -> UpResult:
         started = True
         ray.init(address="auto", namespace=config.ray_namespace, log_to_driver=False)
     controller = start_controller(config)
-    ring = wait_for_shards(controller, config.shard.resource_name, wait_s)
+    if wait_s > 0:
+        ring = wait_for_shards(controller, config.shard.resource_name, wait_s)
+    else:
+        ring = ray.get(controller.ring.remote())
     return UpResult(config.ray_address or "auto", started, ring)
 
 
