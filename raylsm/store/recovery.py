@@ -12,6 +12,8 @@ Pointers to bytes that were written but later damaged are caught by the value ch
 from __future__ import annotations
 
 import os
+
+import xxhash
 from dataclasses import dataclass, field
 
 from raylsm.store import format as fmt
@@ -28,9 +30,10 @@ class RecoveredState:
     dropped_pointers: int = 0
     truncated_bytes: int = 0
     clean_shutdown: bool = False
+    digests: set[int] | None = None  # 64-bit digests of every live page key, if asked for
 
 
-def recover(segments_dir: str, index: PointerIndex) -> RecoveredState:
+def recover(segments_dir: str, index: PointerIndex, with_digests: bool = False) -> RecoveredState:
     clean_shutdown = index.get_meta(fmt.META_CLEAN_SHUTDOWN) is not None
     index.delete_meta(fmt.META_CLEAN_SHUTDOWN)
     raw_watermark = index.get_meta(fmt.META_LOW_WATERMARK)
@@ -60,6 +63,7 @@ def recover(segments_dir: str, index: PointerIndex) -> RecoveredState:
     live_bytes = {segment_id: 0 for segment_id in segment_ids}
     live_pages = dict(live_bytes)
     dropped = 0
+    digests: set[int] | None = set() if with_digests else None
     batch = index.new_batch()
     for key, raw in index.scan_pages():
         pointer = fmt.decode_pointer(raw)
@@ -70,7 +74,9 @@ def recover(segments_dir: str, index: PointerIndex) -> RecoveredState:
             continue
         live_bytes[pointer.segment_id] += pointer.length
         live_pages[pointer.segment_id] += 1
+        if digests is not None:
+            digests.add(xxhash.xxh3_64_intdigest(key))
     index.commit(batch)
 
     next_id = max(segment_ids[-1] + 1 if segment_ids else 0, low_watermark)
-    return RecoveredState(segments, next_id, live_bytes, live_pages, dropped, truncated, clean_shutdown)
+    return RecoveredState(segments, next_id, live_bytes, live_pages, dropped, truncated, clean_shutdown, digests)

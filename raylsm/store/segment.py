@@ -180,18 +180,33 @@ class Segment:
     def remaining_bytes(self) -> int:
         return self.capacity_bytes - self.write_offset
 
-    def append(self, views: list[memoryview], nbytes: int, use_direct_io: bool) -> int:
-        """Write one record (already laid out, `nbytes` long) at the write offset; return its offset.
-
-        On any OSError (ENOSPC, EIO) the write offset does not move, so the next append overwrites
-        whatever part was written; nothing points at it.
-        """
-        offset = self.write_offset
+    def reserve(self, nbytes: int) -> int:
+        """Claim the next `nbytes` of the segment for one record; returns its offset. The caller
+        writes them with `write_at` and, if that fails, gives them back with `rewind`."""
         if nbytes > self.remaining_bytes():
             raise ValueError("record does not fit in the segment")
-        fd = self._direct_fd if (use_direct_io and self._direct_fd >= 0 and direct_io_capable(views)) else self._fd
-        full_pwritev(fd, views, offset)
+        offset = self.write_offset
         self.write_offset = offset + nbytes
+        return offset
+
+    def rewind(self, offset: int) -> None:
+        """Forget every reservation from `offset` on (their bytes were not committed)."""
+        self.write_offset = min(self.write_offset, offset)
+
+    def write_at(self, views: list[memoryview], offset: int, use_direct_io: bool) -> None:
+        """Write a reserved record (positional, releases the GIL); raises OSError (ENOSPC, EIO)."""
+        direct = use_direct_io and self._direct_fd >= 0 and direct_io_capable(views)
+        full_pwritev(self._direct_fd if direct else self._fd, views, offset)
+
+    def append(self, views: list[memoryview], nbytes: int, use_direct_io: bool) -> int:
+        """Reserve and write one record at the write offset; return its offset. On an OSError the
+        write offset does not move, so the next append overwrites whatever part was written."""
+        offset = self.reserve(nbytes)
+        try:
+            self.write_at(views, offset, use_direct_io)
+        except OSError:
+            self.rewind(offset)
+            raise
         return offset
 
     def read_into(self, offset: int, views: list[memoryview], use_direct_io: bool) -> None:
