@@ -3,14 +3,25 @@ extents hold several pages, chains branching inside one extent) and without (ext
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 
 import pytest
-
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from raylsm.store import ShardStore, page_key
+from raylsm.store import ShardStore, StoreConfig, page_key
+
+# Probes are answered from an in-memory set of key digests (resident_index) or from RocksDB by
+# seek-and-scan / multi-get; both paths must give the same answers.
+PROBE_PATHS = ([{"resident_index": True}, {"resident_index": False}]
+               if "resident_index" in {f.name for f in dataclasses.fields(StoreConfig)} else [{}])
+PROBE_IDS = [("resident" if p.get("resident_index") else "rocksdb") if p else "default" for p in PROBE_PATHS]
+
+
+@pytest.fixture(params=PROBE_PATHS, ids=PROBE_IDS)
+def store(request, store_factory):
+    return store_factory(**request.param)
 
 
 def test_probe_without_locality(store, kit):
@@ -59,8 +70,9 @@ def test_probe_of_chains_branching_inside_one_extent(store, kit):
     assert store.probe(c) == 2
 
 
-def test_probe_counts_only_pages_in_live_segments_and_counts_calls(store_factory, kit):
-    store = store_factory(capacity_bytes=2 * 1024 * 1024, reinsertion_policy="none")
+@pytest.mark.parametrize("path", PROBE_PATHS, ids=PROBE_IDS)
+def test_probe_counts_only_pages_in_live_segments_and_counts_calls(store_factory, kit, path):
+    store = store_factory(capacity_bytes=2 * 1024 * 1024, reinsertion_policy="none", **path)
     chain = kit.chain("old", 8, extent_pages=4)
     store.put_batch(chain, [kit.value(i, 100 * 1024) for i in range(8)])
     i = 0
@@ -92,10 +104,10 @@ def _draw_chains_and_present_set(data, kit):
     return chains, present
 
 
-@pytest.fixture(scope="module")
-def shared_store(kit):
+@pytest.fixture(scope="module", params=PROBE_PATHS, ids=PROBE_IDS)
+def shared_store(kit, request):
     with tempfile.TemporaryDirectory() as root:
-        with ShardStore.open(root, kit.config()) as store:
+        with ShardStore.open(root, kit.config(**request.param)) as store:
             yield store
 
 

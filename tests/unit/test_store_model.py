@@ -8,6 +8,7 @@ again, is a miss; disk use stays within the budget plus one segment."""
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import shutil
 import tempfile
@@ -199,6 +200,15 @@ class EvictingStoreModel(StoreModel):
         assert total <= self.CONFIG.capacity_bytes + self.CONFIG.segment_bytes
 
 
+_HAS_RESIDENT_INDEX = "resident_index" in {f.name for f in dataclasses.fields(StoreConfig)}
+
+
+class IndexOnlyStoreModel(StoreModel):
+    """The same model with probes and put's presence check answered by RocksDB, not a resident set."""
+    CONFIG = (dataclasses.replace(StoreModel.CONFIG, resident_index=False) if _HAS_RESIDENT_INDEX
+              else StoreModel.CONFIG)
+
+
 _SETTINGS = settings(max_examples=30, stateful_step_count=30, deadline=None,
                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
@@ -206,3 +216,6 @@ TestStoreModel = StoreModel.TestCase
 TestStoreModel.settings = _SETTINGS
 TestEvictingStoreModel = EvictingStoreModel.TestCase
 TestEvictingStoreModel.settings = _SETTINGS
+if _HAS_RESIDENT_INDEX:
+    TestIndexOnlyStoreModel = IndexOnlyStoreModel.TestCase
+    TestIndexOnlyStoreModel.settings = _SETTINGS
