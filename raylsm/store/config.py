@@ -55,9 +55,6 @@ class StoreConfig:
     reinsertion_budget_fraction: float = _knob(0.25, LIVE, "fraction of a segment re-appended at eviction")
     # Neighbouring reads closer than this are merged into one preadv (the gap is read and dropped).
     merge_gap_bytes: int = _knob(64 * KiB, LIVE, "largest gap a merged read skips")
-    # Records are written in chunks of about this size, each written by the writer thread while the
-    # next one is checksummed: a put overlaps its disk writes with its CPU work.
-    write_chunk_bytes: int = _knob(2 * MiB, LIVE, "bytes per pipelined record write")
     # Keep an in-memory set of 64-bit digests of the live page keys (about 60 bytes of RAM per page):
     # probes and put's duplicate check never touch RocksDB. Off: they use multi-get / seek-and-scan.
     resident_index: bool = _knob(True, REOPEN, "in-memory digest set of live keys")
@@ -81,7 +78,6 @@ class StoreConfig:
         _require(self, "reinsertion_policy", self.reinsertion_policy in REINSERTION_POLICIES,
                  f"one of {sorted(REINSERTION_POLICIES)}")
         _require(self, "reinsertion_budget_fraction", 0.0 <= self.reinsertion_budget_fraction <= 0.5, "in [0, 0.5]")
-        _require(self, "write_chunk_bytes", 64 * KiB <= self.write_chunk_bytes <= 1 * GiB, "in [64 KiB, 1 GiB]")
         _require(self, "merge_gap_bytes", 0 <= self.merge_gap_bytes <= 16 * MiB, "in [0, 16 MiB]")
         _require(self, "block_cache_bytes", 1 * MiB <= self.block_cache_bytes <= 64 * GiB, "in [1 MiB, 64 GiB]")
         _require(self, "write_buffer_bytes", 1 * MiB <= self.write_buffer_bytes <= 4 * GiB, "in [1 MiB, 4 GiB]")

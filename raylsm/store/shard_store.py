@@ -19,8 +19,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Mapping, NamedTuple, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import xxhash
@@ -205,103 +205,74 @@ class ShardStore:
 
     def _append_pages(self, keys: list[bytes], pages: list[tuple[memoryview, ...]]) -> list[bool]:
         """Append pages as records into the active segment, rolling segments as needed, and commit
-        their pointers. Caller holds the write lock. An I/O error fails the pages not yet committed.
-
-        Pipelined: while the writer thread writes record k (pwritev releases the GIL), this thread
-        checksums and lays out record k+1; record k's pointers are committed once its write is done.
-        NOTE: measured by `raylsm bench store`, the unpipelined path spent 62% of a 64 KiB put in
-        pwritev and the rest in checksums and layout, reaching 0.53 of the disk ceiling.
-        """
+        their pointers. Caller holds the write lock. An I/O error fails the pages not yet committed."""
         results = [False] * len(keys)
-        chunk_bytes = self._config.write_chunk_bytes
-        pending: _InFlight | None = None
         start = 0
         while start < len(keys):
-            segment = self._active
-            if segment is None:
-                if pending is not None and not self._finish(pending, results):
-                    return results
-                pending = None
-                try:
-                    segment = self._roll()
-                except OSError:
-                    return results  # no room for a new segment (ENOSPC): these pages are not stored
-            end = _fit(pages, start, min(segment.remaining_bytes(), max(chunk_bytes, 1)))
+            try:
+                segment = self._active if self._active is not None else self._roll()
+            except OSError:
+                return results  # no room for a new segment (ENOSPC): these pages are not stored
+            end = _fit(pages, start, segment.remaining_bytes())
             if end == start:
-                end = _fit(pages, start, segment.remaining_bytes())  # a page bigger than a chunk
-            if end == start:
-                if pending is not None and not self._finish(pending, results):
-                    return results
-                pending = None
                 if segment.write_offset == 0:
                     return results  # cannot happen for validated sizes; guard against a loop
                 self._seal_active()
                 continue
-            record = self._prepare_record(keys[start:end], pages[start:end])
-            offset = segment.reserve(record.nbytes)
-            future = self._writer.submit(segment.write_at, record.iovecs, offset, self._config.direct_io)
-            current = _InFlight(future, segment, offset, record.entries, start, end)
-            if pending is not None and not self._finish(pending, results):
-                _wait_quietly(future)
-                segment.rewind(pending.offset)
+            try:
+                self._write_record(segment, keys[start:end], pages[start:end])
+            except OSError:
                 return results
-            pending = current
+            results[start:end] = [True] * (end - start)
             start = end
-        if pending is not None:
-            self._finish(pending, results)
         return results
 
-    def _finish(self, record: "_InFlight", results: list[bool]) -> bool:
-        """Wait for a record's write, then commit its pointers; False (and the space given back) if
-        the write failed."""
-        try:
-            record.future.result()
-            if self._config.durability == "machine":
-                record.segment.sync()
-        except OSError:
-            record.segment.rewind(record.offset)
-            return False
-        self._commit_record(record.segment, record.offset, record.entries)
-        results[record.start:record.end] = [True] * (record.end - record.start)
-        return True
+    def _write_record(self, segment: Segment, keys: Sequence[bytes], pages: Sequence[tuple[memoryview, ...]],
+                      checksums: Sequence[int] | None = None) -> None:
+        """Write one record and commit its pointers; raises OSError (the space is given back).
 
-    def _prepare_record(self, keys: Sequence[bytes], pages: Sequence[tuple[memoryview, ...]],
-                        checksums: Sequence[int] | None = None) -> "_Record":
-        """Checksums, layout and the iovecs (header, values, padding) of one record."""
-        if checksums is None:
-            checksums = [fmt.checksum_parts(parts) for parts in pages]
+        The values go out in one vectored write on the writer thread (pwritev releases the GIL)
+        while this thread checksums them; the header, which holds the checksums, is written once
+        the values are on disk, so a record walk never finds a header before its values. Only then
+        is the one WriteBatch of pointers committed.
+        NOTE: written serially (checksums, then one write), a 64 KiB put spent 62% of its time in
+        pwritev and reached 0.53 of the disk ceiling (`raylsm bench store`).
+        """
         lengths = [parts_nbytes(parts) for parts in pages]
         layout = fmt.plan_batch(lengths)
-        entries = [fmt.BatchEntry(key, length, offset, value_checksum)
-                   for key, length, offset, value_checksum in zip(keys, lengths, layout.value_offsets, checksums)]
-        iovecs: list[memoryview] = [memoryview(fmt.encode_batch_header(layout, entries))]
         zero_pad = memoryview(self._zero_pad)
+        value_iovecs: list[memoryview] = []
         for parts, length in zip(pages, lengths):
-            iovecs.extend(parts)
+            value_iovecs.extend(parts)
             pad = fmt.align_up(length) - length
             if pad:
-                iovecs.append(zero_pad[:pad])
-        return _Record(iovecs, layout.batch_bytes, entries)
-
-    def _commit_record(self, segment: Segment, record_offset: int, entries: Sequence[fmt.BatchEntry]) -> None:
-        """One WriteBatch of the record's pointers: only after its bytes are written."""
+                value_iovecs.append(zero_pad[:pad])
+        direct_io = self._config.direct_io
+        offset = segment.reserve(layout.batch_bytes)
+        try:
+            values_written = self._writer.submit(segment.write_at, value_iovecs, offset + layout.header_bytes, direct_io)
+            try:
+                if checksums is None:
+                    checksums = [fmt.checksum_parts(parts) for parts in pages]
+                entries = [fmt.BatchEntry(key, length, value_offset, value_checksum) for key, length, value_offset,
+                           value_checksum in zip(keys, lengths, layout.value_offsets, checksums)]
+                header = fmt.encode_batch_header(layout, entries)
+            finally:
+                values_written.result()
+            segment.write_at([memoryview(header)], offset, direct_io)
+            if self._config.durability == "machine":
+                segment.sync()
+        except OSError:
+            segment.rewind(offset)
+            raise
         batch = self._index.new_batch()
         for entry in entries:
-            pointer = fmt.Pointer(segment.segment_id, record_offset + entry.offset_in_batch, entry.length, entry.checksum)
+            pointer = fmt.Pointer(segment.segment_id, offset + entry.offset_in_batch, entry.length, entry.checksum)
             batch.put(entry.key, fmt.encode_pointer(pointer))
         self._index.commit(batch)
         self._live.add(segment.segment_id, len(entries), sum(entry.length for entry in entries))
         if self._resident is not None:
             self._resident.update(_digest(entry.key) for entry in entries)
-
-    def _write_record(self, segment: Segment, keys: Sequence[bytes], pages: Sequence[tuple[memoryview, ...]],
-                      checksums: Sequence[int]) -> None:
-        """One record written and committed synchronously (reinsertion)."""
-        record = self._prepare_record(keys, pages, checksums)
-        offset = segment.append(record.iovecs, record.nbytes, self._config.direct_io)
-        if self._config.durability == "machine":
-            segment.sync()
-        self._commit_record(segment, offset, record.entries)
 
     def _seal_active(self) -> None:
         if self._active is not None:
@@ -640,28 +611,6 @@ class _LiveSpace:
 
     def totals(self) -> tuple[int, int]:
         return sum(self._bytes.values()), sum(self._pages.values())
-
-
-class _Record(NamedTuple):
-    iovecs: list[memoryview]
-    nbytes: int
-    entries: list[fmt.BatchEntry]
-
-
-class _InFlight(NamedTuple):
-    future: Future
-    segment: Segment
-    offset: int
-    entries: list[fmt.BatchEntry]
-    start: int
-    end: int
-
-
-def _wait_quietly(future: Future) -> None:
-    try:
-        future.result()
-    except OSError:
-        pass
 
 
 def _digest(key: bytes) -> int:
