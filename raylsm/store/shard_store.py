@@ -139,23 +139,25 @@ class ShardStore:
         validate_keys(keys)
         if len(values) != len(keys):
             raise ValueError(f"{len(keys)} keys but {len(values)} values")
-        pages = []
+        pages, sizes = [], []
         limit = self._config.segment_bytes - fmt.header_bytes_for(1)
         for index, value in enumerate(values):
             try:
                 parts = page_views(value)
             except (TypeError, ValueError) as error:
                 raise ValueError(f"value {index} is not a contiguous buffer: {error}") from error
-            if parts_nbytes(parts) > limit:
-                raise ValueTooLargeError(f"value {index} is {parts_nbytes(parts)} bytes; the limit is {limit} "
+            size = parts_nbytes(parts)
+            if size > limit:
+                raise ValueTooLargeError(f"value {index} is {size} bytes; the limit is {limit} "
                                          f"bytes (segment_bytes - one header block)")
             pages.append(parts)
+            sizes.append(size)
 
         results = [False] * len(keys)
         with self._write_lock:
             self._check_open()
             present = self._present_flags(keys)
-            todo_keys, todo_pages, todo_slots = [], [], []
+            todo_keys, todo_pages, todo_sizes, todo_slots = [], [], [], []
             first_slot: dict[bytes, int] = {}
             existing = rejected = 0
             for slot, key in enumerate(keys):
@@ -164,14 +166,15 @@ class ShardStore:
                     existing += 1
                 elif key in first_slot:
                     continue  # a repeat inside this batch: resolved from the first occurrence below
-                elif self._admission.admit(key, parts_nbytes(pages[slot])):
+                elif self._admission.admit(key, sizes[slot]):
                     first_slot[key] = slot
                     todo_keys.append(key)
                     todo_pages.append(pages[slot])
+                    todo_sizes.append(sizes[slot])
                     todo_slots.append(slot)
                 else:
                     rejected += 1
-            written = self._append_pages(todo_keys, todo_pages)
+            written = self._append_pages(todo_keys, todo_pages, todo_sizes)
             for slot, ok in zip(todo_slots, written):
                 results[slot] = ok
             for slot, key in enumerate(keys):
@@ -179,7 +182,7 @@ class ShardStore:
                     results[slot] = results[first_slot[key]]
         stored = sum(written)
         self._stats.observe("put", (time.perf_counter() - started) * 1e3,
-                            puts_pages=stored, puts_bytes=sum(parts_nbytes(p) for p, ok in zip(todo_pages, written) if ok),
+                            puts_pages=stored, puts_bytes=sum(n for n, ok in zip(todo_sizes, written) if ok),
                             puts_existing=existing, puts_rejected=rejected, puts_failed=len(written) - stored)
         return results
 
@@ -203,7 +206,7 @@ class ShardStore:
         pointer = fmt.decode_pointer(raw)
         return pointer is not None and pointer.segment_id in self._segments
 
-    def _append_pages(self, keys: list[bytes], pages: list[tuple[memoryview, ...]]) -> list[bool]:
+    def _append_pages(self, keys: list[bytes], pages: list[tuple[memoryview, ...]], sizes: list[int]) -> list[bool]:
         """Append pages as records into the active segment, rolling segments as needed, and commit
         their pointers. Caller holds the write lock. An I/O error fails the pages not yet committed."""
         results = [False] * len(keys)
@@ -213,14 +216,14 @@ class ShardStore:
                 segment = self._active if self._active is not None else self._roll()
             except OSError:
                 return results  # no room for a new segment (ENOSPC): these pages are not stored
-            end = _fit(pages, start, segment.remaining_bytes())
+            end = _fit(sizes, start, segment.remaining_bytes())
             if end == start:
                 if segment.write_offset == 0:
                     return results  # cannot happen for validated sizes; guard against a loop
                 self._seal_active()
                 continue
             try:
-                self._write_record(segment, keys[start:end], pages[start:end])
+                self._write_record(segment, keys[start:end], pages[start:end], sizes[start:end])
             except OSError:
                 return results
             results[start:end] = [True] * (end - start)
@@ -228,7 +231,7 @@ class ShardStore:
         return results
 
     def _write_record(self, segment: Segment, keys: Sequence[bytes], pages: Sequence[tuple[memoryview, ...]],
-                      checksums: Sequence[int] | None = None) -> None:
+                      lengths: Sequence[int], checksums: Sequence[int] | None = None) -> None:
         """Write one record and commit its pointers; raises OSError (the space is given back).
 
         The values go out in one vectored write on the writer thread (pwritev releases the GIL)
@@ -238,7 +241,6 @@ class ShardStore:
         NOTE: written serially (checksums, then one write), a 64 KiB put spent 62% of its time in
         pwritev and reached 0.53 of the disk ceiling (`raylsm bench store`).
         """
-        lengths = [parts_nbytes(parts) for parts in pages]
         layout = fmt.plan_batch(lengths)
         zero_pad = memoryview(self._zero_pad)
         value_iovecs: list[memoryview] = []
@@ -298,9 +300,10 @@ class ShardStore:
         if reinsert:
             keys, buffers, checksums = zip(*reinsert)
             pages = [(memoryview(buffer),) for buffer in buffers]
-            fits = _fit(pages, 0, segment.remaining_bytes())
+            sizes = [buffer.nbytes for buffer in buffers]
+            fits = _fit(sizes, 0, segment.remaining_bytes())
             if fits:
-                self._write_record(segment, keys[:fits], pages[:fits], checksums[:fits])
+                self._write_record(segment, keys[:fits], pages[:fits], sizes[:fits], checksums[:fits])
             self._stats.add(reinserted_pages=fits, reinserted_bytes=sum(b.nbytes for b in buffers[:fits]),
                             evicted_pages=len(keys) - fits, evicted_bytes=sum(b.nbytes for b in buffers[fits:]))
         return segment
@@ -618,12 +621,12 @@ def _digest(key: bytes) -> int:
     return xxhash.xxh3_64_intdigest(key)
 
 
-def _fit(pages: Sequence[tuple[memoryview, ...]], start: int, room: int) -> int:
+def _fit(sizes: Sequence[int], start: int, room: int) -> int:
     """One past the last page (from `start`) that fits with its record header into `room` bytes."""
     end = start
     values = 0
-    while end < len(pages) and end - start < fmt.MAX_ENTRIES_PER_BATCH:
-        grown = values + fmt.align_up(parts_nbytes(pages[end]))
+    while end < len(sizes) and end - start < fmt.MAX_ENTRIES_PER_BATCH:
+        grown = values + fmt.align_up(sizes[end])
         if fmt.header_bytes_for(end - start + 1) + grown > room:
             break
         values = grown
