@@ -66,6 +66,8 @@ def read_verified(wanted: Sequence[tuple[int, fmt.Pointer]], parts_by_slot: dict
             segment.read_into(run.offset, iovecs, direct_io)
         except (OSError, ValueError, CorruptionError):
             outcome.io_errors += len(run_slots)
+            for slot in run_slots:
+                _zero(parts_by_slot[slot])  # a short read may have filled part of it
             continue
         finally:
             segment.unpin()
@@ -78,9 +80,13 @@ def read_verified(wanted: Sequence[tuple[int, fmt.Pointer]], parts_by_slot: dict
                 hit_offsets.append(pointer.offset)
             else:
                 outcome.corrupt += 1
-                for part in parts_by_slot[slot]:
-                    np.frombuffer(part, dtype=np.uint8)[:] = 0  # never leave wrong bytes behind
+                _zero(parts_by_slot[slot])  # never leave wrong bytes behind
     return outcome
+
+
+def _zero(parts: tuple[memoryview, ...]) -> None:
+    for part in parts:
+        np.frombuffer(part, dtype=np.uint8)[:] = 0
 
 
 _gap_buffers = threading.local()
