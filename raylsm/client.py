@@ -80,8 +80,8 @@ class TierClient:
         except (ray.exceptions.RayError, TimeoutError) as error:
             logger.warning("raylsm: ring refresh failed (%s); keeping version %s", error, self.ring_version)
             return False
-        if info["version"] == self._ring_info["version"]:
-            return False
+        if info["version"] == self._ring_info["version"] and info["shards"] == self._ring_info["shards"]:
+            return False  # (a restarted controller may reuse a version number: compare members too)
         self._ring = HashRing(sorted(info["shards"]), self._config.client.virtual_nodes, max(info["version"], 0))
         self._ring_info = info
         with self._handles_lock:
@@ -127,7 +127,7 @@ class TierClient:
         try:
             routed = self._route(namespace_id, page_hashes, prefix_hashes)
             present = [False] * len(page_hashes)
-            calls = {shard: (self._handle(shard).probe, ([routed.keys[s] for s in slots],))
+            calls = {shard: ("probe", ([routed.keys[s] for s in slots],))
                      for shard, slots in routed.groups.items()}
             for shard, value in self._fan_out(calls).items():
                 if isinstance(value, int):
@@ -157,10 +157,9 @@ class TierClient:
             page_bytes = [parts_nbytes(page_views(buffer)) for buffer in out_buffers]
             calls = {}
             for shard, slots in remote.items():
-                calls[shard] = (self._handle(shard).get_batch,
-                                ([routed.keys[s] for s in slots], [page_bytes[s] for s in slots]))
+                calls[shard] = ("get_batch", ([routed.keys[s] for s in slots], [page_bytes[s] for s in slots]))
             for shard, slots in local.items():
-                calls[shard] = (self._handle(shard).locate_batch, ([routed.keys[s] for s in slots],))
+                calls[shard] = ("locate_batch", ([routed.keys[s] for s in slots],))
             for shard, value in self._fan_out(calls).items():
                 slots = routed.groups[shard]
                 if isinstance(value, BaseException) or value is None:
@@ -168,8 +167,10 @@ class TierClient:
                 if shard in local:
                     segments_dir, low_watermark, pointers = value
                     self._local_reader.forget_below(segments_dir, low_watermark)
-                    hits = self._local_reader.read_into(segments_dir, pointers, [out_buffers[s] for s in slots])
-                    self._count(local_read_pages=len(slots))
+                    outcome = self._local_reader.read_into(segments_dir, pointers, [out_buffers[s] for s in slots])
+                    hits = outcome.results
+                    self._count(local_read_pages=len(slots), local_miss_corrupt=outcome.corrupt,
+                                local_miss_io=outcome.io_errors, local_miss_stale=outcome.stale)
                 else:
                     hits, data = value
                     _scatter(data, hits, [out_buffers[s] for s in slots], [page_bytes[s] for s in slots])
@@ -194,8 +195,7 @@ class TierClient:
             return results
         try:
             routed = self._route(namespace_id, page_hashes, prefix_hashes)
-            calls = {shard: (self._handle(shard).put_batch,
-                             ([routed.keys[s] for s in slots], [_as_arrays(values[s]) for s in slots]))
+            calls = {shard: ("put_batch", ([routed.keys[s] for s in slots], [_as_arrays(values[s]) for s in slots]))
                      for shard, slots in routed.groups.items()}
             for shard, value in self._fan_out(calls).items():
                 if isinstance(value, list):
@@ -213,7 +213,7 @@ class TierClient:
 
     def clear_namespace(self, namespace_id: bytes) -> int:
         """Delete one namespace's pages on every shard of the ring; returns pages deleted."""
-        calls = {shard: (self._handle(shard).delete_namespace, (namespace_id,)) for shard in self._ring.shards}
+        calls = {shard: ("delete_namespace", (namespace_id,)) for shard in self._ring.shards}
         return sum(value for value in self._fan_out(calls).values() if isinstance(value, int))
 
     # ---- plumbing -----------------------------------------------------------------------------
@@ -226,14 +226,15 @@ class TierClient:
         remote = {s: slots for s, slots in groups.items() if s not in local}
         return local, remote
 
-    def _fan_out(self, calls: dict[str, tuple[Any, tuple]]) -> dict[str, Any]:
-        """Issue every shard's call at once; wait at most call_timeout_s in total. The value per
-        shard, or an exception (RayError, or TimeoutError for a shard that did not answer)."""
+    def _fan_out(self, calls: dict[str, tuple[str, tuple]]) -> dict[str, Any]:
+        """Call method(*args) on every shard at once; wait at most call_timeout_s in total. The value
+        per shard, or an exception (RayError; ValueError for a shard whose actor is gone;
+        TimeoutError for one that did not answer). One failing shard never fails the others."""
         refs = {}
         results: dict[str, Any] = {}
         for shard, (method, args) in calls.items():
             try:
-                refs[method.remote(*args)] = shard
+                refs[getattr(self._handle(shard), method).remote(*args)] = shard
             except Exception as error:  # e.g. the actor handle is gone
                 results[shard] = error
                 self._count_failure(shard, error)

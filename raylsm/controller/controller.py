@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raylsm.config import TierConfig
-from raylsm.controller.ray_api import RayClusterApi
+from raylsm.controller.ray_api import RayClusterApi, ShardSlot
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,9 @@ class Controller:
         self._lock = threading.Lock()
         self._shards: dict[str, ShardRecord] = {}
         self._ring_members: tuple[str, ...] = ()
-        self._ring_version = 0
+        # Versions start at the controller's start time in milliseconds, so a restarted controller
+        # publishes versions above any its previous incarnation did (one change per ms at most).
+        self._ring_version = int(time.time() * 1000)
         self._errors: dict[str, str] = {}
 
     # ---- the loop -----------------------------------------------------------------------------
@@ -81,15 +83,23 @@ class Controller:
             handles = {name: record.handle for name, record in self._shards.items()}
         answered = self._api.ping_all(handles, self._config.controller.ping_timeout_s)
         now = time.time()
+        dead = []
         with self._lock:
-            for name, ok in answered.items():
+            for name, answer in answered.items():
                 record = self._shards.get(name)
                 if record is None:
                     continue
-                if ok:
+                if answer == "ok":
                     record.state, record.last_seen = SERVING, now
                 elif record.state == SERVING:
                     record.state = UNREACHABLE
+                if answer == "dead":
+                    dead.append(record)
+        for record in dead:
+            # Ray gave up restarting it (e.g. its directory stayed locked): start a new incarnation
+            # on the same node; it keeps its ring place and reopens the same directory.
+            logger.warning("shard %s died for good; starting it again on node %s", record.name, record.node_id)
+            record.handle = self._api.start_shard(ShardSlot(record.name, record.node_id), self._config.shard)
 
     def _publish_ring(self) -> None:
         with self._lock:

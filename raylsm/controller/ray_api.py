@@ -43,17 +43,20 @@ class RayClusterApi:
     def start_shard(self, slot: ShardSlot, config: ShardConfig) -> Any:
         return start_shard(slot.node_id, slot.name, config, self._namespace)
 
-    def ping_all(self, handles: dict[str, Any], timeout_s: float) -> dict[str, bool]:
-        """Ping every shard at once; True for those that answered within the timeout."""
+    def ping_all(self, handles: dict[str, Any], timeout_s: float) -> dict[str, str]:
+        """Ping every shard at once: "ok" if it answered in time, "dead" if Ray says the actor died
+        for good (its restarts failed), "silent" otherwise (restarting, busy or slow)."""
         refs = {handle.ping.remote(): name for name, handle in handles.items()}
         ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s) if refs else ([], [])
         answered = {}
         for ref in ready:
             try:
-                answered[refs[ref]] = bool(ray.get(ref))
+                answered[refs[ref]] = "ok" if ray.get(ref) else "silent"
+            except ray.exceptions.ActorDiedError:
+                answered[refs[ref]] = "dead"
             except ray.exceptions.RayError:
-                answered[refs[ref]] = False
-        return {name: answered.get(name, False) for name in handles}
+                answered[refs[ref]] = "silent"
+        return {name: answered.get(name, "silent") for name in handles}
 
     def call_all(self, handles: dict[str, Any], method: str, timeout_s: float, *args: Any) -> dict[str, Any]:
         """Call `method` on every shard; the value, or the exception, per shard (None on timeout)."""

@@ -26,7 +26,7 @@ import torch
 from sglang.srt.mem_cache.hicache_storage import HiCacheStorage, HiCacheStorageConfig, HiCacheStorageExtraInfo
 
 from raylsm.client import TierClient
-from raylsm.sglang.extra_config import prefix_keys_enabled, tier_config_from_extra
+from raylsm.sglang.extra_config import tier_config_from_extra
 from raylsm.sglang.host_pages import page_parts
 from raylsm.store.page_key import namespace_id
 
@@ -56,10 +56,9 @@ class RayLSMStorage(HiCacheStorage):
         extra = getattr(storage_config, "extra_config", None) or {}
         self._tier_config = tier_config_from_extra(extra)  # ConfigError naming a bad key: fails the attach
         self._storage_config = storage_config
-        self._use_prefix_keys = prefix_keys_enabled(extra)
-        if not self._use_prefix_keys:
-            logger.warning("raylsm: hicache_storage_pass_prefix_keys is off; pages are routed one by one "
-                           "(correct, but without locality). Set it to true in the extra config.")
+        # NOTE: SGLang strips `hicache_storage_pass_prefix_keys` from the extra config before the
+        # backend sees it; whether prefix keys come is only known from the calls themselves.
+        self._warned_no_prefix_keys = False
         self._is_writer = bool(getattr(storage_config, "is_storage_writer", True))
         self._client = TierClient(self._tier_config)
         self.mem_pool_host = None
@@ -201,10 +200,13 @@ class RayLSMStorage(HiCacheStorage):
 
     def _hashes(self, keys: List[str], extra_info: Optional[HiCacheStorageExtraInfo]):
         hashes = [bytes.fromhex(key) for key in keys]
-        prefix = None
-        if self._use_prefix_keys and extra_info is not None and extra_info.prefix_keys is not None:
-            prefix = [bytes.fromhex(key) for key in extra_info.prefix_keys]
-        return hashes, prefix
+        if extra_info is not None and extra_info.prefix_keys is not None:
+            return hashes, [bytes.fromhex(key) for key in extra_info.prefix_keys]
+        if not self._warned_no_prefix_keys:
+            self._warned_no_prefix_keys = True
+            logger.warning("raylsm: SGLang passes no prefix keys; pages are routed one by one (correct, but "
+                           "without locality). Set \"hicache_storage_pass_prefix_keys\": true in the extra config.")
+        return hashes, None
 
     def _page_bytes(self) -> int:
         pool = self.mem_pool_host

@@ -54,7 +54,3 @@ def tier_config_from_extra(extra: Mapping[str, Any] | None) -> TierConfig:
         else:
             nested.setdefault(section, {})[field_name] = value
     return TierConfig.from_dict(nested, where="extra_config")
-
-
-def prefix_keys_enabled(extra: Mapping[str, Any] | None) -> bool:
-    return bool((extra or {}).get("hicache_storage_pass_prefix_keys", False))

@@ -1,9 +1,11 @@
 """Zero-copy views of SGLang host-pool pages.
 
 Owned here: turning `mem_pool_host.get_page_buffer_meta(host_indices)` (raw pointers and sizes) into
-writable memoryviews, grouped per page in the order the pool lists them (K then V for page_first
-layouts; K and V per layer for layer_first). raylsm stores a page as the concatenation of its parts
-and reads it back into the same parts, so no temporary page tensor is ever built.
+writable memoryviews, grouped per page in SGLang's flat page order: K then V for page_first layouts;
+for layer_first, whose pointers come as K0, V0, K1, V1, ..., reordered to K0..K(L-1), V0..V(L-1),
+the order of `get_data_page(flat=True)`, so pages written on the zero-copy path and on the generic
+path are the same bytes. raylsm stores a page as the concatenation of its parts and reads it back
+into the same parts, so no temporary page tensor is ever built.
 Called by RayLSMStorage on SGLang's I/O threads; pure, thread-safe.
 """
 
@@ -16,7 +18,10 @@ from typing import Any, Sequence
 def page_parts(mem_pool_host: Any, host_indices: Any, page_count: int) -> list[list[memoryview]]:
     """Per page, the memoryviews of its parts in the host pool (writable, no copy)."""
     pointers, sizes = mem_pool_host.get_page_buffer_meta(host_indices)
-    return group_parts(pointers, sizes, page_count)
+    pages = group_parts(pointers, sizes, page_count)
+    if getattr(mem_pool_host, "layout", None) == "layer_first":
+        pages = [parts[0::2] + parts[1::2] for parts in pages]
+    return pages
 
 
 def group_parts(pointers: Sequence[int], sizes: Sequence[int], page_count: int) -> list[list[memoryview]]:

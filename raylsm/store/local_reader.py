@@ -18,7 +18,7 @@ from collections import OrderedDict
 from typing import Any, Sequence
 
 from raylsm.store import format as fmt
-from raylsm.store.page_reader import read_verified, writable_parts
+from raylsm.store.page_reader import ReadOutcome, read_verified, writable_parts
 from raylsm.store.segment import Segment
 
 
@@ -31,8 +31,9 @@ class LocalSegmentReader:
         self._open: OrderedDict[tuple[str, int], Segment] = OrderedDict()
 
     def read_into(self, segments_dir: str, pointers: Sequence[fmt.Pointer | None],
-                  out_buffers: Sequence[Any]) -> list[bool]:
-        """Fill out_buffers[i] from pointers[i] (None = absent); True per checksum-verified page."""
+                  out_buffers: Sequence[Any]) -> ReadOutcome:
+        """Fill out_buffers[i] from pointers[i] (None = absent). `outcome.results[i]` is True per
+        checksum-verified page; the outcome also counts corrupt, unreadable and freed pages."""
         wanted, parts_by_slot = [], {}
         for slot, pointer in enumerate(pointers):
             if pointer is None:
@@ -41,9 +42,8 @@ class LocalSegmentReader:
             if parts is not None:
                 wanted.append((slot, pointer))
                 parts_by_slot[slot] = parts
-        outcome = read_verified(wanted, parts_by_slot, len(pointers), self._merge_gap_bytes, self._direct_io,
-                                lambda segment_id: self._pinned(segments_dir, segment_id))
-        return outcome.results
+        return read_verified(wanted, parts_by_slot, len(pointers), self._merge_gap_bytes, self._direct_io,
+                             lambda segment_id: self._pinned(segments_dir, segment_id))
 
     def forget_below(self, segments_dir: str, low_watermark: int) -> None:
         """Close files of this directory's segments with ids below `low_watermark` (freed)."""

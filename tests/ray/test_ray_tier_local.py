@@ -250,8 +250,6 @@ def test_corrupt_segment_bytes_are_a_miss_never_wrong_bytes(tier, client, pages,
     assert tier.shard_counters(shard)["gets_miss_corrupt"] == before + 1
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the same-node fast path verifies checksums but counts a corrupt "
-                   "page nowhere (client.py get_into counts it as local_read_pages; no corrupt counter)")
 def test_corrupt_page_on_the_fast_path_is_counted(tier, pages, tools):
     client = tier.client(same_node_fast_path=True)
     chain = pages.chain("to corrupt, counted", EXTENT_PAGES)
@@ -306,9 +304,6 @@ class FixedRing:
         return self._ring
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: TierClient._handle calls ray.get_actor outside the per-shard "
-                   "failure handling (client.py _handle, called while building `calls`), so one ring member "
-                   "whose actor is gone turns the whole batch into misses, healthy shards included")
 def test_a_ring_member_without_an_actor_does_not_fail_the_other_shards(tier, pages, tools):
     ring = tier.ring()
     gone = "shard-000000000000-9"  # e.g. a shard that died for good; its name is free again
@@ -332,10 +327,6 @@ def test_a_ring_member_without_an_actor_does_not_fail_the_other_shards(tier, pag
     assert client.get_into(pages.namespace, chain, [], out) == alive
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a shard whose restart fails for good (creation task error, here "
-                   "the old lock outliving open_retry_s) stays in the ring as 'unreachable' forever; the "
-                   "controller neither re-creates nor drops it (controller.py _reconcile_membership skips "
-                   "known names; _publish_ring keeps UNREACHABLE members)")
 def test_a_shard_that_died_for_good_is_recreated_or_dropped(tier, client, pages, tools, index_lock):
     # Last in this module: with the bug, one shard stays dead.
     chain = pages.chain("shard dies for good", 24)

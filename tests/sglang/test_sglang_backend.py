@@ -103,7 +103,9 @@ def test_batch_exists_counts_leading_present_pages_with_and_without_prefix_keys(
                              extra={**BASE_EXTRA, "hicache_storage_pass_prefix_keys": False})
     assert no_prefix.batch_set_v1(keys[:6], pool.host_indices(0, 6)) == [True] * 6
     assert no_prefix.batch_exists(keys) == 6
-    assert no_prefix.batch_exists(keys, info([])) == 6  # prefix keys are ignored when off
+    # SGLang strips the flag before the backend sees it, so whether a call carries prefix keys is
+    # the only signal: pages stored without them are keyed by their own hash, not their depth.
+    assert no_prefix.batch_exists(keys, info([])) < 6
     assert no_prefix.batch_exists(keys[6:]) == 0
     assert no_prefix.exists(keys[0]) and not no_prefix.exists(keys[7])
 
@@ -245,10 +247,6 @@ def test_page_first_pages_written_by_v1_read_by_the_generic_path_match(make_back
     assert all(tensor is not None for tensor in got)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: for MHA layer_first the v1 path stores a page as [K0, V0, K1, V1, ...] "
-                   "(get_page_buffer_meta order, raylsm/sglang/host_pages.py) while the generic path stores "
-                   "SGLang's flat page [K0..K(L-1), V0..V(L-1)]; both use the same namespace and key, so a "
-                   "replica on the other path gets a checksum-valid hit with scrambled KV")
 def test_layer_first_pages_written_by_v1_read_by_the_generic_path_match_or_miss(make_backend, page_keys):
     v1_pool = MHAHostPoolStandIn(layout="layer_first", seed=6)
     generic_pool = MHAHostPoolStandIn(layout="layer_first", seed=7)
@@ -339,10 +337,6 @@ def test_sglang_failure_injector_wrapping_the_adapter(make_backend, page_keys, m
     assert 0 < stored < 16  # failures were injected, and some calls went through
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: SGLang pops hicache_storage_pass_prefix_keys from the extra config "
-                   "before building HiCacheStorageConfig (HybridCacheController.parse_storage_backend_extra_config, "
-                   "sglang 0.5.23 hybrid_cache_controller.py:409), so RayLSMStorage (backend.py __init__: "
-                   "prefix_keys_enabled(extra)) never uses the prefix keys SGLang passes: no extent locality")
 def test_prefix_keys_are_used_with_the_extra_config_sglang_actually_passes(make_backend, page_keys, tier):
     from raylsm.client import TierClient
     from raylsm.sglang.extra_config import tier_config_from_extra

@@ -33,7 +33,7 @@ def _put(store, kit, tag, n, size=64 * KiB):
 def _read(reader, store, keys, sizes):
     segments_dir, low_watermark, pointers = store.locate_batch(keys)
     outs = [np.full(size, 0xEE, np.uint8) for size in sizes]
-    return reader.read_into(segments_dir, pointers, outs), outs, pointers
+    return reader.read_into(segments_dir, pointers, outs).results, outs, pointers
 
 
 @pytest.mark.parametrize("direct_io", [True, False])
@@ -65,7 +65,7 @@ def test_bad_buffers_and_corrupt_pages_are_misses(store, kit, reader):
     segments_dir, _, pointers = store.locate_batch(keys)
     good = np.zeros(10000, np.uint8)
     corrupt = np.full(10000, 0xEE, np.uint8)
-    assert reader.read_into(segments_dir, pointers, [wrong_size, corrupt, good]) == [False, False, True]
+    assert reader.read_into(segments_dir, pointers, [wrong_size, corrupt, good]).results == [False, False, True]
     assert (backing == 0xA5).all()
     assert (corrupt == 0).all()
     assert good.tobytes() == values[2].tobytes()
@@ -77,7 +77,7 @@ def test_freed_segments_are_misses_once_forgotten(store_factory, kit, reader):
     segments_dir, low_watermark, old_pointers = store.locate_batch(keys)
     assert low_watermark == 0
     cold = [np.zeros(64 * KiB, np.uint8) for _ in keys]
-    assert reader.read_into(segments_dir, old_pointers[:1], cold[:1]) == [True]  # opens segment 0
+    assert reader.read_into(segments_dir, old_pointers[:1], cold[:1]).results == [True]  # opens segment 0
     i = 0
     while kit.counters(store)["evicted_segments"] == 0:
         store.put_batch([kit.key(("fill", i))], [kit.value(("fill", i), 64 * KiB)])
@@ -87,10 +87,10 @@ def test_freed_segments_are_misses_once_forgotten(store_factory, kit, reader):
     assert low_watermark == 1 and pointers == [None] * 15
     # Still open in the reader: the old, verified bytes (never wrong ones).
     outs = [np.zeros(64 * KiB, np.uint8) for _ in keys]
-    for ok, out, value in zip(reader.read_into(segments_dir, old_pointers, outs), outs, values):
+    for ok, out, value in zip(reader.read_into(segments_dir, old_pointers, outs).results, outs, values):
         assert not ok or out.tobytes() == value.tobytes()
     reader.forget_below(segments_dir, low_watermark)
-    assert reader.read_into(segments_dir, old_pointers, outs) == [False] * 15
+    assert reader.read_into(segments_dir, old_pointers, outs).results == [False] * 15
 
 
 def test_a_segment_never_opened_and_since_freed_is_a_miss(store_factory, kit, reader):
@@ -102,7 +102,7 @@ def test_a_segment_never_opened_and_since_freed_is_a_miss(store_factory, kit, re
         store.put_batch([kit.key(("fill", i))], [kit.value(("fill", i), 64 * KiB)])
         i += 1
     outs = [np.full(64 * KiB, 0xEE, np.uint8) for _ in keys]
-    assert reader.read_into(segments_dir, old_pointers, outs) == [False] * 15
+    assert reader.read_into(segments_dir, old_pointers, outs).results == [False] * 15
     assert all((o == 0xEE).all() for o in outs)
 
 
@@ -114,4 +114,4 @@ def test_a_pointer_past_the_file_end_is_a_miss_not_an_exception(store, kit, read
     pointers = [fmt.Pointer(0, size - 4096, 64 * KiB, 0), fmt.Pointer(0, size + 4096, 4096, 0),
                 fmt.Pointer(99, 0, 4096, 0)]
     outs = [np.zeros(p.length, np.uint8) for p in pointers]
-    assert reader.read_into(segments_dir, pointers, outs) == [False, False, False]
+    assert reader.read_into(segments_dir, pointers, outs).results == [False, False, False]

@@ -1,0 +1,1122 @@
+"""`raylsm bench trace`: replay a Mooncake-format trace through SGLang's L3 backends as HiCache drives them.
+
+Owned here: the replay engine and its report. Per request, in trace order:
+
+1. L1/L2: a simulated host-memory cache of pages (`HostCacheSim`: LRU with radix-tree eviction
+   order, the same for every system) holds a leading run of the prompt's pages; those are not asked
+   from L3, as HiCache matches its radix tree before it prefetches.
+2. Prefetch: `batch_exists` in chunks of 128 pages (STORAGE_BATCH_SIZE) from the first page L1/L2
+   lacks, with `prefix_keys` = the chain before the chunk, stopping at the first short chunk; then
+   the get of the hit pages in 128-page chunks, stopping at the first short chunk. Every page read
+   is checked byte for byte in the host pool (`wrong_pages`, must be 0).
+3. Backup (write-through): the pages after the loaded prefix were computed; they are written in
+   128-page chunks, stopping at the first failed chunk, as HiCache's backup thread does.
+
+Systems: `raylsm` (RayLSMStorage built by SGLang's StorageBackendFactory as a `dynamic` backend, v1
+zero-copy path, over a Ray tier of `--shards` shard actors), `hicache_file` (SGLang's HiCacheFile
+with its LRU evictor at the same capacity, on the generic path SGLang uses for it), and the models
+`lru_model` and `belady_optimal` (raylsm.bench.cache_models) on the same post-L1/L2 request stream
+at the same capacity in pages. The measured systems are driven in turn for every request, so
+background load on the machine hits both alike.
+
+Called by the `raylsm bench trace` command (`add_trace_arguments`, `run_trace_command`), by
+`python -m raylsm.bench.trace_replay`, and by tests (the pure parts: `HostCacheSim`, `ttft_ms`,
+`percentile`, `summarize`, `build_report`, `format_report`). Single-threaded. Ray, SGLang, torch and
+numpy are imported only when a replay runs, so building the parser stays cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Hashable, Sequence
+
+from raylsm.bench import cache_models
+from raylsm.bench.trace import MODEL_PROFILES, PageKeyCache, load_trace, page_bytes as profile_page_bytes
+from raylsm.errors import ConfigError
+
+STORAGE_BATCH_SIZE = 128  # SGLang's pages per backend call (hicache_storage.STORAGE_BATCH_SIZE)
+MiB = 1 << 20
+SYSTEMS = ("raylsm", "hicache_file", "lru_model", "belady_optimal")
+MEASURED = ("raylsm", "hicache_file")
+QUICK_REQUESTS = 600
+DEFAULT_PAYLOAD_SCALE = 1 / 16
+HIT_RATIO_DEFINITION = ("hit_token_ratio = tokens loaded from L3 / tokens asked from L3 (full pages after "
+                        "the simulated L1/L2 prefix hit); prompt_hit_token_ratio adds the L1/L2 hits and "
+                        "divides by all prompt tokens")
+
+logger = logging.getLogger(__name__)
+
+
+# ---- configuration ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    trace_path: str | None = None  # None: the packaged conversation trace
+    limit: int | None = None  # first N requests
+    time_window_s: float | None = None  # requests within this many seconds of the first
+    page_tokens: int = 64
+    profile: str = "qwen2.5-0.5b"
+    payload_scale: float = DEFAULT_PAYLOAD_SCALE  # page bytes = page_tokens x KV bytes/token x scale
+    capacity_fraction: float = 0.1  # L3 capacity: fraction of the window's distinct page bytes
+    host_cache_fraction: float = 0.02  # simulated L1/L2: fraction of the window's distinct pages
+    shards: int = 4
+    prefill_tokens_per_s: float = 10_000.0  # modelled GPU prefill rate (8B model, one GPU)
+    systems: tuple[str, ...] = SYSTEMS
+    data_dir: str | None = None  # default ./.raylsm/bench/trace-<pid>
+    ray_address: str | None = None  # join this Ray (and its tier, if up); see TierSession
+    raylsm_extra_config: tuple[tuple[str, Any], ...] = ()  # merged into RayLSMStorage's extra config
+    json_path: str | None = None
+    plot_path: str | None = None
+    progress: bool = True
+    quick: bool = False
+    seed: int = 0
+
+    def validate(self) -> "ReplayConfig":
+        if self.profile not in MODEL_PROFILES:
+            raise ConfigError(f"--profile must be one of {sorted(MODEL_PROFILES)}, got {self.profile!r}")
+        if not 0 < self.capacity_fraction <= 10:
+            raise ConfigError(f"--capacity-fraction must be in (0, 10], got {self.capacity_fraction}")
+        if not 0 <= self.host_cache_fraction <= 10:
+            raise ConfigError(f"--host-cache-fraction must be in [0, 10], got {self.host_cache_fraction}")
+        if not 0 < self.payload_scale <= 1:
+            raise ConfigError(f"--payload-scale must be in (0, 1], got {self.payload_scale}")
+        if self.shards < 1:
+            raise ConfigError(f"--shards must be >= 1, got {self.shards}")
+        if self.prefill_tokens_per_s <= 0:
+            raise ConfigError(f"--prefill-tokens-per-s must be > 0, got {self.prefill_tokens_per_s}")
+        unknown = [name for name in self.systems if name not in SYSTEMS]
+        if unknown or not self.systems:
+            raise ConfigError(f"--systems must be a non-empty subset of {', '.join(SYSTEMS)}; got {unknown}")
+        return self
+
+
+@dataclass(frozen=True)
+class PoolShape:
+    """Host-pool dimensions of the modelled model, head_dim (or the whole token) scaled to fit the disk."""
+
+    layer_num: int
+    head_num: int
+    head_dim: int
+    dtype_name: str  # "bfloat16" or "uint8"
+    page_bytes: int
+    note: str
+
+
+def pool_shape(profile_name: str, page_tokens: int, scale: float) -> PoolShape:
+    """The model's own layers and KV heads with head_dim x scale if that is a whole number (bf16);
+    otherwise one layer of one head of uint8 holding the scaled bytes of a token (8-byte multiple)."""
+    profile = MODEL_PROFILES[profile_name]
+    target = profile_page_bytes(profile, page_tokens, scale)
+    head_dim = profile.head_dim * scale
+    if abs(head_dim - round(head_dim)) < 1e-9 and round(head_dim) >= 1 and profile.dtype_bytes == 2:
+        shape = PoolShape(profile.layers, profile.kv_heads, int(round(head_dim)), "bfloat16",
+                          2 * profile.layers * profile.kv_heads * int(round(head_dim)) * 2 * page_tokens,
+                          f"{profile.name}: {profile.layers} layers x {profile.kv_heads} KV heads x head_dim "
+                          f"{profile.head_dim} x {scale:g} = {int(round(head_dim))}, bf16")
+    else:
+        part_per_token = max(8, int(target / 2 / page_tokens) // 8 * 8)
+        shape = PoolShape(1, 1, part_per_token, "uint8", 2 * part_per_token * page_tokens,
+                          f"{profile.name} x {scale:g}: {part_per_token} bytes per token per K/V part, uint8")
+    return shape
+
+
+def segment_bytes_for(per_shard_capacity: int, page_bytes: int) -> int:
+    """Segment size of a shard: capacity / 16 rounded down to 4 KiB, at least 1 MiB and one page (plus
+    headers); ConfigError if the shard cannot hold two segments (the store's minimum)."""
+    segment = max(MiB, per_shard_capacity // 16 // 4096 * 4096)
+    segment = max(segment, (page_bytes + 2 * 8192 + 4095) // 4096 * 4096)
+    if per_shard_capacity < 2 * segment:
+        raise ConfigError(
+            f"per-shard capacity {per_shard_capacity} B is below two segments of {segment} B: raise "
+            f"--capacity-fraction or --payload-scale, replay more requests, or use fewer --shards")
+    return segment
+
+
+# ---- the simulated L1/L2 ------------------------------------------------------------------------
+
+
+class HostCacheSim:
+    """L1/L2 (GPU and host memory) in front of L3: an LRU over pages with prefix semantics.
+
+    `access(chain)` returns how many leading pages of the chain are held, then inserts or refreshes
+    every page of the chain deepest first, so a chain's shallow pages are the most recent and the
+    least recent pages are the deep ends of old chains: the order in which a radix tree evicts
+    leaves first. Capacity 0 holds nothing.
+    """
+
+    def __init__(self, capacity_pages: int) -> None:
+        if capacity_pages < 0:
+            raise ConfigError(f"capacity_pages must be >= 0, got {capacity_pages}")
+        self.capacity_pages = capacity_pages
+        self._pages: OrderedDict[Hashable, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._pages)
+
+    def __contains__(self, page: Hashable) -> bool:
+        return page in self._pages
+
+    def access(self, chain: Sequence[Hashable]) -> int:
+        pages = self._pages
+        hits = 0
+        for page in chain:
+            if page not in pages:
+                break
+            hits += 1
+        if not self.capacity_pages:
+            return hits
+        for page in reversed(chain):
+            if page in pages:
+                pages.move_to_end(page)
+            else:
+                pages[page] = None
+        while len(pages) > self.capacity_pages:
+            pages.popitem(last=False)
+        return hits
+
+
+@dataclass
+class ReplayPlan:
+    """The request stream every system sees: chains of 32-byte page hashes and the L1/L2 hits."""
+
+    arrival_s: list[float]
+    prompt_tokens: list[int]
+    chains: list[list[bytes]]
+    host_hit_pages: list[int]
+    page_tokens: int
+    distinct_pages: int
+    host_capacity_pages: int
+
+    def __len__(self) -> int:
+        return len(self.chains)
+
+    def l3_streams(self) -> list[list[bytes]]:
+        """What each request asks L3 for: its chain after the L1/L2 prefix hit."""
+        return [chain[hit:] for chain, hit in zip(self.chains, self.host_hit_pages)]
+
+    def asked_pages(self) -> list[int]:
+        return [len(chain) - hit for chain, hit in zip(self.chains, self.host_hit_pages)]
+
+
+def make_plan(trace: Sequence[Any], page_tokens: int, host_cache_fraction: float) -> ReplayPlan:
+    keys = PageKeyCache(page_tokens)
+    chains = [keys.pages(request) for request in trace]
+    distinct = cache_models.distinct_pages(chains)
+    host = HostCacheSim(int(round(host_cache_fraction * distinct)))
+    first_ms = trace[0].timestamp_ms if trace else 0
+    return ReplayPlan(
+        arrival_s=[(request.timestamp_ms - first_ms) / 1000 for request in trace],
+        prompt_tokens=[request.input_length for request in trace],
+        chains=chains,
+        host_hit_pages=[host.access(chain) for chain in chains],
+        page_tokens=page_tokens,
+        distinct_pages=distinct,
+        host_capacity_pages=host.capacity_pages,
+    )
+
+
+# ---- per-system results and the TTFT model ------------------------------------------------------
+
+
+def ttft_ms(prompt_tokens: int, cached_tokens: int, load_ms: float, prefill_tokens_per_s: float) -> float:
+    """Modelled time to first token: prefill of the tokens not cached at prefill_tokens_per_s, plus
+    the measured L3 load time (exists + get wall time) of the request."""
+    missed = max(prompt_tokens - cached_tokens, 0)
+    return missed / prefill_tokens_per_s * 1e3 + load_ms
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (0..100, linear interpolation); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+@dataclass
+class SystemRun:
+    """What one system did over the replay; per-request lists are in trace order."""
+
+    name: str
+    measured: bool
+    l3_hit_pages: list[int] = field(default_factory=list)
+    load_ms: list[float] = field(default_factory=list)  # exists + get wall time per request
+    exists_ms: list[float] = field(default_factory=list)  # per call
+    get_ms: list[float] = field(default_factory=list)
+    put_ms: list[float] = field(default_factory=list)
+    get_bytes: int = 0
+    put_bytes: int = 0
+    wrong_pages: int = 0  # pages read back with bytes other than written: must be 0
+    failed_put_chunks: int = 0
+    shards_per_call: list[int] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+
+def summarize(run: SystemRun, plan: ReplayPlan, prefill_tokens_per_s: float) -> dict:
+    """One row of the report: hit ratios, call latencies, read bandwidth and modelled TTFT."""
+    page_tokens = plan.page_tokens
+    asked = sum(plan.asked_pages())
+    hits = sum(run.l3_hit_pages)
+    host_hits = sum(plan.host_hit_pages)
+    prompt = sum(plan.prompt_tokens)
+    loads = run.load_ms if run.measured else [0.0] * len(plan)
+    ttfts = [ttft_ms(tokens, (host + l3) * page_tokens, load, prefill_tokens_per_s)
+             for tokens, host, l3, load in zip(plan.prompt_tokens, plan.host_hit_pages, run.l3_hit_pages, loads)]
+    get_s = sum(run.get_ms) / 1e3
+
+    def ms(values: Sequence[float], q: float) -> float | None:
+        value = percentile(values, q) if run.measured else None
+        return None if value is None else round(value, 3)
+
+    row = {
+        "system": run.name,
+        "hit_token_ratio": round(hits / asked, 6) if asked else 0.0,
+        "get_p50_ms": ms(run.get_ms, 50),
+        "get_p99_ms": ms(run.get_ms, 99),
+        "put_p50_ms": ms(run.put_ms, 50),
+        "put_p99_ms": ms(run.put_ms, 99),
+        "ttft_model_ms_mean": round(sum(ttfts) / len(ttfts), 3) if ttfts else None,
+        "ttft_model_ms_p99": round(percentile(ttfts, 99), 3) if ttfts else None,
+        "exists_p50_ms": ms(run.exists_ms, 50),
+        "exists_p99_ms": ms(run.exists_ms, 99),
+        "read_gb_per_s": round(run.get_bytes / get_s / 1e9, 3) if run.measured and get_s > 0 else None,
+        "call_s_total": ({"exists": round(sum(run.exists_ms) / 1e3, 2), "get": round(get_s, 2),
+                          "put": round(sum(run.put_ms) / 1e3, 2)} if run.measured else None),
+        "load_ms_mean": round(sum(loads) / len(loads), 3) if run.measured and loads else None,
+        "prompt_hit_token_ratio": round((hits + host_hits) * page_tokens / prompt, 6) if prompt else 0.0,
+        "l3_hit_tokens": hits * page_tokens,
+        "l3_asked_tokens": asked * page_tokens,
+        "measured": run.measured,
+    }
+    if run.measured:
+        row.update(get_calls=len(run.get_ms), put_calls=len(run.put_ms), exists_calls=len(run.exists_ms),
+                   get_bytes=run.get_bytes, put_bytes=run.put_bytes, wrong_pages=run.wrong_pages,
+                   failed_put_chunks=run.failed_put_chunks)
+    row.update(run.extra)
+    return row
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or denominator is None or denominator == 0:
+        return None
+    return round(numerator / denominator, 3)
+
+
+def build_report(rows: Sequence[dict], *, requests: int, capacity_bytes: int, shards: int,
+                 balance_max_over_mean: float | None, shards_per_batch_mean: float | None,
+                 details: dict | None = None) -> dict:
+    """The JSON document of a run (the keys of the issue, then ratios and details)."""
+    by_name = {row["system"]: row for row in rows}
+    report: dict[str, Any] = {
+        "systems": list(rows),
+        "balance_max_over_mean": balance_max_over_mean,
+        "shards_per_batch_mean": shards_per_batch_mean,
+        "requests": requests,
+        "capacity_bytes": capacity_bytes,
+        "shards": shards,
+    }
+    ours, file_row = by_name.get("raylsm"), by_name.get("hicache_file")
+    ratios: dict[str, Any] = {}
+    if ours and file_row:
+        ratios["raylsm_over_hicache_file_hit_token_ratio"] = _ratio(ours["hit_token_ratio"], file_row["hit_token_ratio"])
+        ratios["hicache_file_over_raylsm_get_p99"] = _ratio(file_row["get_p99_ms"], ours["get_p99_ms"])
+        ratios["hicache_file_over_raylsm_get_p50"] = _ratio(file_row["get_p50_ms"], ours["get_p50_ms"])
+        ratios["hicache_file_over_raylsm_put_p99"] = _ratio(file_row["put_p99_ms"], ours["put_p99_ms"])
+        ratios["hicache_file_over_raylsm_ttft_mean"] = _ratio(file_row["ttft_model_ms_mean"], ours["ttft_model_ms_mean"])
+        ratios["goal_hit_ratio_met"] = ours["hit_token_ratio"] >= file_row["hit_token_ratio"]
+        ratios["goal_get_p99_met"] = (ours["get_p99_ms"] is not None and file_row["get_p99_ms"] is not None
+                                      and ours["get_p99_ms"] < file_row["get_p99_ms"])
+    lru, belady = by_name.get("lru_model"), by_name.get("belady_optimal")
+    if lru and belady:
+        gap = belady["hit_token_ratio"] - lru["hit_token_ratio"]
+        for row in (ours, file_row):
+            if row:
+                ratios[f"{row['system']}_lru_to_belady"] = (
+                    round((row["hit_token_ratio"] - lru["hit_token_ratio"]) / gap, 3) if gap > 0 else None)
+    report["ratios"] = ratios
+    report.update(details or {})
+    return report
+
+
+def format_report(report: dict) -> str:
+    """The human-readable table (one row per system), the ratios and the stated models."""
+    columns = [("system", "system", "{}"), ("hit_token_ratio", "L3 hit", "{:.3f}"),
+               ("prompt_hit_token_ratio", "prompt hit", "{:.3f}"),
+               ("exists_p99_ms", "exists p99", "{:.2f}"),
+               ("get_p50_ms", "get p50", "{:.2f}"), ("get_p99_ms", "get p99", "{:.2f}"),
+               ("put_p50_ms", "put p50", "{:.2f}"), ("put_p99_ms", "put p99", "{:.2f}"),
+               ("read_gb_per_s", "read GB/s", "{:.2f}"),
+               ("ttft_model_ms_mean", "TTFT mean", "{:.0f}"), ("ttft_model_ms_p99", "TTFT p99", "{:.0f}")]
+    table = [[title for _, title, _ in columns]]
+    for row in report["systems"]:
+        table.append([("-" if row.get(key) is None else fmt.format(row[key])) for key, _, fmt in columns])
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    lines = ["  ".join(cell.rjust(width) if i else cell.ljust(width) for i, (cell, width) in
+                       enumerate(zip(line, widths))) for line in table]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    lines.append("(latencies in ms per call of <= 128 pages, TTFT in ms; '-' = not measured: models have no I/O)")
+    ratios = report.get("ratios", {})
+    if "raylsm_over_hicache_file_hit_token_ratio" in ratios:
+        lines.append(
+            f"raylsm vs hicache_file: L3 hit ratio x{_show(ratios['raylsm_over_hicache_file_hit_token_ratio'])}, "
+            f"get p99 {_show(ratios['hicache_file_over_raylsm_get_p99'])}x lower, "
+            f"get p50 {_show(ratios['hicache_file_over_raylsm_get_p50'])}x lower, "
+            f"TTFT mean {_show(ratios['hicache_file_over_raylsm_ttft_mean'])}x lower; goal (hit >=, get p99 <): "
+            f"{'met' if ratios['goal_hit_ratio_met'] and ratios['goal_get_p99_met'] else 'NOT met'}")
+    for name in MEASURED:
+        key = f"{name}_lru_to_belady"
+        if key in ratios:
+            lines.append(f"{name}: {_show(ratios[key])} of the way from LRU to Belady ((system - lru) / (belady - lru))")
+    if report.get("balance_max_over_mean") is not None:
+        lines.append(f"raylsm balance: stored bytes max/mean over {report['shards']} shards "
+                     f"{report['balance_max_over_mean']:.2f}; shards per 128-page call "
+                     f"{_show(report.get('shards_per_batch_mean'))}")
+    for key in ("hit_ratio_definition", "ttft_model", "capacity_note", "payload_note", "window_note", "notes"):
+        value = report.get(key)
+        if isinstance(value, list):
+            lines.extend(f"note: {item}" for item in value)
+        elif value:
+            lines.append(f"{key.replace('_', ' ')}: {value}")
+    return "\n".join(lines)
+
+
+def _show(value: Any) -> str:
+    return "-" if value is None else f"{value}"
+
+
+# ---- the measured systems -----------------------------------------------------------------------
+
+
+def _storage_config(model_name: str, extra_config: dict):
+    from sglang.srt.mem_cache.hicache_storage import HiCacheStorageConfig
+
+    return HiCacheStorageConfig(
+        tp_rank=0, tp_size=1, pp_rank=0, pp_size=1, attn_cp_rank=0, attn_cp_size=1, is_mla_model=False,
+        enable_storage_metrics=False, is_page_first_layout=True, model_name=model_name,
+        extra_config=dict(extra_config))
+
+
+def _leading(results: Sequence[Any]) -> int:
+    for count, value in enumerate(results):
+        if not value:
+            return count
+    return len(results)
+
+
+class RaylsmSystem:
+    """RayLSMStorage as SGLang loads it (`--hicache-storage-backend dynamic`), on the v1 path."""
+
+    name = "raylsm"
+    EXTRA_CONFIG = {"backend_name": "raylsm", "module_path": "raylsm.sglang.backend",
+                    "class_name": "RayLSMStorage", "interface_v1": 1, "hicache_storage_pass_prefix_keys": True}
+
+    def __init__(self, pool: Any, model_name: str, extra_config: dict | None = None) -> None:
+        from sglang.srt.mem_cache.hicache_storage import HiCacheStorageExtraInfo
+        from sglang.srt.mem_cache.storage.backend_factory import StorageBackendFactory
+
+        self._extra_info = HiCacheStorageExtraInfo
+        self.pool = pool
+        self.extra_config = dict(extra_config or self.EXTRA_CONFIG)
+        # The factory calls cls(storage_config, kwargs) and does not pass the pool: SGLang registers
+        # it right after, then calls on_host_pools_registered.
+        self.storage = StorageBackendFactory.create_backend("dynamic", _storage_config(model_name, self.extra_config), pool)
+        self.storage.register_mem_pool_host(pool)
+        self.storage.on_host_pools_registered()
+
+    def clear(self) -> None:
+        self.storage.clear()
+
+    def exists(self, keys: list[str], prefix: list[str]) -> int:
+        return self.storage.batch_exists(keys, extra_info=self._extra_info(prefix_keys=prefix))
+
+    def get(self, keys: list[str], prefix: list[str], slots: Sequence[int]) -> int:
+        indices = self.pool.host_indices(slots)
+        return _leading(self.storage.batch_get_v1(keys, indices, self._extra_info(prefix_keys=prefix)))
+
+    def set(self, keys: list[str], prefix: list[str], slots: Sequence[int]) -> bool:
+        indices = self.pool.host_indices(slots)
+        return all(self.storage.batch_set_v1(keys, indices, self._extra_info(prefix_keys=prefix)))
+
+    def namespace_id(self) -> bytes:
+        from raylsm.store.page_key import namespace_id
+
+        return namespace_id(self.storage.raylsm_stats()["namespace"])
+
+    def stats(self) -> dict:
+        return self.storage.raylsm_stats()
+
+    def close(self) -> None:
+        self.storage.close()
+
+
+class HiCacheFileSystem:
+    """SGLang's HiCacheFile (built by the factory as `file`) with its LRU evictor capped at the same
+    capacity; no v1, so the generic path: flat staging pages in, one copy into the host pool each way."""
+
+    name = "hicache_file"
+
+    def __init__(self, pool: Any, model_name: str, directory: str, capacity_bytes: int) -> None:
+        from sglang.srt.mem_cache.storage.backend_factory import StorageBackendFactory
+
+        os.environ.pop("SGLANG_HICACHE_FILE_BACKEND_STORAGE_DIR", None)  # would override the directory
+        self.pool = pool
+        self.directory = directory
+        # eviction_ratio stays SGLang's default (0.9): a full cache evicts down to 90% of max_size.
+        extra = {"file_storage_path": directory, "max_size": str(capacity_bytes)}
+        self.storage = StorageBackendFactory.create_backend("file", _storage_config(model_name, extra), pool)
+        if not self.storage._evictor.enabled:  # noqa: SLF001 (a check that the cap took effect)
+            raise RuntimeError("HiCacheFile's LRU evictor did not enable with max_size")
+
+    def clear(self) -> None:
+        self.storage.clear()
+
+    def exists(self, keys: list[str], prefix: list[str]) -> int:
+        return self.storage.batch_exists(keys)  # the base class loops exists(): one stat per key
+
+    def get(self, keys: list[str], prefix: list[str], slots: Sequence[int]) -> int:
+        # cache_controller._generic_page_get: flat staging pages, then set_from_flat_data_page.
+        pool = self.pool
+        staging = [pool.get_dummy_flat_data_page() for _ in keys]
+        pages = self.storage.batch_get(keys, staging)
+        if pages is None:
+            return 0
+        count = 0
+        for slot, page in zip(slots, pages):
+            if page is None:
+                break
+            pool.set_from_flat_data_page(slot * pool.page_size, page)
+            count += 1
+        return count
+
+    def set(self, keys: list[str], prefix: list[str], slots: Sequence[int]) -> bool:
+        # cache_controller._generic_page_set: a flat copy of every page, then batch_set.
+        pool = self.pool
+        return bool(self.storage.batch_set(keys, [pool.get_data_page(slot * pool.page_size) for slot in slots]))
+
+    def stats(self) -> dict:
+        evictor = self.storage._evictor  # noqa: SLF001
+        return {"files": len(evictor._lru), "bytes": evictor._total_bytes, "max_size": evictor.max_size_bytes}
+
+    def close(self) -> None:
+        pass  # HiCacheFile has no close()
+
+
+class TierSession:
+    """The raylsm tier of one replay.
+
+    Which Ray: `ray_address` if given; else the Ray head that `raylsm up` started from this directory
+    (its marker file exists); else a private local Ray instance owned by this process (`ray.init(
+    address="local")`), never some other Ray instance that happens to run on the machine (a test
+    session's, say). A tier already running on the joined Ray is used as it is: its shards are resized
+    to the replay's capacity for the run and restored afterwards. Otherwise the controller and shards
+    are started here (fresh data directory) and shut down at the end, and a private Ray goes with them.
+    """
+
+    def __init__(self, shards: int, capacity_bytes: int, page_bytes: int, data_dir: str,
+                 ray_address: str | None = None) -> None:
+        self.requested_shards = shards
+        self.capacity_bytes = capacity_bytes
+        self.page_bytes = page_bytes
+        self.data_dir = data_dir
+        self.ray_address = ray_address
+        self.owns_ray = False
+        self.owns_controller = False
+        self.shard_names: list[str] = []
+        self.segment_bytes = 0
+        self.per_shard_capacity = 0
+        self.notes: list[str] = []
+        self._restore: dict[str, dict] = {}
+
+    @property
+    def started(self) -> bool:
+        return self.owns_controller
+
+    def start(self) -> None:
+        import ray
+
+        from raylsm import lifecycle
+        from raylsm.config import RAY_NAMESPACE, ShardConfig, TierConfig
+        from raylsm.controller.controller_actor import get_controller
+        from raylsm.store.config import StoreConfig
+
+        address = self.ray_address or _embedded_ray_address()
+        if address:
+            ray.init(address=address, namespace=RAY_NAMESPACE, log_to_driver=False)
+            try:
+                controller = get_controller(RAY_NAMESPACE)
+            except ValueError:
+                controller = None
+            if controller is not None:
+                self.shard_names = sorted(ray.get(controller.ring.remote())["shards"])
+                if not self.shard_names:
+                    raise ConfigError(f"the raylsm tier on Ray {address} has no serving shards")
+                self._resize_running_tier(address)
+                return
+        else:
+            ray.init(address="local", namespace=RAY_NAMESPACE, include_dashboard=False, log_to_driver=False,
+                     resources={ShardConfig().resource_name: self.requested_shards})
+            self.owns_ray = True
+        self.per_shard_capacity = self.capacity_bytes // self.requested_shards
+        self.segment_bytes = segment_bytes_for(self.per_shard_capacity, self.page_bytes)
+        store = StoreConfig(capacity_bytes=self.per_shard_capacity, segment_bytes=self.segment_bytes)
+        config = TierConfig(shard=ShardConfig(data_dir=os.path.join(self.data_dir, "shards"), store=store))
+        self.owns_controller = True
+        lifecycle.up(config, shards=self.requested_shards)  # Ray is initialized: controller + shards only
+        self.shard_names = sorted(ray.get(get_controller(RAY_NAMESPACE).ring.remote())["shards"])
+        if len(self.shard_names) != self.requested_shards:
+            self.per_shard_capacity = self.capacity_bytes // len(self.shard_names)
+            self.notes.append(f"Ray at {address} offers {len(self.shard_names)} shard units; --shards "
+                              f"{self.requested_shards} applies only to a private Ray; per-shard capacity is "
+                              f"the configured {self.capacity_bytes // self.requested_shards} B")
+
+    def _resize_running_tier(self, address: str) -> None:
+        import ray
+
+        self.per_shard_capacity = self.capacity_bytes // len(self.shard_names)
+        self.segment_bytes = segment_bytes_for(self.per_shard_capacity, self.page_bytes)
+        for name in self.shard_names:
+            handle = ray.get_actor(name, namespace="raylsm")
+            current = ray.get(handle.apply_tuning.remote({}))
+            self._restore[name] = {"capacity_bytes": current["capacity_bytes"],
+                                   "segment_bytes": current["segment_bytes"]}
+            ray.get(handle.apply_tuning.remote({"capacity_bytes": self.per_shard_capacity,
+                                                "segment_bytes": self.segment_bytes}))
+        self.notes.append(
+            f"used the running tier on Ray {address} ({len(self.shard_names)} shards): capacity "
+            f"{self.per_shard_capacity} B and segments of {self.segment_bytes} B per shard for the run, restored "
+            f"afterwards; data already on the shards counts against the capacity until eviction frees it, and "
+            f"a segment open before the run keeps its old size")
+
+    def shard_stats(self) -> list[dict]:
+        from raylsm import lifecycle
+
+        return [shard.get("stats") or {} for shard in lifecycle.status()["shards"]
+                if shard["shard"] in self.shard_names]
+
+    def stop(self) -> None:
+        """Shut down what start() started (not `lifecycle.down`: its `ray stop --force` would stop every
+        Ray instance on the machine when a `raylsm up` marker exists); restore a joined tier's tuning."""
+        import ray
+
+        from raylsm.controller.controller_actor import get_controller
+
+        if not ray.is_initialized():
+            return
+        try:
+            if self.owns_controller:
+                controller = get_controller("raylsm")
+                ray.get(controller.shutdown.remote(), timeout=120)
+                ray.kill(controller, no_restart=True)
+            for name, values in self._restore.items():
+                try:
+                    ray.get(ray.get_actor(name, namespace="raylsm").apply_tuning.remote(values))
+                except Exception as error:  # noqa: BLE001 (report, keep restoring the others)
+                    logger.warning("could not restore %s on %s: %r", values, name, error)
+        finally:
+            ray.shutdown()  # a private Ray instance ends with it; a joined one is only disconnected
+
+
+def _embedded_ray_address() -> str | None:
+    """The GCS address of the Ray head `raylsm up` started from this directory, or None if it did not.
+
+    The marker file does not record the address, so this picks, among the Ray instances running here,
+    the one on `ray start`'s default port 6379 (or the only one)."""
+    from raylsm import lifecycle
+
+    if not os.path.exists(os.path.join(lifecycle.EMBEDDED_DIR, lifecycle.EMBEDDED_MARKER)):
+        return None
+    try:
+        from ray._private.services import find_gcs_addresses
+
+        addresses = sorted(find_gcs_addresses())
+    except Exception:  # noqa: BLE001 (a private Ray API: fall back to Ray's own choice)
+        return "auto"
+    default_port = [address for address in addresses if address.endswith(":6379")]
+    if len(default_port) == 1:
+        return default_port[0]
+    if len(addresses) == 1:
+        return addresses[0]
+    raise ConfigError(f"`raylsm up` ran here, but Ray instances {addresses} are running and none is on port "
+                      f"6379: pass --ray-address")
+
+
+class ShardCounter:
+    """Shards a raylsm call touches, by the router with the client's extent config and ring."""
+
+    def __init__(self, shard_names: Sequence[str], namespace_id: bytes) -> None:
+        from raylsm.config import ClientConfig
+        from raylsm.router import ExtentConfig, ExtentRouter, HashRing
+
+        client = ClientConfig()
+        self._router = ExtentRouter(HashRing(sorted(shard_names), client.virtual_nodes),
+                                    ExtentConfig(client.extent_pages, client.shallow_depth_pages,
+                                                 client.shallow_extent_pages))
+        self._namespace_id = namespace_id
+
+    def shards(self, chain: Sequence[bytes], start: int, end: int) -> int:
+        return len(set(self._router.route_pages(self._namespace_id, chain[start:end], chain[:start])))
+
+
+# ---- the replay loop ----------------------------------------------------------------------------
+
+
+class SlotPicker:
+    """Host-pool page slots for one call, drawn at random like a host allocator's free list."""
+
+    def __init__(self, page_slots: int, seed: int) -> None:
+        import numpy as np
+
+        self._rng = np.random.default_rng(seed)
+        self._slots = page_slots
+
+    def pick(self, count: int) -> list[int]:
+        return self._rng.choice(self._slots, size=count, replace=False).tolist()
+
+
+def replay_request(system: Any, run: SystemRun, chain: Sequence[bytes], chain_hex: Sequence[str], start: int,
+                   pattern: Any, slots: SlotPicker, shard_counter: ShardCounter | None = None) -> None:
+    """One request through one system: exists and get from `start` (after the L1/L2 hit), verify,
+    then back up the computed pages. Appends to `run`."""
+    pool = system.pool
+    page_bytes = pool.page_bytes
+    perf = time.perf_counter
+    load_started = perf()
+    present = 0
+    total = len(chain)
+    for begin in range(start, total, STORAGE_BATCH_SIZE):
+        end = min(begin + STORAGE_BATCH_SIZE, total)
+        called = perf()
+        found = system.exists(list(chain_hex[begin:end]), list(chain_hex[:begin]))
+        run.exists_ms.append((perf() - called) * 1e3)
+        present += found
+        if found < end - begin:
+            break
+    loaded = 0
+    for begin in range(start, start + present, STORAGE_BATCH_SIZE):
+        end = min(begin + STORAGE_BATCH_SIZE, start + present)
+        picked = slots.pick(end - begin)
+        pattern.poison(pool, picked)
+        called = perf()
+        got = system.get(list(chain_hex[begin:end]), list(chain_hex[:begin]), picked)
+        run.get_ms.append((perf() - called) * 1e3)
+        run.get_bytes += got * page_bytes
+        run.wrong_pages += pattern.wrong_pages(pool, picked[:got], chain[begin:begin + got])
+        if shard_counter is not None:
+            run.shards_per_call.append(shard_counter.shards(chain, begin, end))
+        loaded += got
+        if got < end - begin:
+            break
+    run.load_ms.append((perf() - load_started) * 1e3)
+    run.l3_hit_pages.append(loaded)
+    for begin in range(start + loaded, total, STORAGE_BATCH_SIZE):
+        end = min(begin + STORAGE_BATCH_SIZE, total)
+        picked = slots.pick(end - begin)
+        pattern.fill(pool, picked, chain[begin:end])
+        called = perf()
+        ok = system.set(list(chain_hex[begin:end]), list(chain_hex[:begin]), picked)
+        run.put_ms.append((perf() - called) * 1e3)
+        if shard_counter is not None:
+            run.shards_per_call.append(shard_counter.shards(chain, begin, end))
+        if not ok:
+            run.failed_put_chunks += 1
+            break
+        run.put_bytes += (end - begin) * page_bytes
+
+
+def run_models(plan: ReplayPlan, capacity_pages: int, systems: Sequence[str]) -> list[SystemRun]:
+    streams = plan.l3_streams()
+    runs = []
+    for name, model in (("lru_model", cache_models.simulate_lru), ("belady_optimal", cache_models.simulate_belady)):
+        if name in systems:
+            result = model(streams, capacity_pages)
+            runs.append(SystemRun(name, measured=False, l3_hit_pages=list(result.per_request_hits),
+                                  extra={"capacity_pages": capacity_pages}))
+    return runs
+
+
+def run(config: ReplayConfig) -> dict:
+    """Replay the trace through every selected system; print the table; return the report."""
+    config = config.validate()
+    started = time.perf_counter()
+    limit = config.limit
+    if config.quick and limit is None and config.time_window_s is None:
+        limit = QUICK_REQUESTS
+    trace = load_trace(config.trace_path, limit=limit, time_window_s=config.time_window_s)
+    if not trace:
+        raise ConfigError("the trace window holds no requests")
+    plan = make_plan(trace, config.page_tokens, config.host_cache_fraction)
+    shape = pool_shape(config.profile, config.page_tokens, config.payload_scale)
+    page_bytes = shape.page_bytes
+    capacity_bytes = int(config.capacity_fraction * plan.distinct_pages * page_bytes)
+    capacity_pages = capacity_bytes // page_bytes
+    window = (f"{len(plan)} requests, {plan.arrival_s[-1]:.0f} s of trace from {config.trace_path or 'the packaged trace'}; "
+              f"{sum(len(c) for c in plan.chains)} page references, {plan.distinct_pages} distinct pages of "
+              f"{config.page_tokens} tokens; L1/L2 holds {plan.host_capacity_pages} pages "
+              f"({config.host_cache_fraction:g} of distinct) and served {sum(plan.host_hit_pages)} page hits")
+    print(f"raylsm bench trace: {window}", file=sys.stderr)
+
+    runs: list[SystemRun] = run_models(plan, capacity_pages, config.systems)
+    details: dict[str, Any] = {
+        "hit_ratio_definition": HIT_RATIO_DEFINITION,
+        "ttft_model": (f"TTFT = (prompt tokens - L1/L2 hit tokens - L3 hit tokens) / {config.prefill_tokens_per_s:g} "
+                       f"tokens/s (modelled prefill, one GPU, 8B-class) + measured L3 load time of the request "
+                       f"(exists + get wall time); models have no load time (a lower bound)"),
+        "payload_note": f"{page_bytes} B per page ({shape.note}); page bytes = page_tokens x KV bytes per token x "
+                        f"--payload-scale; every page read back is checked byte for byte in the host pool",
+        "window_note": window,
+        "capacity_pages": capacity_pages,
+        "page_bytes": page_bytes,
+        "page_tokens": config.page_tokens,
+        "profile": config.profile,
+        "payload_scale": config.payload_scale,
+        "capacity_fraction": config.capacity_fraction,
+        "host_cache_pages": plan.host_capacity_pages,
+        "prefill_tokens_per_s": config.prefill_tokens_per_s,
+        "trace": config.trace_path or "packaged",
+        "arrival_s": plan.arrival_s,
+        "notes": [],
+    }
+    balance = shards_per_batch = None
+    shard_count = config.shards
+    measured = [name for name in MEASURED if name in config.systems]
+    if measured:
+        measured_runs, tier_details = _run_measured(config, plan, shape, capacity_bytes, measured)
+        runs.extend(measured_runs)
+        balance = tier_details.pop("balance_max_over_mean", None)
+        shards_per_batch = tier_details.pop("shards_per_batch_mean", None)
+        shard_count = tier_details.pop("shards", shard_count)
+        details["notes"].extend(tier_details.pop("notes", []))
+        details.update(tier_details)
+    details["capacity_note"] = (
+        f"{capacity_bytes} B = {config.capacity_fraction:g} x {plan.distinct_pages} distinct pages x {page_bytes} B "
+        f"({capacity_pages} pages) for every system" + (
+            f"; raylsm: {details.get('per_shard_capacity_bytes')} B per shard in segments of "
+            f"{details.get('segment_bytes')} B (capacity / shards / 16, >= 1 MiB; the store needs 2 segments)"
+            if "segment_bytes" in details else "") + (
+            "; hicache_file: LRUFileEvictor max_size, eviction_ratio 0.9" if "hicache_file" in measured else ""))
+    order = {name: index for index, name in enumerate(SYSTEMS)}
+    runs.sort(key=lambda item: order[item.name])
+    rows = [summarize(item, plan, config.prefill_tokens_per_s) for item in runs]
+    details["elapsed_s"] = round(time.perf_counter() - started, 1)
+    report = build_report(rows, requests=len(plan), capacity_bytes=capacity_bytes, shards=shard_count,
+                          balance_max_over_mean=balance, shards_per_batch_mean=shards_per_batch, details=details)
+    series = {item.name: _series(item, plan, config.prefill_tokens_per_s) for item in runs}
+    arrival = report.pop("arrival_s")
+    print(format_report(report))
+    if config.json_path:
+        _write_json(config.json_path, report)
+        print(f"wrote {config.json_path}", file=sys.stderr)
+    if config.plot_path:
+        write_plot(config.plot_path, arrival, series, report)
+        print(f"wrote {config.plot_path}", file=sys.stderr)
+    return report
+
+
+def _series(run: SystemRun, plan: ReplayPlan, rate: float) -> dict:
+    loads = run.load_ms if run.measured else [0.0] * len(plan)
+    return {
+        "hit": run.l3_hit_pages,
+        "asked": plan.asked_pages(),
+        "ttft": [ttft_ms(tokens, (host + l3) * plan.page_tokens, load, rate)
+                 for tokens, host, l3, load in zip(plan.prompt_tokens, plan.host_hit_pages, run.l3_hit_pages, loads)],
+    }
+
+
+def _write_json(path: str, report: dict) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as out:
+        json.dump(report, out, indent=2)
+        out.write("\n")
+
+
+def _run_measured(config: ReplayConfig, plan: ReplayPlan, shape: PoolShape, capacity_bytes: int,
+                  measured: Sequence[str]) -> tuple[list[SystemRun], dict]:
+    import torch
+
+    from raylsm.bench.host_pool import MiniHostKVPool, PagePattern
+
+    for name in ("sglang", "raylsm.sglang", "raylsm.client"):
+        logging.getLogger(name).setLevel(logging.ERROR)  # per-page warnings (e.g. HiCacheFile refusals)
+    root = os.path.abspath(config.data_dir or os.path.join(".raylsm", "bench", f"trace-{os.getpid()}"))
+    os.makedirs(root, exist_ok=True)
+    pool_pages = 2 * STORAGE_BATCH_SIZE
+    pool = MiniHostKVPool(pool_pages * config.page_tokens, config.page_tokens, shape.layer_num, shape.head_num,
+                          shape.head_dim, getattr(torch, shape.dtype_name))
+    assert pool.page_bytes == shape.page_bytes, (pool.page_bytes, shape.page_bytes)
+    pattern = PagePattern(pool.page_bytes)
+    picker = SlotPicker(pool.page_slots, config.seed)
+    model_name = f"trace-replay-{config.profile}"
+    details: dict[str, Any] = {"notes": []}
+    systems: list[Any] = []
+    tier = None
+    counter = None
+    try:
+        if "raylsm" in measured:
+            tier = TierSession(config.shards, capacity_bytes, shape.page_bytes, root, config.ray_address)
+            print(f"raylsm bench trace: starting the tier ({config.shards} shards)", file=sys.stderr)
+            phase = time.perf_counter()
+            tier.start()
+            print(f"raylsm bench trace: tier ready in {time.perf_counter() - phase:.1f} s "
+                  f"({len(tier.shard_names)} shards)", file=sys.stderr)
+            extra = {**RaylsmSystem.EXTRA_CONFIG, **dict(config.raylsm_extra_config)}
+            details["raylsm_extra_config"] = extra
+            raylsm_system = RaylsmSystem(pool, model_name, extra)
+            raylsm_system.clear()  # this namespace's pages from an earlier run
+            systems.append(raylsm_system)
+            counter = ShardCounter(tier.shard_names, raylsm_system.namespace_id())
+            details.update(shards=len(tier.shard_names), segment_bytes=tier.segment_bytes,
+                           per_shard_capacity_bytes=tier.per_shard_capacity)
+            details["notes"].extend(tier.notes)
+        if "hicache_file" in measured:
+            directory = os.path.join(root, "hicache_file")
+            shutil.rmtree(directory, ignore_errors=True)
+            systems.append(HiCacheFileSystem(pool, model_name, directory, capacity_bytes))
+        runs = {system.name: SystemRun(system.name, measured=True) for system in systems}
+        progress = _progress(len(plan), config.progress)
+        phase = time.perf_counter()
+        for index, chain in enumerate(plan.chains):
+            chain_hex = [page.hex() for page in chain]
+            start = plan.host_hit_pages[index]
+            for system in systems:
+                replay_request(system, runs[system.name], chain, chain_hex, start, pattern, picker,
+                               counter if system.name == "raylsm" else None)
+            progress.update(1)
+        progress.close()
+        details["replay_s"] = round(time.perf_counter() - phase, 1)
+        for system in systems:
+            runs[system.name].extra["backend_stats"] = _jsonable(system.stats())
+        if tier is not None:
+            stats = tier.shard_stats()
+            live = [(s.get("space") or {}).get("live_bytes", 0) for s in stats]
+            mean = sum(live) / len(live) if live else 0
+            details["balance_max_over_mean"] = round(max(live) / mean, 3) if mean else None
+            calls = runs["raylsm"].shards_per_call
+            details["shards_per_batch_mean"] = round(sum(calls) / len(calls), 3) if calls else None
+            details["shard_stats"] = [_shard_summary(s) for s in stats]
+            runs["raylsm"].extra["store_counters"] = _sum_counters(stats)
+        wrong = sum(item.wrong_pages for item in runs.values())
+        if wrong:
+            details["notes"].append(f"VERIFICATION FAILED: {wrong} pages read back with wrong bytes")
+        return list(runs.values()), details
+    finally:
+        for system in systems:
+            try:
+                system.close()
+            except Exception:  # noqa: BLE001
+                logger.exception("closing %s failed", system.name)
+        if tier is not None:
+            phase = time.perf_counter()
+            tier.stop()
+            print(f"raylsm bench trace: tier stopped in {time.perf_counter() - phase:.1f} s", file=sys.stderr)
+        if config.data_dir is None:
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            shutil.rmtree(os.path.join(root, "hicache_file"), ignore_errors=True)
+            if tier is not None and tier.started:
+                shutil.rmtree(os.path.join(root, "shards"), ignore_errors=True)
+
+
+def _shard_summary(stats: dict) -> dict:
+    space = stats.get("space") or {}
+    counters = stats.get("counters") or {}
+    return {"shard": stats.get("shard"), "live_bytes": space.get("live_bytes"), "disk_bytes": space.get("disk_bytes"),
+            "capacity_bytes": space.get("capacity_bytes"), "live_pages": space.get("live_pages"),
+            "evicted_pages": counters.get("evicted_pages"), "reinserted_pages": counters.get("reinserted_pages")}
+
+
+def _sum_counters(stats: Sequence[dict]) -> dict:
+    total: dict[str, int] = {}
+    for shard in stats:
+        for key, value in (shard.get("counters") or {}).items():
+            total[key] = total.get(key, 0) + int(value)
+    return total
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+class _NoProgress:
+    def update(self, count: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return _NoProgress()
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _NoProgress()
+    return tqdm(total=total, unit="req", desc="replay", file=sys.stderr, mininterval=1.0)
+
+
+# ---- the plot -----------------------------------------------------------------------------------
+
+
+def rolling(numerators: Sequence[float], denominators: Sequence[float] | None, window: int) -> list[float]:
+    """Trailing-window ratio sum(num) / sum(den) (or mean of num if den is None) at every index."""
+    out: list[float] = []
+    num_sum = den_sum = 0.0
+    for index, value in enumerate(numerators):
+        num_sum += value
+        den_sum += 1 if denominators is None else denominators[index]
+        if index >= window:
+            num_sum -= numerators[index - window]
+            den_sum -= 1 if denominators is None else denominators[index - window]
+        out.append(num_sum / den_sum if den_sum else 0.0)
+    return out
+
+
+def write_plot(path: str, arrival_s: Sequence[float], series: dict[str, dict], report: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    window = max(10, len(arrival_s) // 40)
+    figure, (hit_axis, ttft_axis) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    styles = {"raylsm": "-", "hicache_file": "-", "lru_model": "--", "belady_optimal": ":"}
+    for name, data in series.items():
+        hit_axis.plot(arrival_s, rolling(data["hit"], data["asked"], window), styles.get(name, "-"), label=name)
+        ttft_axis.plot(arrival_s, rolling(data["ttft"], None, window), styles.get(name, "-"), label=name)
+    hit_axis.set_ylabel(f"L3 token hit ratio\n(last {window} requests)")
+    ttft_axis.set_ylabel(f"modelled TTFT, ms\n(mean of last {window})")
+    ttft_axis.set_xlabel("trace time, s")
+    hit_axis.legend(loc="lower right")
+    hit_axis.grid(alpha=0.3)
+    ttft_axis.grid(alpha=0.3)
+    hit_axis.set_title(f"raylsm bench trace: {report['requests']} requests, capacity "
+                       f"{report['capacity_bytes'] / 1e9:.2f} GB, {report['shards']} shards")
+    figure.tight_layout()
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+# ---- command line -------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        if "/" in text:
+            numerator, denominator = text.split("/", 1)
+            return float(numerator) / float(denominator)
+        return float(text)
+    except (ValueError, ZeroDivisionError) as error:
+        raise argparse.ArgumentTypeError(f"not a number: {text}") from error
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not JSON: {error}") from error
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
+def add_trace_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Declare the arguments of `raylsm bench trace` on `parser` (returns it)."""
+    parser.add_argument("--trace", metavar="PATH", dest="trace_path",
+                        help="Mooncake-format trace (.jsonl or .jsonl.gz; default: the packaged conversation trace)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"replay the first {QUICK_REQUESTS} requests (about 3 minutes at most)")
+    parser.add_argument("--limit", type=_positive_int, metavar="N", help="replay the first N requests")
+    parser.add_argument("--time-window", type=float, metavar="S", dest="time_window_s",
+                        help="replay the requests within S seconds of the first one")
+    parser.add_argument("--shards", type=_positive_int, default=4, metavar="N",
+                        help="shard actors when this command starts the tier (default 4)")
+    parser.add_argument("--capacity-fraction", type=_fraction, default=0.1, metavar="F",
+                        help="L3 capacity as a fraction of the replayed window's distinct page bytes (default 0.1)")
+    parser.add_argument("--host-cache-fraction", type=_fraction, default=0.02, metavar="F",
+                        help="simulated L1/L2 capacity as a fraction of the window's distinct pages (default 0.02)")
+    parser.add_argument("--page-tokens", type=_positive_int, default=64, metavar="T", help="tokens per page (default 64)")
+    parser.add_argument("--profile", default="qwen2.5-0.5b", choices=sorted(MODEL_PROFILES),
+                        help="modelled model: KV bytes per token (default qwen2.5-0.5b, 12 KiB/token)")
+    parser.add_argument("--payload-scale", type=_fraction, default=DEFAULT_PAYLOAD_SCALE, metavar="S",
+                        help="scale page bytes down to fit the disk and the time (default 1/16: 48 KiB pages)")
+    parser.add_argument("--prefill-tokens-per-s", type=float, default=10_000.0, metavar="R",
+                        help="modelled prefill rate of the TTFT model (default 10000 tokens/s)")
+    parser.add_argument("--systems", metavar="LIST",
+                        help=f"comma-separated subset of {', '.join(SYSTEMS)} (default: all)")
+    parser.add_argument("--json", metavar="PATH", dest="json_path", help="write the report as JSON")
+    parser.add_argument("--plot", metavar="PATH", dest="plot_path",
+                        help="write a PNG: hit ratio and modelled TTFT over trace time, per system")
+    parser.add_argument("--dir", metavar="PATH", dest="data_dir",
+                        help="data directory (default ./.raylsm/bench/trace-<pid>, removed afterwards)")
+    parser.add_argument("--ray-address", metavar="ADDR",
+                        help="join this Ray cluster and the raylsm tier on it (default: the Ray head `raylsm up` "
+                             "started from this directory, else a private local Ray with --shards shards)")
+    parser.add_argument("--raylsm-extra-config", metavar="JSON", type=_json_object, default={},
+                        help='extra keys for RayLSMStorage\'s extra config, e.g. \'{"same_node_fast_path": false}\'')
+    parser.add_argument("--seed", type=int, default=0, help="seed of the host-pool slot choice")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> ReplayConfig:
+    systems = SYSTEMS
+    if args.systems:
+        systems = tuple(name.strip() for name in args.systems.split(",") if name.strip())
+    return ReplayConfig(
+        trace_path=args.trace_path, limit=args.limit, time_window_s=args.time_window_s,
+        page_tokens=args.page_tokens, profile=args.profile, payload_scale=args.payload_scale,
+        capacity_fraction=args.capacity_fraction, host_cache_fraction=args.host_cache_fraction,
+        shards=args.shards, prefill_tokens_per_s=args.prefill_tokens_per_s, systems=systems,
+        data_dir=args.data_dir, ray_address=args.ray_address,
+        raylsm_extra_config=tuple(sorted(args.raylsm_extra_config.items())), json_path=args.json_path, plot_path=args.plot_path,
+        progress=not args.no_progress, quick=args.quick, seed=args.seed)
+
+
+def run_trace_command(args: argparse.Namespace) -> int:
+    """Handler of `raylsm bench trace`: 0 on success, 1 if a page was read back wrong, 2 on bad input."""
+    try:
+        config = config_from_args(args).validate()
+    except ConfigError as error:
+        print(f"raylsm bench trace: {error}", file=sys.stderr)
+        return 2
+    try:
+        report = run(config)
+    except ConfigError as error:
+        print(f"raylsm bench trace: {error}", file=sys.stderr)
+        return 2
+    wrong = sum(row.get("wrong_pages", 0) for row in report["systems"])
+    return 1 if wrong else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m raylsm.bench.trace_replay",
+                                     description=__doc__.splitlines()[0])
+    add_trace_arguments(parser)
+    return run_trace_command(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
