@@ -145,6 +145,7 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
     bench_subparsers = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK")
     bench_subparsers.required = True
     _add_bench_store(bench_subparsers)
+    _add_bench_tier(bench_subparsers)
 
 
 def _add_bench_store(subparsers: argparse._SubParsersAction) -> None:
@@ -198,6 +199,24 @@ def _run_bench_store(args: argparse.Namespace) -> int:
         progress=not args.no_progress)
     store_bench.run(config)
     return 0
+
+
+def _add_bench_tier(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "tier", help="batch_get_v1 through Ray (object store and same-node fast path) vs the store alone",
+        description="Cold reads of 128-page batches of 256 KiB pages into an SGLang-layout host pool: straight "
+                    "from a ShardStore, then through a shard actor (object store) and through the same-node fast "
+                    "path, in one run. Starts (and stops) its own local tier.")
+    parser.add_argument("--batches", type=_positive, default=24, help="128-page batches (default 24 = 768 MiB)")
+    parser.add_argument("--json", metavar="PATH", dest="json_path", help="write the results as JSON to PATH")
+    parser.set_defaults(handler=_run_bench_tier)
+
+
+def _run_bench_tier(args: argparse.Namespace) -> int:
+    from raylsm.bench import tier_bench
+
+    report = tier_bench.run(tier_bench.TierBenchConfig(batches=args.batches, json_path=args.json_path))
+    return 0 if all(row["wrong_pages"] == 0 for row in report["results"]) else 1
 
 
 def _positive(text: str) -> int:

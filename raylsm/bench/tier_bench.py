@@ -1,0 +1,148 @@
+"""`raylsm bench tier`: what Ray costs on the read path, on one node.
+
+Owned here: one workload (chains of 128-page batches of 256 KiB pages, SGLang's page_first layout)
+read cold, in the same run, three ways into the same host KV pool:
+  store_direct   ShardStore.get_batch_into straight into the pool's page parts (no Ray at all);
+  tier_object    RayLSMStorage.batch_get_v1 through a shard actor and the object store;
+  tier_fast      RayLSMStorage.batch_get_v1 with the same-node fast path (pointers from the actor,
+                 bytes read by the client from the segment files).
+Every page read is checked against the bytes written. Called by `raylsm.cli`; not imported by the
+layers above.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+
+from raylsm.bench.host_pool import MiniHostKVPool, PagePattern
+from raylsm.bench.trace_replay import RaylsmSystem
+from raylsm.config import TierConfig
+from raylsm.router import ExtentConfig, page_keys
+from raylsm.store import ShardStore, StoreConfig
+from raylsm.store.page_key import namespace_id
+from raylsm.sglang.host_pages import page_parts
+
+BATCH_PAGES = 128
+# 2 (K, V) x 8 layers x 64 tokens x 2 heads x 64 dims x 2 bytes = 256 KiB per page.
+POOL_SHAPE = {"page_size": 64, "layer_num": 8, "head_num": 2, "head_dim": 64}
+
+
+@dataclass(frozen=True)
+class TierBenchConfig:
+    batches: int = 24
+    data_dir: str = "./.raylsm/bench"
+    json_path: str | None = None
+
+
+def _drop_caches() -> str:
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as handle:
+            handle.write("3")
+        return "page cache dropped"
+    except OSError:
+        return "page cache not dropped (not permitted): O_DIRECT reads only"
+
+
+def _chains(batches: int) -> list[list[bytes]]:
+    import hashlib
+
+    chains = []
+    for chain in range(batches):
+        previous, hashes = b"", []
+        for depth in range(BATCH_PAGES):
+            previous = hashlib.sha256(previous + chain.to_bytes(4, "little") + depth.to_bytes(4, "little")).digest()
+            hashes.append(previous)
+        chains.append(hashes)
+    return chains
+
+
+def run(config: TierBenchConfig) -> dict:
+    from raylsm import lifecycle
+
+    os.makedirs(config.data_dir, exist_ok=True)
+    root = tempfile.mkdtemp(prefix="tier-", dir=config.data_dir)
+    pool = MiniHostKVPool(size=2 * BATCH_PAGES * POOL_SHAPE["page_size"], **POOL_SHAPE)
+    pattern = PagePattern(pool.page_bytes)
+    chains = _chains(config.batches)
+    hex_chains = [[page.hex() for page in chain] for chain in chains]
+    write_slots, read_slots = list(range(BATCH_PAGES)), list(range(BATCH_PAGES, 2 * BATCH_PAGES))
+    total_bytes = config.batches * BATCH_PAGES * pool.page_bytes
+    results: dict[str, dict] = {}
+    cache_note = ""
+    try:
+        # 1. The store alone, reading into the same host-pool pages.
+        store_config = StoreConfig(capacity_bytes=max(4 * total_bytes, 2 << 30), segment_bytes=256 << 20)
+        namespace = namespace_id("tier-bench")
+        with ShardStore.open(os.path.join(root, "store"), store_config) as store:
+            for hashes in chains:
+                keys = page_keys(namespace, hashes, [], ExtentConfig())
+                pattern.fill(pool, write_slots, keys)
+                assert all(store.put_batch(keys, page_parts(pool, pool.host_indices(write_slots), BATCH_PAGES)))
+            cache_note = _drop_caches()
+            started = time.perf_counter()
+            wrong = 0
+            for hashes in chains:
+                keys = page_keys(namespace, hashes, [], ExtentConfig())
+                pattern.poison(pool, read_slots)
+                hits = store.get_batch_into(keys, page_parts(pool, pool.host_indices(read_slots), BATCH_PAGES))
+                wrong += BATCH_PAGES - sum(hits) + pattern.wrong_pages(pool, read_slots, keys)
+            results["store_direct"] = {"seconds": time.perf_counter() - started, "wrong_pages": wrong}
+
+        # 2./3. Through Ray: one shard on this node, the adapter as SGLang loads it.
+        tier_config = TierConfig.from_dict({"shard": {"data_dir": os.path.join(root, "tier"), "store": {
+            "capacity_bytes": store_config.capacity_bytes, "segment_bytes": store_config.segment_bytes}}})
+        lifecycle.up(tier_config, shards=1)
+        try:
+            for system, fast in (("tier_object", False), ("tier_fast", True)):
+                extra = {**RaylsmSystem.EXTRA_CONFIG, "same_node_fast_path": fast}
+                adapter = RaylsmSystem(pool, f"tier-bench-{system}", extra)
+                for hexes in hex_chains:
+                    keys = page_keys(adapter.namespace_id(), [bytes.fromhex(h) for h in hexes], [], ExtentConfig())
+                    pattern.fill(pool, write_slots, keys)
+                    assert adapter.set(hexes, [], write_slots)
+                _drop_caches()
+                started = time.perf_counter()
+                wrong = 0
+                for hexes in hex_chains:
+                    keys = page_keys(adapter.namespace_id(), [bytes.fromhex(h) for h in hexes], [], ExtentConfig())
+                    pattern.poison(pool, read_slots)
+                    hit = adapter.get(hexes, [], read_slots)
+                    wrong += BATCH_PAGES - hit + pattern.wrong_pages(pool, read_slots, keys)
+                results[system] = {"seconds": time.perf_counter() - started, "wrong_pages": wrong}
+                adapter.close()
+        finally:
+            lifecycle.down()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    base = total_bytes / results["store_direct"]["seconds"] / 1e9
+    rows = []
+    for system, measured in results.items():
+        gb_per_s = total_bytes / measured["seconds"] / 1e9
+        rows.append({"system": system, "gb_per_s": gb_per_s, "ratio_to_store": gb_per_s / base,
+                     "wrong_pages": measured["wrong_pages"], "batch_ms": measured["seconds"] * 1e3 / config.batches})
+    report = {"page_bytes": pool.page_bytes, "batch_pages": BATCH_PAGES, "batches": config.batches,
+              "cache": cache_note, "results": rows}
+    print(format_report(report))
+    if config.json_path:
+        with open(config.json_path, "w") as handle:
+            json.dump(report, handle, indent=2)
+    return report
+
+
+def format_report(report: dict) -> str:
+    lines = [f"cold batch_get_v1 of {report['batch_pages']} pages x {report['page_bytes'] // 1024} KiB, "
+             f"{report['batches']} batches, one shard on this node ({report['cache']})",
+             f"{'system':<14}{'GB/s':>8}{'ms/batch':>10}{'vs store':>10}{'wrong':>7}"]
+    for row in report["results"]:
+        lines.append(f"{row['system']:<14}{row['gb_per_s']:>8.3f}{row['batch_ms']:>10.1f}"
+                     f"{row['ratio_to_store']:>9.0%}{row['wrong_pages']:>7}")
+    lines.append("goal: through Ray >= 70% of the store's direct throughput")
+    return "\n".join(lines)
+
