@@ -20,14 +20,19 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --no-deps "sglang==$(SGLANG_VERSION)" triton
 	touch $(STAMP)
 
+# The main job on the embedded default: a local Ray tier (4 shards, data under ./.raylsm), a quick
+# replay of the packaged production trace through the SGLang adapter, the table and a plot, then down.
 demo: venv
-	$(BIN)/raylsm bench store --quick
+	$(BIN)/raylsm up --shards 4 --segment-mb 16
+	$(BIN)/raylsm bench trace --quick --plot .raylsm/trace-replay.png --json .raylsm/trace-replay.json; \
+	status=$$?; $(BIN)/raylsm down; exit $$status
 
 test: venv
 	$(BIN)/python -m pytest -q tests
 
 bench: venv
-	$(BIN)/raylsm bench store
+	$(BIN)/raylsm bench store --json .raylsm/bench-store.json
+	$(BIN)/raylsm bench tier --json .raylsm/bench-tier.json
 
 clean:
 	rm -rf $(VENV) .raylsm .pytest_cache

@@ -146,6 +146,7 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
     bench_subparsers.required = True
     _add_bench_store(bench_subparsers)
     _add_bench_tier(bench_subparsers)
+    _add_bench_trace(bench_subparsers)
 
 
 def _add_bench_store(subparsers: argparse._SubParsersAction) -> None:
@@ -199,6 +200,24 @@ def _run_bench_store(args: argparse.Namespace) -> int:
         progress=not args.no_progress)
     store_bench.run(config)
     return 0
+
+
+def _add_bench_trace(subparsers: argparse._SubParsersAction) -> None:
+    from raylsm.bench.trace_replay import add_trace_arguments  # argparse only; heavy imports are lazy
+
+    parser = subparsers.add_parser(
+        "trace", help="replay a Mooncake-format trace through the SGLang adapter vs HiCacheFile, LRU and Belady",
+        description="Replays a request trace the way HiCache drives an L3 backend (simulated L1/L2, batch_exists, "
+                    "batch_get_v1, batch_set_v1) through raylsm and SGLang's HiCacheFile at the same capacity, and "
+                    "compares hit ratios with an LRU model and the offline optimum (Belady).")
+    add_trace_arguments(parser)
+    parser.set_defaults(handler=_run_bench_trace)
+
+
+def _run_bench_trace(args: argparse.Namespace) -> int:
+    from raylsm.bench.trace_replay import run_trace_command
+
+    return run_trace_command(args)
 
 
 def _add_bench_tier(subparsers: argparse._SubParsersAction) -> None:
