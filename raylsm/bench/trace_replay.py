@@ -28,11 +28,13 @@ numpy are imported only when a replay runs, so building the parser stays cheap.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
 import os
 import shutil
+import struct
 import sys
 import time
 from collections import OrderedDict
@@ -47,7 +49,7 @@ STORAGE_BATCH_SIZE = 128  # SGLang's pages per backend call (hicache_storage.STO
 MiB = 1 << 20
 SYSTEMS = ("raylsm", "hicache_file", "lru_model", "belady_optimal")
 MEASURED = ("raylsm", "hicache_file")
-QUICK_REQUESTS = 600
+QUICK_SAMPLE_RATE = 1 / 16  # --quick: one conversation in 16 over the whole trace
 DEFAULT_PAYLOAD_SCALE = 1 / 16
 HIT_RATIO_DEFINITION = ("hit_token_ratio = tokens loaded from L3 / tokens asked from L3 (full pages after "
                         "the simulated L1/L2 prefix hit); prompt_hit_token_ratio adds the L1/L2 hits and "
@@ -64,6 +66,7 @@ class ReplayConfig:
     trace_path: str | None = None  # None: the packaged conversation trace
     limit: int | None = None  # first N requests
     time_window_s: float | None = None  # requests within this many seconds of the first
+    sample_rate: float | None = None  # keep this fraction of conversations (None: all; --quick: 1/16)
     page_tokens: int = 64
     profile: str = "qwen2.5-0.5b"
     payload_scale: float = DEFAULT_PAYLOAD_SCALE  # page bytes = page_tokens x KV bytes/token x scale
@@ -90,6 +93,8 @@ class ReplayConfig:
             raise ConfigError(f"--host-cache-fraction must be in [0, 10], got {self.host_cache_fraction}")
         if not 0 < self.payload_scale <= 1:
             raise ConfigError(f"--payload-scale must be in (0, 1], got {self.payload_scale}")
+        if self.sample_rate is not None and not 0 < self.sample_rate <= 1:
+            raise ConfigError(f"--sample-conversations must be in (0, 1], got {self.sample_rate}")
         if self.shards < 1:
             raise ConfigError(f"--shards must be >= 1, got {self.shards}")
         if self.prefill_tokens_per_s <= 0:
@@ -140,6 +145,32 @@ def segment_bytes_for(per_shard_capacity: int, page_bytes: int) -> int:
             f"per-shard capacity {per_shard_capacity} B is below two segments of {segment} B: raise "
             f"--capacity-fraction or --payload-scale, replay more requests, or use fewer --shards")
     return segment
+
+
+def conversation_of(request: Any) -> int:
+    """The block that tells a request's conversation: its second block (the first one, 0 in the
+    conversation trace, is a system prompt every request shares); its only block if it has one."""
+    return request.hash_ids[1] if len(request.hash_ids) > 1 else (request.hash_ids[0] if request.hash_ids else -1)
+
+
+def sample_conversations(trace: Sequence[Any], rate: float, salt: int = 0) -> list[Any]:
+    """Keep the requests whose conversation hashes below `rate` (spatial sampling, as SHARDS samples
+    keys): a kept conversation keeps all its turns, so the reuse that L3 can serve is kept, and the
+    window's distinct pages (hence the capacity) shrink with the rate. NOTE: on the conversation trace
+    at 10% capacity, 1/16 of conversations gives LRU 0.22 and Belady 0.32 (salts 0 and 1: 0.216-0.220,
+    0.306-0.324), as the whole trace does (0.220, 0.320), with 1/16 of its page references."""
+    if rate >= 1:
+        return list(trace)
+    limit = int(rate * 2**64)
+    kept = []
+    for request in trace:
+        digest = hashlib.blake2b(_SAMPLE_KEY.pack(conversation_of(request) & (2**64 - 1), salt), digest_size=8).digest()
+        if int.from_bytes(digest, "little") < limit:
+            kept.append(request)
+    return kept
+
+
+_SAMPLE_KEY = struct.Struct("<QQ")
 
 
 # ---- the simulated L1/L2 ------------------------------------------------------------------------
@@ -552,7 +583,11 @@ class TierSession:
         from raylsm.controller.controller_actor import get_controller
         from raylsm.store.config import StoreConfig
 
-        address = self.ray_address or _embedded_ray_address()
+        address = self.ray_address
+        if address is None:
+            address = _embedded_ray_address()
+            if address:
+                _token_auth_as_for_auto()  # what ray.init(address="auto") does for a local cluster
         if address:
             ray.init(address=address, namespace=RAY_NAMESPACE, log_to_driver=False)
             try:
@@ -627,6 +662,18 @@ class TierSession:
                     logger.warning("could not restore %s on %s: %r", values, name, error)
         finally:
             ray.shutdown()  # a private Ray instance ends with it; a joined one is only disconnected
+
+
+def _token_auth_as_for_auto() -> None:
+    """Ray enables token authentication for a local cluster it finds itself ("auto"), never for an
+    explicit address; the `raylsm up` head is local, so do the same before joining it by address."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # an older Ray without token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def _embedded_ray_address() -> str | None:
@@ -751,18 +798,23 @@ def run(config: ReplayConfig) -> dict:
     """Replay the trace through every selected system; print the table; return the report."""
     config = config.validate()
     started = time.perf_counter()
-    limit = config.limit
-    if config.quick and limit is None and config.time_window_s is None:
-        limit = QUICK_REQUESTS
-    trace = load_trace(config.trace_path, limit=limit, time_window_s=config.time_window_s)
+    sample_rate = config.sample_rate
+    if sample_rate is None:
+        sample_rate = QUICK_SAMPLE_RATE if config.quick else 1.0
+    trace = load_trace(config.trace_path, limit=config.limit, time_window_s=config.time_window_s)
+    offered = len(trace)
+    trace = sample_conversations(trace, sample_rate, config.seed)
     if not trace:
-        raise ConfigError("the trace window holds no requests")
+        raise ConfigError("the trace window (and sample) holds no requests")
     plan = make_plan(trace, config.page_tokens, config.host_cache_fraction)
     shape = pool_shape(config.profile, config.page_tokens, config.payload_scale)
     page_bytes = shape.page_bytes
     capacity_bytes = int(config.capacity_fraction * plan.distinct_pages * page_bytes)
     capacity_pages = capacity_bytes // page_bytes
-    window = (f"{len(plan)} requests, {plan.arrival_s[-1]:.0f} s of trace from {config.trace_path or 'the packaged trace'}; "
+    sampled = (f" (conversation sample {sample_rate:g} of {offered} requests: whole conversations kept)"
+               if sample_rate < 1 else "")
+    window = (f"{len(plan)} requests{sampled}, {plan.arrival_s[-1]:.0f} s of trace from "
+              f"{config.trace_path or 'the packaged trace'}; "
               f"{sum(len(c) for c in plan.chains)} page references, {plan.distinct_pages} distinct pages of "
               f"{config.page_tokens} tokens; L1/L2 holds {plan.host_capacity_pages} pages "
               f"({config.host_cache_fraction:g} of distinct) and served {sum(plan.host_hit_pages)} page hits")
@@ -782,6 +834,7 @@ def run(config: ReplayConfig) -> dict:
         "page_tokens": config.page_tokens,
         "profile": config.profile,
         "payload_scale": config.payload_scale,
+        "sample_rate": sample_rate,
         "capacity_fraction": config.capacity_fraction,
         "host_cache_pages": plan.host_capacity_pages,
         "prefill_tokens_per_s": config.prefill_tokens_per_s,
@@ -867,7 +920,7 @@ def _run_measured(config: ReplayConfig, plan: ReplayPlan, shape: PoolShape, capa
     try:
         if "raylsm" in measured:
             tier = TierSession(config.shards, capacity_bytes, shape.page_bytes, root, config.ray_address)
-            print(f"raylsm bench trace: starting the tier ({config.shards} shards)", file=sys.stderr)
+            print("raylsm bench trace: joining or starting the raylsm tier", file=sys.stderr)
             phase = time.perf_counter()
             tier.start()
             print(f"raylsm bench trace: tier ready in {time.perf_counter() - phase:.1f} s "
@@ -915,6 +968,8 @@ def _run_measured(config: ReplayConfig, plan: ReplayPlan, shape: PoolShape, capa
     finally:
         for system in systems:
             try:
+                if system.name == "raylsm" and tier is not None and not tier.owns_controller:
+                    system.clear()  # leave a joined tier without this run's pages
                 system.close()
             except Exception:  # noqa: BLE001
                 logger.exception("closing %s failed", system.name)
@@ -991,7 +1046,7 @@ def write_plot(path: str, arrival_s: Sequence[float], series: dict[str, dict], r
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    window = max(10, len(arrival_s) // 40)
+    window = max(10, len(arrival_s) // 20)
     figure, (hit_axis, ttft_axis) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
     styles = {"raylsm": "-", "hicache_file": "-", "lru_model": "--", "belady_optimal": ":"}
     for name, data in series.items():
@@ -1000,7 +1055,7 @@ def write_plot(path: str, arrival_s: Sequence[float], series: dict[str, dict], r
     hit_axis.set_ylabel(f"L3 token hit ratio\n(last {window} requests)")
     ttft_axis.set_ylabel(f"modelled TTFT, ms\n(mean of last {window})")
     ttft_axis.set_xlabel("trace time, s")
-    hit_axis.legend(loc="lower right")
+    hit_axis.legend(loc="upper left", ncol=4, fontsize="small")
     hit_axis.grid(alpha=0.3)
     ttft_axis.grid(alpha=0.3)
     hit_axis.set_title(f"raylsm bench trace: {report['requests']} requests, capacity "
@@ -1047,7 +1102,10 @@ def add_trace_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--trace", metavar="PATH", dest="trace_path",
                         help="Mooncake-format trace (.jsonl or .jsonl.gz; default: the packaged conversation trace)")
     parser.add_argument("--quick", action="store_true",
-                        help=f"replay the first {QUICK_REQUESTS} requests (about 3 minutes at most)")
+                        help="replay one conversation in 16 over the whole trace (the same hit ratios as the "
+                             "whole trace at 1/16 of the work; under 3 minutes on 2 cores)")
+    parser.add_argument("--sample-conversations", type=_fraction, metavar="F", dest="sample_rate",
+                        help="keep this fraction of the conversations, all their turns (default 1; --quick 1/16)")
     parser.add_argument("--limit", type=_positive_int, metavar="N", help="replay the first N requests")
     parser.add_argument("--time-window", type=float, metavar="S", dest="time_window_s",
                         help="replay the requests within S seconds of the first one")
@@ -1073,10 +1131,11 @@ def add_trace_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="data directory (default ./.raylsm/bench/trace-<pid>, removed afterwards)")
     parser.add_argument("--ray-address", metavar="ADDR",
                         help="join this Ray cluster and the raylsm tier on it (default: the Ray head `raylsm up` "
-                             "started from this directory, else a private local Ray with --shards shards)")
+                             "started from this directory, else a private local Ray with --shards shards); "
+                             "with Ray's token authentication, set RAY_AUTH_MODE=token as for any explicit address")
     parser.add_argument("--raylsm-extra-config", metavar="JSON", type=_json_object, default={},
                         help='extra keys for RayLSMStorage\'s extra config, e.g. \'{"same_node_fast_path": false}\'')
-    parser.add_argument("--seed", type=int, default=0, help="seed of the host-pool slot choice")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the host-pool slot choice and the conversation sample")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     return parser
 
@@ -1086,7 +1145,7 @@ def config_from_args(args: argparse.Namespace) -> ReplayConfig:
     if args.systems:
         systems = tuple(name.strip() for name in args.systems.split(",") if name.strip())
     return ReplayConfig(
-        trace_path=args.trace_path, limit=args.limit, time_window_s=args.time_window_s,
+        trace_path=args.trace_path, limit=args.limit, time_window_s=args.time_window_s, sample_rate=args.sample_rate,
         page_tokens=args.page_tokens, profile=args.profile, payload_scale=args.payload_scale,
         capacity_fraction=args.capacity_fraction, host_cache_fraction=args.host_cache_fraction,
         shards=args.shards, prefill_tokens_per_s=args.prefill_tokens_per_s, systems=systems,
