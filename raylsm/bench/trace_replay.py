@@ -83,6 +83,7 @@ class ReplayConfig:
     progress: bool = True
     quick: bool = False
     seed: int = 0
+    cold_page_cache: bool = False  # drop hicache_file's cached file pages before each get (fadvise)
 
     def validate(self) -> "ReplayConfig":
         if self.profile not in MODEL_PROFILES:
@@ -415,7 +416,7 @@ def format_report(report: dict) -> str:
         lines.append(f"raylsm balance: stored bytes max/mean over {report['shards']} shards "
                      f"{report['balance_max_over_mean']:.2f}; shards per 128-page call "
                      f"{_show(report.get('shards_per_batch_mean'))}")
-    for key in ("hit_ratio_definition", "ttft_model", "capacity_note", "payload_note", "window_note", "notes"):
+    for key in ("hit_ratio_definition", "ttft_model", "page_cache_note", "capacity_note", "payload_note", "window_note", "notes"):
         value = report.get(key)
         if isinstance(value, list):
             lines.extend(f"note: {item}" for item in value)
@@ -499,9 +500,11 @@ class HiCacheFileSystem:
 
     name = "hicache_file"
 
-    def __init__(self, pool: Any, model_name: str, directory: str, capacity_bytes: int) -> None:
+    def __init__(self, pool: Any, model_name: str, directory: str, capacity_bytes: int,
+                 cold_page_cache: bool = False) -> None:
         from sglang.srt.mem_cache.storage.backend_factory import StorageBackendFactory
 
+        self.cold_page_cache = cold_page_cache
         os.environ.pop("SGLANG_HICACHE_FILE_BACKEND_STORAGE_DIR", None)  # would override the directory
         self.pool = pool
         self.directory = directory
@@ -516,6 +519,23 @@ class HiCacheFileSystem:
 
     def exists(self, keys: list[str], prefix: list[str]) -> int:
         return self.storage.batch_exists(keys)  # the base class loops exists(): one stat per key
+
+    def before_get(self, keys: list[str]) -> None:
+        """With cold_page_cache, drop the kernel's cached pages of the files about to be read (not
+        timed), so the read goes to the disk as it would when host memory is taken by the L2 pool.
+        Pages still dirty (written within the kernel's writeback delay) stay cached."""
+        if not self.cold_page_cache:
+            return
+        for key in keys:
+            path = os.path.join(self.directory, f"{self.storage._get_suffixed_key(key)}.bin")  # noqa: SLF001
+            try:
+                descriptor = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(descriptor)
 
     def get(self, keys: list[str], prefix: list[str], slots: Sequence[int]) -> int:
         # cache_controller._generic_page_get: flat staging pages, then set_from_flat_data_page.
@@ -756,6 +776,11 @@ def replay_request(system: Any, run: SystemRun, chain: Sequence[bytes], chain_he
         end = min(begin + STORAGE_BATCH_SIZE, start + present)
         picked = slots.pick(end - begin)
         pattern.poison(pool, picked)
+        before_get = getattr(system, "before_get", None)
+        if before_get is not None:
+            untimed = perf()
+            before_get(list(chain_hex[begin:end]))
+            load_started += perf() - untimed  # not part of the request's load time either
         called = perf()
         got = system.get(list(chain_hex[begin:end]), list(chain_hex[:begin]), picked)
         run.get_ms.append((perf() - called) * 1e3)
@@ -823,6 +848,10 @@ def run(config: ReplayConfig) -> dict:
     runs: list[SystemRun] = run_models(plan, capacity_pages, config.systems)
     details: dict[str, Any] = {
         "hit_ratio_definition": HIT_RATIO_DEFINITION,
+        "page_cache_note": ("hicache_file reads from the disk: its files' cached pages are dropped before each get"
+                            if config.cold_page_cache else
+                            "hicache_file reads buffered files, served from the kernel page cache when it holds them; "
+                            "raylsm reads with O_DIRECT (--cold-page-cache makes hicache_file read from the disk)"),
         "ttft_model": (f"TTFT = (prompt tokens - L1/L2 hit tokens - L3 hit tokens) / {config.prefill_tokens_per_s:g} "
                        f"tokens/s (modelled prefill, one GPU, 8B-class) + measured L3 load time of the request "
                        f"(exists + get wall time); models have no load time (a lower bound)"),
@@ -937,7 +966,7 @@ def _run_measured(config: ReplayConfig, plan: ReplayPlan, shape: PoolShape, capa
         if "hicache_file" in measured:
             directory = os.path.join(root, "hicache_file")
             shutil.rmtree(directory, ignore_errors=True)
-            systems.append(HiCacheFileSystem(pool, model_name, directory, capacity_bytes))
+            systems.append(HiCacheFileSystem(pool, model_name, directory, capacity_bytes, config.cold_page_cache))
         runs = {system.name: SystemRun(system.name, measured=True) for system in systems}
         progress = _progress(len(plan), config.progress)
         phase = time.perf_counter()
@@ -1136,6 +1165,10 @@ def add_trace_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--raylsm-extra-config", metavar="JSON", type=_json_object, default={},
                         help='extra keys for RayLSMStorage\'s extra config, e.g. \'{"same_node_fast_path": false}\'')
     parser.add_argument("--seed", type=int, default=0, help="seed of the host-pool slot choice and the conversation sample")
+    parser.add_argument("--cold-page-cache", action="store_true",
+                        help="before each hicache_file get, drop the kernel's cached pages of its files (untimed), "
+                             "so it reads from the disk like raylsm's O_DIRECT reads (default: it reads whatever "
+                             "the page cache holds)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     return parser
 
@@ -1151,7 +1184,7 @@ def config_from_args(args: argparse.Namespace) -> ReplayConfig:
         shards=args.shards, prefill_tokens_per_s=args.prefill_tokens_per_s, systems=systems,
         data_dir=args.data_dir, ray_address=args.ray_address,
         raylsm_extra_config=tuple(sorted(args.raylsm_extra_config.items())), json_path=args.json_path, plot_path=args.plot_path,
-        progress=not args.no_progress, quick=args.quick, seed=args.seed)
+        progress=not args.no_progress, quick=args.quick, seed=args.seed, cold_page_cache=args.cold_page_cache)
 
 
 def run_trace_command(args: argparse.Namespace) -> int:
