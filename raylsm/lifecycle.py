@@ -137,7 +137,7 @@ def format_status(report: dict) -> str:
         stats = shard.get("stats") or {}
         space = stats.get("space", {})
         counters = stats.get("counters", {})
-        hits = counters.get("gets_hit", 0)
+        hits = counters.get("gets_hit", 0) + counters.get("gets_located", 0)
         lookups = hits + sum(v for k, v in counters.items() if k.startswith("gets_miss"))
         rows.append((shard["shard"], shard["node_id"][:12], shard["state"], str(space.get("live_pages", "-")),
                      f"{space.get('live_bytes', 0) / 1e9:.3f}", f"{space.get('disk_bytes', 0) / 1e9:.3f}",

@@ -79,6 +79,14 @@ class PointerIndex:
             yield iterator.key(), iterator.value()
             iterator.next()
 
+    def last_with_prefix(self, prefix: bytes) -> tuple[bytes, bytes] | None:
+        """The (key, value) with the greatest key starting with `prefix`, or None (one seek)."""
+        iterator = self._db.iter(ReadOptions())
+        iterator.seek_for_prev(prefix + b"\xff" * 64)
+        if iterator.valid() and iterator.key().startswith(prefix):
+            return iterator.key(), iterator.value()
+        return None
+
     def scan_pages(self) -> Iterator[tuple[bytes, bytes]]:
         for key, value in self.scan_from(FIRST_PAGE_KEY):
             if key >= END_OF_PAGE_KEYS:

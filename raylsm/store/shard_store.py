@@ -345,11 +345,13 @@ class ShardStore:
                     self._forget(key)
         kept: list[tuple[bytes, np.ndarray, int]] = []
         evicted_pages = evicted_bytes = 0
+        deepest: dict[bytes, int] = {}  # extent prefix -> depth of its deepest page in a newer segment
         for (offset, entry), raw in zip(entries, current):
             pointer = fmt.decode_pointer(raw) if raw is not None else None
             if pointer is None or pointer.segment_id != segment_id or pointer.offset != offset:
                 continue  # deleted, or already moved elsewhere
-            if (self._reinsertion.should_reinsert(entry.key, reads.get(offset, 0))
+            if (self._reinsertion.should_reinsert(entry.key, reads.get(offset, 0),
+                                                  self._prefix_of_live(entry.key, segment_id, deepest))
                     and entry.length <= budget[0]):
                 buffer = aligned_empty(entry.length)
                 try:
@@ -373,6 +375,21 @@ class ShardStore:
         segment.retire()
         self._stats.add(evicted_segments=1, evicted_pages=evicted_pages, evicted_bytes=evicted_bytes)
         return kept
+
+    def _prefix_of_live(self, key: bytes, segment_id: int, deepest: dict[bytes, int]) -> bool:
+        """Whether a deeper page of this key's extent lives in a segment newer than `segment_id`
+        (one index seek per extent, cached in `deepest` for the eviction at hand)."""
+        prefix = page_key.extent_prefix(key)
+        depth = deepest.get(prefix)
+        if depth is None:
+            depth = -1
+            last = self._index.last_with_prefix(prefix)
+            if last is not None:
+                pointer = fmt.decode_pointer(last[1])
+                if pointer is not None and pointer.segment_id > segment_id:
+                    depth = page_key.decode(last[0]).depth
+            deepest[prefix] = depth
+        return page_key.decode(key).depth < depth
 
     def delete_batch(self, keys: Sequence[bytes]) -> int:
         """Remove pages; returns how many were present. Their bytes die with their segment."""
@@ -553,6 +570,13 @@ class ShardStore:
         for raw in self._index.get_many(keys):
             pointer = fmt.decode_pointer(raw) if raw is not None else None
             pointers.append(pointer if pointer is not None and pointer.segment_id in self._segments else None)
+        # The caller reads these pages right away: they count as reads for reinsertion.
+        for pointer in pointers:
+            if pointer is not None:
+                reads = self._reads_since_written.setdefault(pointer.segment_id, {})
+                reads[pointer.offset] = reads.get(pointer.offset, 0) + 1
+        located = sum(pointer is not None for pointer in pointers)
+        self._stats.add(gets_located=located, gets_miss_absent=len(pointers) - located)
         low_watermark = min(self._segments, default=self._next_segment_id)
         return self._segments_dir, low_watermark, pointers
 
