@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -45,27 +46,58 @@ def _ray_executable() -> str:
     return candidate if os.path.exists(candidate) else (shutil.which("ray") or "ray")
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        return probe.getsockname()[1]
+
+
 def start_embedded_ray(shards: int, num_cpus: int | None = None, state_dir: str = EMBEDDED_DIR) -> str:
-    """Start a local Ray head offering `shards` units of the shard resource; returns its address."""
+    """Start a local Ray head offering `shards` units of the shard resource on a free port; record
+    its address in the marker file of `state_dir`; return the address."""
+    from ray._private.services import get_node_ip_address
+
     os.makedirs(state_dir, exist_ok=True)
-    command = [_ray_executable(), "start", "--head", "--include-dashboard=false", "--disable-usage-stats",
-               f"--resources={json.dumps({'raylsm_shard': shards})}"]
+    port = _free_port()
+    command = [_ray_executable(), "start", "--head", f"--port={port}", "--include-dashboard=false",
+               "--disable-usage-stats", f"--resources={json.dumps({'raylsm_shard': shards})}"]
     if num_cpus is not None:
         command.append(f"--num-cpus={num_cpus}")
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    address = f"{get_node_ip_address()}:{port}"
     with open(os.path.join(state_dir, EMBEDDED_MARKER), "w") as marker:
-        json.dump({"started_at": time.time(), "shards": shards}, marker)
-    return "auto"
+        json.dump({"started_at": time.time(), "shards": shards, "address": address}, marker)
+    return address
 
 
-def ray_is_running() -> bool:
-    """Connect to a running local Ray instance if there is one; False if there is none."""
+def embedded_address(state_dir: str = EMBEDDED_DIR) -> str | None:
+    """The address of the Ray head `raylsm up` started from this directory, if it still answers.
+
+    Only this marker is trusted: Ray's own "auto" discovery can find another session's cluster, or a
+    stale address file whose head is gone (and then hangs for minutes)."""
+    try:
+        with open(os.path.join(state_dir, EMBEDDED_MARKER)) as marker:
+            address = json.load(marker).get("address")
+    except (OSError, ValueError):
+        return None
+    if not address:
+        return None
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=1.0).close()
+    except (OSError, ValueError):
+        return None
+    return address
+
+
+def ray_is_running(namespace: str = "raylsm", state_dir: str = EMBEDDED_DIR) -> bool:
+    """Connect to this directory's embedded Ray head if it is up; False if it is not."""
     if ray.is_initialized():
         return True
-    try:
-        ray.init(address="auto", namespace="raylsm", log_to_driver=False)
-    except (ConnectionError, RuntimeError):
+    address = embedded_address(state_dir)
+    if address is None:
         return False
+    ray.init(address=address, namespace=namespace, log_to_driver=False)
     return True
 
 
@@ -76,10 +108,10 @@ def up(config: TierConfig, shards: int = 1, wait_s: float = 120.0) -> UpResult:
     started = False
     if config.ray_address:
         ray.init(address=config.ray_address, namespace=config.ray_namespace, log_to_driver=False)
-    elif not ray_is_running():
-        start_embedded_ray(shards)
+    elif not ray_is_running(config.ray_namespace):
+        address = start_embedded_ray(shards)
         started = True
-        ray.init(address="auto", namespace=config.ray_namespace, log_to_driver=False)
+        ray.init(address=address, namespace=config.ray_namespace, log_to_driver=False)
     controller = start_controller(config)
     if wait_s > 0:
         ring = wait_for_shards(controller, config.shard.resource_name, wait_s)
@@ -113,7 +145,7 @@ def down(namespace: str = "raylsm", state_dir: str = EMBEDDED_DIR) -> int:
     """Close and kill every shard and the controller; stop Ray if `up` started it. Returns the
     number of shards stopped (0 if no tier was running)."""
     stopped = 0
-    if ray_is_running():
+    if ray_is_running(namespace, state_dir):
         try:
             controller = get_controller(namespace)
         except ValueError:
@@ -124,6 +156,8 @@ def down(namespace: str = "raylsm", state_dir: str = EMBEDDED_DIR) -> int:
         ray.shutdown()
     marker = os.path.join(state_dir, EMBEDDED_MARKER)
     if os.path.exists(marker):
+        # NOTE: `ray stop` stops every Ray instance of this machine's user: it is meant for the
+        # embedded single-machine default, the only case that leaves a marker.
         subprocess.run([_ray_executable(), "stop", "--force"], check=False,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         os.unlink(marker)

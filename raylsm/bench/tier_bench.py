@@ -19,6 +19,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+import ray
+
 from raylsm.bench.host_pool import MiniHostKVPool, PagePattern
 from raylsm.bench.trace_replay import RaylsmSystem
 from raylsm.config import TierConfig
@@ -97,6 +99,9 @@ def run(config: TierBenchConfig) -> dict:
         # 2./3. Through Ray: one shard on this node, the adapter as SGLang loads it.
         tier_config = TierConfig.from_dict({"shard": {"data_dir": os.path.join(root, "tier"), "store": {
             "capacity_bytes": store_config.capacity_bytes, "segment_bytes": store_config.segment_bytes}}})
+        # A private local Ray instance with one shard on this node (never another session's cluster).
+        ray.init(address="local", num_cpus=2, include_dashboard=False, resources={"raylsm_shard": 1},
+                 namespace=tier_config.ray_namespace, log_to_driver=False)
         lifecycle.up(tier_config, shards=1)
         try:
             for system, fast in (("tier_object", False), ("tier_fast", True)):
@@ -117,7 +122,8 @@ def run(config: TierBenchConfig) -> dict:
                 results[system] = {"seconds": time.perf_counter() - started, "wrong_pages": wrong}
                 adapter.close()
         finally:
-            lifecycle.down()
+            lifecycle.down(state_dir=root)  # closes the stores; the marker-less Ray is ours to stop
+            ray.shutdown()
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -697,27 +697,11 @@ def _token_auth_as_for_auto() -> None:
 
 
 def _embedded_ray_address() -> str | None:
-    """The GCS address of the Ray head `raylsm up` started from this directory, or None if it did not.
-
-    The marker file does not record the address, so this picks, among the Ray instances running here,
-    the one on `ray start`'s default port 6379 (or the only one)."""
+    """The GCS address of the Ray head `raylsm up` started from this directory, or None if it did not
+    (or it is gone): recorded in its marker file by raylsm.lifecycle."""
     from raylsm import lifecycle
 
-    if not os.path.exists(os.path.join(lifecycle.EMBEDDED_DIR, lifecycle.EMBEDDED_MARKER)):
-        return None
-    try:
-        from ray._private.services import find_gcs_addresses
-
-        addresses = sorted(find_gcs_addresses())
-    except Exception:  # noqa: BLE001 (a private Ray API: fall back to Ray's own choice)
-        return "auto"
-    default_port = [address for address in addresses if address.endswith(":6379")]
-    if len(default_port) == 1:
-        return default_port[0]
-    if len(addresses) == 1:
-        return addresses[0]
-    raise ConfigError(f"`raylsm up` ran here, but Ray instances {addresses} are running and none is on port "
-                      f"6379: pass --ray-address")
+    return lifecycle.embedded_address()
 
 
 class ShardCounter:
