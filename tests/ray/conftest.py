@@ -207,16 +207,19 @@ class Tier:
         return ExtentRouter(HashRing(sorted(ring["shards"]), config.virtual_nodes, max(ring["version"], 0)),
                             extent_config(config))
 
-    def controller_node_id(self) -> str | None:
-        """The node the controller actor runs on (Ray's private actor table: the public state API
-        needs the dashboard, which these tests do not start)."""
+    @staticmethod
+    def controller_entry() -> dict:
+        """The controller's entry in Ray's actor table (node, pid, restarts). Ray's private state API:
+        the public one needs the dashboard, which these tests do not start."""
         from ray._private import state
         from raylsm.config import CONTROLLER_NAME
 
-        for entry in state.actors().values():
-            if entry.get("Name") == CONTROLLER_NAME and entry.get("State") == "ALIVE":
-                return entry.get("Address", {}).get("NodeID")
-        return None
+        entries = [entry for entry in state.actors().values() if entry.get("Name") == CONTROLLER_NAME]
+        return max(entries, key=lambda entry: entry.get("NumRestarts", 0), default={})
+
+    def controller_node_id(self) -> str | None:
+        """The node the controller actor runs on."""
+        return self.controller_entry().get("Address", {}).get("NodeID")
 
     def reconcile_or_none(self) -> dict | None:
         """reconcile_now, or None while the controller cannot answer."""

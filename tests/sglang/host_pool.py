@@ -7,7 +7,8 @@ members of a host pool, and those are reproduced here from sglang 0.5.23
 (`sglang/srt/mem_cache/pool_host/mha.py` and `mla.py`) with the same shapes and arithmetic:
 
 - `kv_buffer`: MHA `page_first` (2, size, layer_num, head_num, head_dim) or `layer_first`
-  (2, layer_num, size, head_num, head_dim); MLA `page_first` (size, layer_num, 1, kv_cache_dim).
+  (2, layer_num, size, head_num, head_dim); MLA `page_first` (size, layer_num, 1, kv_cache_dim) or
+  `layer_first` (layer_num, size, 1, kv_cache_dim).
   `k_buffer` / `v_buffer` are the two MHA halves, as in SGLang.
 - `page_size`, `layout`, `dtype`, `size`, `page_num`, `layer_num`, `head_num`, `head_dim`,
   `v_head_dim`, `get_size_per_token()`, `get_ksize_per_token()`.
@@ -175,11 +176,13 @@ class MHAHostPoolStandIn:
 
 
 class MLAHostPoolStandIn:
-    """The storage-facing surface of SGLang's MLATokenToKVPoolHost (page_first, no DCP)."""
+    """The storage-facing surface of SGLang's MLATokenToKVPoolHost (page_first or layer_first, no DCP)."""
 
-    def __init__(self, *, page_size: int = 16, pages: int = 64, layer_num: int = 4, kv_cache_dim: int = 256,
-                 dtype: torch.dtype = torch.bfloat16, seed: int = 0):
-        self.layout = "page_first"
+    def __init__(self, *, layout: str = "page_first", page_size: int = 16, pages: int = 64, layer_num: int = 4,
+                 kv_cache_dim: int = 256, dtype: torch.dtype = torch.bfloat16, seed: int = 0):
+        if layout not in ("page_first", "layer_first"):
+            raise ValueError(f"the stand-in models page_first and layer_first, not {layout}")
+        self.layout = layout
         self.page_size = page_size
         self.logical_page_size = page_size
         self.dcp_size = 1
@@ -190,8 +193,15 @@ class MLAHostPoolStandIn:
         self.dtype = dtype
         self.device = "cpu"
         self.pin_memory = False
-        self.kv_buffer = torch.empty((self.size, layer_num, 1, kv_cache_dim), dtype=dtype)
+        self.kv_buffer = self.init_kv_buffer()
         fill_random(self.kv_buffer, seed)
+
+    def init_kv_buffer(self) -> torch.Tensor:
+        if self.layout == "layer_first":
+            dims = (self.layer_num, self.size, 1, self.kv_cache_dim)
+        else:
+            dims = (self.size, self.layer_num, 1, self.kv_cache_dim)
+        return torch.empty(dims, dtype=self.dtype, device=self.device)
 
     def get_size_per_token(self):
         return self.kv_cache_dim * self.layer_num * self.dtype.itemsize
@@ -208,35 +218,83 @@ class MLAHostPoolStandIn:
         ptr_list = []
         kv_buffer_data_ptr = self.kv_buffer.data_ptr()
         indices = indices.tolist()
+        # Each logical page maps to one physical page in this rank's buffer.
         page_starts = [
             self._storage_page_index(index)
             for index in indices[:: self.logical_page_size]
         ]
-        for index in page_starts:
-            k_ptr = (
-                kv_buffer_data_ptr
-                + index * self.layer_num * self.kv_cache_dim * self.dtype.itemsize
+        if self.layout == "layer_first":
+            for index in page_starts:
+                for layer_id in range(self.layer_num):
+                    k_ptr = (
+                        kv_buffer_data_ptr
+                        + index * self.kv_cache_dim * self.dtype.itemsize
+                        + layer_id * self.size * self.kv_cache_dim * self.dtype.itemsize
+                    )
+                    ptr_list.append(k_ptr)
+            element_size = self.dtype.itemsize * self.page_size * self.kv_cache_dim
+            element_size_list = [element_size] * len(ptr_list)
+        elif self.layout in ["page_first", "page_first_direct"]:
+            for index in page_starts:
+                k_ptr = (
+                    kv_buffer_data_ptr
+                    + index * self.layer_num * self.kv_cache_dim * self.dtype.itemsize
+                )
+                ptr_list.append(k_ptr)
+            element_size = (
+                self.layer_num
+                * self.dtype.itemsize
+                * self.page_size
+                * self.kv_cache_dim
             )
-            ptr_list.append(k_ptr)
-        element_size = (
-            self.layer_num
-            * self.dtype.itemsize
-            * self.page_size
-            * self.kv_cache_dim
-        )
-        element_size_list = [element_size] * len(ptr_list)
+            element_size_list = [element_size] * len(ptr_list)
+        else:
+            raise ValueError(f"Unsupported layout: {self.layout}")
         return ptr_list, element_size_list
 
     def get_data_page(self, index, flat: bool = True) -> torch.Tensor:
-        data_page = self.kv_buffer[index : index + self.page_size, :, :, :]
-        return data_page.flatten() if flat else data_page
+        index = self._storage_page_index(index)
+        if self.layout == "layer_first":
+            data_page = self.kv_buffer[:, index : index + self.page_size, :, :]
+        elif self.layout == "page_first":
+            data_page = self.kv_buffer[index : index + self.page_size, :, :, :]
+        else:
+            raise ValueError(f"Unsupported layout: {self.layout}")
+        if flat:
+            data_page = data_page.flatten()
+        return data_page
 
     def get_dummy_flat_data_page(self) -> torch.Tensor:
-        return torch.zeros((self.layer_num, self.page_size, 1, self.kv_cache_dim), dtype=self.dtype).flatten()
+        return torch.zeros(
+            (
+                self.layer_num,
+                self.page_size,
+                1,
+                self.kv_cache_dim,
+            ),
+            dtype=self.dtype,
+            device=self.device,
+            pin_memory=self.pin_memory,
+        ).flatten()
 
     def set_from_flat_data_page(self, index: int, data_page: torch.Tensor) -> None:
-        self.kv_buffer[index : index + self.page_size, :, :, :] = data_page.reshape(
-            self.page_size, self.layer_num, 1, self.kv_cache_dim)
+        index = self._storage_page_index(index)
+        if self.layout == "layer_first":
+            self.kv_buffer[:, index : index + self.page_size, :, :] = data_page.reshape(
+                self.layer_num,
+                self.page_size,
+                1,
+                self.kv_cache_dim,
+            )
+        elif self.layout == "page_first":
+            self.kv_buffer[index : index + self.page_size, :, :, :] = data_page.reshape(
+                self.page_size,
+                self.layer_num,
+                1,
+                self.kv_cache_dim,
+            )
+        else:
+            raise ValueError(f"Unsupported layout: {self.layout}")
 
     host_indices = MHAHostPoolStandIn.host_indices
     page_bytes = MHAHostPoolStandIn.page_bytes

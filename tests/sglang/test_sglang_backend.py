@@ -69,12 +69,15 @@ def test_a_bad_extra_config_key_fails_the_attach_with_a_config_error_naming_it(t
 # ---- v1 zero-copy ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("layout", ["page_first", "layer_first"])
+@pytest.mark.parametrize("kind, layout", [("mha", "page_first"), ("mha", "layer_first"),
+                                          ("mla", "page_first"), ("mla", "layer_first")])
 def test_batch_set_v1_then_batch_get_v1_into_other_host_slots_gives_the_same_page_bytes(make_backend, page_keys,
-                                                                                      layout):
-    writer_pool = MHAHostPoolStandIn(layout=layout, seed=1)
-    writer = make_backend(writer_pool, model_name=f"tests/v1-{layout}")
-    keys = page_keys(("v1", layout), 24)
+                                                                                      kind, layout):
+    pool_class = MHAHostPoolStandIn if kind == "mha" else MLAHostPoolStandIn
+    rank = {"is_mla_model": kind == "mla", "model_name": f"tests/v1-{kind}-{layout}"}
+    writer_pool = pool_class(layout=layout, seed=1)
+    writer = make_backend(writer_pool, **rank)
+    keys = page_keys(("v1", kind, layout), 24)
     # The backup thread writes a chain in chunks, the prefix growing as it goes.
     for start in (0, 12):
         done = writer.batch_set_v1(keys[start:start + 12], writer_pool.host_indices(start, 12), info(keys[:start]))
@@ -84,8 +87,8 @@ def test_batch_set_v1_then_batch_get_v1_into_other_host_slots_gives_the_same_pag
     assert writer.batch_get_v1(keys, writer_pool.host_indices(32, 24), info([])) == [True] * 24
     assert _pages_equal(writer_pool, 32, writer_pool, 0, 24)
     # ...and so does another instance of the same rank (another replica), in its own pool.
-    reader_pool = MHAHostPoolStandIn(layout=layout, seed=2)
-    reader = make_backend(reader_pool, model_name=f"tests/v1-{layout}")
+    reader_pool = pool_class(layout=layout, seed=2)
+    reader = make_backend(reader_pool, **rank)
     assert reader.batch_get_v1(keys[8:], reader_pool.host_indices(40, 16), info(keys[:8])) == [True] * 16
     assert _pages_equal(reader_pool, 40, writer_pool, 8, 16)
 
@@ -229,39 +232,47 @@ def test_generic_path_with_flat_pages_as_sglang_stages_them(make_backend, page_k
     assert backend.batch_get(keys, None) == [None] * 4  # raylsm reads only into the caller's memory
 
 
-def test_page_first_pages_written_by_v1_read_by_the_generic_path_match(make_backend, page_keys):
-    """Two replicas of one model, one with interface_v1 and one without, share the namespace."""
-    v1_pool, generic_pool = MHAHostPoolStandIn(seed=4), MHAHostPoolStandIn(seed=5)
-    v1 = make_backend(v1_pool, model_name="tests/mixed-page-first",
-                      extra={**BASE_EXTRA, "hicache_storage_pass_prefix_keys": False})
-    generic = make_backend(generic_pool, model_name="tests/mixed-page-first",
-                           extra={k: v for k, v in BASE_EXTRA.items()
-                                  if k not in ("interface_v1", "hicache_storage_pass_prefix_keys")})
-    keys = page_keys("mixed page_first", 4)
+MLA_LAYER_FIRST_BUG = pytest.mark.xfail(strict=True, reason=(
+    "BUG: host_pages.page_parts reorders the parts of every layer_first page as if they were MHA "
+    "[K0, V0, K1, V1, ...] pairs (parts[0::2] + parts[1::2]); an MLA layer_first page has one part per "
+    "layer, already in SGLang's flat order, so v1 stores [L0, L2, ..., L1, L3, ...] and a replica on the "
+    "generic path gets a checksum-valid hit with scrambled KV"))
+
+
+@pytest.mark.parametrize("kind, layout", [
+    ("mha", "page_first"), ("mha", "layer_first"), ("mla", "page_first"),
+    pytest.param("mla", "layer_first", marks=MLA_LAYER_FIRST_BUG),
+])
+def test_pages_written_by_v1_and_read_by_the_generic_path_are_the_same_bytes(make_backend, page_keys, kind,
+                                                                              layout):
+    """Two replicas of one model, one with interface_v1 and one without, share a namespace: a page one
+    writes must be, byte for byte, the page the other reads (or a miss), whatever the layout."""
+    pool_class = MHAHostPoolStandIn if kind == "mha" else MLAHostPoolStandIn
+    v1_pool, generic_pool = pool_class(layout=layout, seed=4), pool_class(layout=layout, seed=5)
+    rank = {"is_mla_model": kind == "mla"}
+    model = f"tests/mixed-{kind}-{layout}"
+    v1 = make_backend(v1_pool, model_name=model, **rank)
+    generic = make_backend(generic_pool, model_name=model, **rank,
+                           extra={k: v for k, v in BASE_EXTRA.items() if k != "interface_v1"})
+    keys = page_keys(("mixed", kind, layout), 4)
+
+    # v1 writes, the generic path reads (SGLang's _generic_page_get staging).
     assert v1.batch_set_v1(keys, v1_pool.host_indices(0, 4)) == [True] * 4
     got = generic.batch_get(keys, [generic_pool.get_dummy_flat_data_page() for _ in keys])
     for page, tensor in enumerate(got):
         if tensor is not None:
             generic_pool.set_from_flat_data_page((20 + page) * PAGE, tensor)
-            assert generic_pool.page_bytes(20 + page) == v1_pool.page_bytes(page)
-    assert all(tensor is not None for tensor in got)
+            assert generic_pool.page_bytes(20 + page) == v1_pool.page_bytes(page), f"page {page}"
 
-
-def test_layer_first_pages_written_by_v1_read_by_the_generic_path_match_or_miss(make_backend, page_keys):
-    v1_pool = MHAHostPoolStandIn(layout="layer_first", seed=6)
-    generic_pool = MHAHostPoolStandIn(layout="layer_first", seed=7)
-    v1 = make_backend(v1_pool, model_name="tests/mixed-layer-first",
-                      extra={**BASE_EXTRA, "hicache_storage_pass_prefix_keys": False})
-    generic = make_backend(generic_pool, model_name="tests/mixed-layer-first",
-                           extra={k: v for k, v in BASE_EXTRA.items()
-                                  if k not in ("interface_v1", "hicache_storage_pass_prefix_keys")})
-    keys = page_keys("mixed layer_first", 4)
-    assert v1.batch_set_v1(keys, v1_pool.host_indices(0, 4)) == [True] * 4
-    got = generic.batch_get(keys, [generic_pool.get_dummy_flat_data_page() for _ in keys])
-    for page, tensor in enumerate(got):
-        if tensor is not None:  # a miss is acceptable; a hit must be the writer's page
-            generic_pool.set_from_flat_data_page((20 + page) * PAGE, tensor)
-            assert generic_pool.page_bytes(20 + page) == v1_pool.page_bytes(page)
+    # The generic path writes (SGLang's _generic_page_set), v1 reads.
+    other = page_keys(("mixed, other way", kind, layout), 4)
+    assert generic.batch_set(other, [generic_pool.get_data_page(page * PAGE) for page in range(4)]) is True
+    hits = v1.batch_get_v1(other, v1_pool.host_indices(40, 4))
+    for page, hit in enumerate(hits):
+        if hit:
+            assert v1_pool.page_bytes(40 + page) == generic_pool.page_bytes(page), f"page {page}"
+    # On the layouts where both paths agree, these are hits, not just "not wrong".
+    assert all(tensor is not None for tensor in got) and all(hits)
 
 
 # ---- namespaces, stats, lifecycle ------------------------------------------------------------------
