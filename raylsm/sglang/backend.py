@@ -60,6 +60,7 @@ class RayLSMStorage(HiCacheStorage):
         # backend sees it; whether prefix keys come is only known from the calls themselves.
         self._warned_no_prefix_keys = False
         self._is_writer = bool(getattr(storage_config, "is_storage_writer", True))
+        self._is_mla = bool(getattr(storage_config, "is_mla_model", False))
         self._client = TierClient(self._tier_config)
         self.mem_pool_host = None
         self._namespace: bytes | None = None
@@ -99,7 +100,7 @@ class RayLSMStorage(HiCacheStorage):
         started = time.perf_counter()
         try:
             hashes, prefix = self._hashes(keys, extra_info)
-            buffers = page_parts(self.mem_pool_host, host_indices, len(keys))
+            buffers = page_parts(self.mem_pool_host, host_indices, len(keys), self._is_mla)
             results = self._client.get_into(self._ns(), hashes, prefix, buffers)
         except Exception:
             self._count_error("get")
@@ -114,7 +115,7 @@ class RayLSMStorage(HiCacheStorage):
         started = time.perf_counter()
         try:
             hashes, prefix = self._hashes(keys, extra_info)
-            buffers = page_parts(self.mem_pool_host, host_indices, len(keys))
+            buffers = page_parts(self.mem_pool_host, host_indices, len(keys), self._is_mla)
             results = self._client.put(self._ns(), hashes, prefix, buffers)
         except Exception:
             self._count_error("set")

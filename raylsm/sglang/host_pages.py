@@ -15,11 +15,13 @@ import ctypes
 from typing import Any, Sequence
 
 
-def page_parts(mem_pool_host: Any, host_indices: Any, page_count: int) -> list[list[memoryview]]:
-    """Per page, the memoryviews of its parts in the host pool (writable, no copy)."""
+def page_parts(mem_pool_host: Any, host_indices: Any, page_count: int,
+               is_mla: bool = False) -> list[list[memoryview]]:
+    """Per page, the memoryviews of its parts in the host pool (writable, no copy). MHA layer_first
+    pairs (K_l, V_l) are reordered to K..., V...; MLA pages (one part per layer) are already flat."""
     pointers, sizes = mem_pool_host.get_page_buffer_meta(host_indices)
     pages = group_parts(pointers, sizes, page_count)
-    if getattr(mem_pool_host, "layout", None) == "layer_first":
+    if not is_mla and getattr(mem_pool_host, "layout", None) == "layer_first":
         pages = [parts[0::2] + parts[1::2] for parts in pages]
     return pages
 

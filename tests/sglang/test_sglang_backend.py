@@ -240,8 +240,7 @@ MLA_LAYER_FIRST_BUG = pytest.mark.xfail(strict=True, reason=(
 
 
 @pytest.mark.parametrize("kind, layout", [
-    ("mha", "page_first"), ("mha", "layer_first"), ("mla", "page_first"),
-    pytest.param("mla", "layer_first", marks=MLA_LAYER_FIRST_BUG),
+    ("mha", "page_first"), ("mha", "layer_first"), ("mla", "page_first"), ("mla", "layer_first"),
 ])
 def test_pages_written_by_v1_and_read_by_the_generic_path_are_the_same_bytes(make_backend, page_keys, kind,
                                                                               layout):
