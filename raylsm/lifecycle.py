@@ -90,6 +90,18 @@ def embedded_address(state_dir: str = EMBEDDED_DIR) -> str | None:
     return address
 
 
+def enable_local_token_auth() -> None:
+    """Ray turns token authentication on by itself for a local "auto" join, not for an explicit
+    address; our embedded head is local, so do the same before joining it by address."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # an older Ray without token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
 def ray_is_running(namespace: str = "raylsm", state_dir: str = EMBEDDED_DIR) -> bool:
     """Connect to this directory's embedded Ray head if it is up; False if it is not."""
     if ray.is_initialized():
@@ -97,6 +109,7 @@ def ray_is_running(namespace: str = "raylsm", state_dir: str = EMBEDDED_DIR) -> 
     address = embedded_address(state_dir)
     if address is None:
         return False
+    enable_local_token_auth()
     ray.init(address=address, namespace=namespace, log_to_driver=False)
     return True
 
@@ -111,6 +124,7 @@ def up(config: TierConfig, shards: int = 1, wait_s: float = 120.0) -> UpResult:
     elif not ray_is_running(config.ray_namespace):
         address = start_embedded_ray(shards)
         started = True
+        enable_local_token_auth()
         ray.init(address=address, namespace=config.ray_namespace, log_to_driver=False)
     controller = start_controller(config)
     if wait_s > 0:

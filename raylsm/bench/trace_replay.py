@@ -685,15 +685,9 @@ class TierSession:
 
 
 def _token_auth_as_for_auto() -> None:
-    """Ray enables token authentication for a local cluster it finds itself ("auto"), never for an
-    explicit address; the `raylsm up` head is local, so do the same before joining it by address."""
-    try:
-        from ray._private.authentication.authentication_token_setup import (
-            maybe_enable_token_auth_if_token_available,
-        )
-    except ImportError:  # an older Ray without token authentication
-        return
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    from raylsm import lifecycle
+
+    lifecycle.enable_local_token_auth()
 
 
 def _embedded_ray_address() -> str | None:
