@@ -232,13 +232,6 @@ def test_generic_path_with_flat_pages_as_sglang_stages_them(make_backend, page_k
     assert backend.batch_get(keys, None) == [None] * 4  # raylsm reads only into the caller's memory
 
 
-MLA_LAYER_FIRST_BUG = pytest.mark.xfail(strict=True, reason=(
-    "BUG: host_pages.page_parts reorders the parts of every layer_first page as if they were MHA "
-    "[K0, V0, K1, V1, ...] pairs (parts[0::2] + parts[1::2]); an MLA layer_first page has one part per "
-    "layer, already in SGLang's flat order, so v1 stores [L0, L2, ..., L1, L3, ...] and a replica on the "
-    "generic path gets a checksum-valid hit with scrambled KV"))
-
-
 @pytest.mark.parametrize("kind, layout", [
     ("mha", "page_first"), ("mha", "layer_first"), ("mla", "page_first"), ("mla", "layer_first"),
 ])
