@@ -91,7 +91,10 @@ class TierClient:
 
     def _refresh_loop(self) -> None:
         while not self._closed.wait(self._config.client.ring_refresh_s):
-            self.refresh_ring()
+            try:
+                self.refresh_ring()
+            except Exception:  # the thread must outlive any one failure, or the ring goes stale
+                logger.exception("raylsm: ring refresh failed")
 
     def _handle(self, shard: str) -> Any:
         with self._handles_lock:
