@@ -72,7 +72,7 @@ def run(config: TierBenchConfig) -> dict:
     pool = MiniHostKVPool(size=2 * BATCH_PAGES * POOL_SHAPE["page_size"], **POOL_SHAPE)
     pattern = PagePattern(pool.page_bytes)
     chains = _chains(config.batches)
-    hex_chains = [[page.hex() for page in chain] for chain in chains]
+    hex_chains = [[page.hex() for page in chain] for chain in chains]  # SGLang's keys, made untimed
     write_slots, read_slots = list(range(BATCH_PAGES)), list(range(BATCH_PAGES, 2 * BATCH_PAGES))
     total_bytes = config.batches * BATCH_PAGES * pool.page_bytes
     results: dict[str, dict] = {}
@@ -107,15 +107,15 @@ def run(config: TierBenchConfig) -> dict:
             for system, fast in (("tier_object", False), ("tier_fast", True)):
                 extra = {**RaylsmSystem.EXTRA_CONFIG, "same_node_fast_path": fast}
                 adapter = RaylsmSystem(pool, f"tier-bench-{system}", extra)
-                for hexes in hex_chains:
-                    keys = page_keys(adapter.namespace_id(), [bytes.fromhex(h) for h in hexes], [], ExtentConfig())
+                for hashes, hexes in zip(chains, hex_chains):
+                    keys = page_keys(adapter.namespace_id(), hashes, [], ExtentConfig())
                     pattern.fill(pool, write_slots, keys)
                     assert adapter.set(hexes, [], write_slots)
                 _drop_caches()
                 started = time.perf_counter()
                 wrong = 0
-                for hexes in hex_chains:
-                    keys = page_keys(adapter.namespace_id(), [bytes.fromhex(h) for h in hexes], [], ExtentConfig())
+                for hashes, hexes in zip(chains, hex_chains):
+                    keys = page_keys(adapter.namespace_id(), hashes, [], ExtentConfig())
                     pattern.poison(pool, read_slots)
                     hit = adapter.get(hexes, [], read_slots)
                     wrong += BATCH_PAGES - hit + pattern.wrong_pages(pool, read_slots, keys)

@@ -27,7 +27,7 @@ from sglang.srt.mem_cache.hicache_storage import HiCacheStorage, HiCacheStorageC
 
 from raylsm.client import TierClient
 from raylsm.sglang.extra_config import tier_config_from_extra
-from raylsm.sglang.host_pages import page_parts
+from raylsm.sglang.host_pages import HostPageViews
 from raylsm.store.page_key import namespace_id
 
 logger = logging.getLogger(__name__)
@@ -72,6 +72,7 @@ class RayLSMStorage(HiCacheStorage):
 
     def register_mem_pool_host(self, mem_pool_host: Any) -> None:
         super().register_mem_pool_host(mem_pool_host)
+        self._page_views = HostPageViews(mem_pool_host, self._is_mla)
         layout = str(getattr(mem_pool_host, "layout", "unknown"))
         dtype = str(getattr(mem_pool_host, "dtype", "unknown")).replace("torch.", "")
         page_tokens = int(getattr(mem_pool_host, "page_size", 0))
@@ -97,30 +98,25 @@ class RayLSMStorage(HiCacheStorage):
 
     def batch_get_v1(self, keys: List[str], host_indices: torch.Tensor,
                      extra_info: Optional[HiCacheStorageExtraInfo] = None) -> List[bool]:
-        started = time.perf_counter()
-        try:
-            hashes, prefix = self._hashes(keys, extra_info)
-            buffers = page_parts(self.mem_pool_host, host_indices, len(keys), self._is_mla)
-            results = self._client.get_into(self._ns(), hashes, prefix, buffers)
-        except Exception:
-            self._count_error("get")
-            return [False] * len(keys)
-        self._log_transfer("get", sum(results), started)
-        return results
+        return self._transfer_v1("get", self._client.get_into, keys, host_indices, extra_info)
 
     def batch_set_v1(self, keys: List[str], host_indices: torch.Tensor,
                      extra_info: Optional[HiCacheStorageExtraInfo] = None) -> List[bool]:
         if not self._is_writer:
             return [True] * len(keys)  # MLA: one writer rank stores what every rank reads
+        return self._transfer_v1("set", self._client.put, keys, host_indices, extra_info)
+
+    def _transfer_v1(self, op: str, transfer: Any, keys: List[str], host_indices: torch.Tensor,
+                     extra_info: Optional[HiCacheStorageExtraInfo]) -> List[bool]:
+        """Move pages between the host pool's page parts and the tier; False per page on any error."""
         started = time.perf_counter()
         try:
             hashes, prefix = self._hashes(keys, extra_info)
-            buffers = page_parts(self.mem_pool_host, host_indices, len(keys), self._is_mla)
-            results = self._client.put(self._ns(), hashes, prefix, buffers)
+            results = transfer(self._ns(), hashes, prefix, self._page_views.pages(host_indices, len(keys)))
         except Exception:
-            self._count_error("set")
+            self._count_error(op)
             return [False] * len(keys)
-        self._log_transfer("set", sum(results), started)
+        self._log_transfer(op, sum(results), started)
         return results
 
     # ---- generic interface (one flat tensor per page) ---------------------------------------------

@@ -18,7 +18,7 @@ from typing import Iterator
 
 from raylsm.errors import CorruptionError
 from raylsm.store import format as fmt
-from raylsm.store.io_buffers import aligned_empty, direct_io_capable
+from raylsm.store.io_buffers import direct_io_capable
 
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 
@@ -252,7 +252,3 @@ def _open_direct(path: str) -> int:
     except OSError:  # e.g. tmpfs refuses O_DIRECT
         return -1
 
-
-def scratch_buffer(nbytes: int):
-    """An aligned scratch buffer for bytes a merged read must skip over."""
-    return aligned_empty(fmt.align_up(max(nbytes, 1)))
