@@ -59,6 +59,13 @@ class ClientConfig:
     ring_refresh_s: float = 2.0
     # Read bytes of shards on this node straight from their segment files (no object store).
     same_node_fast_path: bool = True
+    # On the fast path, `exists` also fetches the pointers of the pages it finds and keeps them this
+    # long for the get that follows (HiCache probes a prefix, then reads it), so that get makes no
+    # call to the shard. A pointer outliving its page is safe: segments are never rewritten, so it
+    # reads the page's old verified bytes, or misses once the file is gone. 0 turns this off.
+    # NOTE: `raylsm bench trace --quick` get p50/p99 before this: 13.4/26.9 ms (locate call + read).
+    located_pointer_ttl_s: float = 2.0
+    located_pointer_entries: int = 1 << 16
 
     def validate(self) -> "ClientConfig":
         _require(self, "extent_pages", 1 <= self.extent_pages <= 1 << 20, "in [1, 2**20]")
@@ -69,6 +76,8 @@ class ClientConfig:
         _require(self, "virtual_nodes", 1 <= self.virtual_nodes <= 4096, "in [1, 4096]")
         _require(self, "call_timeout_s", 0.01 <= self.call_timeout_s <= 600, "in [0.01, 600]")
         _require(self, "ring_refresh_s", 0.1 <= self.ring_refresh_s <= 3600, "in [0.1, 3600]")
+        _require(self, "located_pointer_ttl_s", 0 <= self.located_pointer_ttl_s <= 60, "in [0, 60]")
+        _require(self, "located_pointer_entries", 1 <= self.located_pointer_entries <= 1 << 24, "in [1, 2**24]")
         return self
 
 

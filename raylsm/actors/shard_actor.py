@@ -104,6 +104,22 @@ class ShardServer:
         self._after_call("locate", started)
         return located
 
+    def probe_located(self, keys: Sequence[bytes], reads: Sequence[tuple[int, int]] = ()) -> tuple[str, int, list]:
+        """`probe` for a same-node reader: (segments dir, low watermark, pointers of the leading
+        present keys); the reader skips the locate call of its get. `reads`: (segment id, offset)
+        of pages the reader read from earlier pointers, counted as `note_reads` does."""
+        started = time.perf_counter()
+        if reads:
+            self._store.note_reads(reads)
+        located = self._store.probe_located(keys)
+        self._after_call("probe", started)
+        return located
+
+    def note_reads(self, locations: Sequence[tuple[int, int]]) -> None:
+        """Reads a same-node reader did from probe_located pointers, sent without waiting when no
+        probe_located call carried them."""
+        self._store.note_reads(locations)
+
     def delete_batch(self, keys: Sequence[bytes]) -> int:
         return self._store.delete_batch(keys)
 

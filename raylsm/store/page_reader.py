@@ -1,5 +1,7 @@
 """Verified page reads: plan merged runs, read each run with one vectored read straight into the
-caller's buffers, and check every page's checksum.
+caller's buffers, and check every page's checksum. The runs of a batch are read in parallel (the
+calling thread plus a small shared pool; preadv releases the GIL), so scattered pages keep several
+reads in flight instead of one.
 
 Shared by `ShardStore.get_batch_into` (the segments a store owns) and `LocalSegmentReader` (a client
 on the shard's node reading sealed bytes itself). The caller supplies `open_segment(segment_id)`,
@@ -10,6 +12,7 @@ which returns a pinned segment (or None if it is gone) and is unpinned here. Thr
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -44,18 +47,35 @@ def writable_parts(buffer: Any, nbytes: int) -> tuple[memoryview, ...] | None:
     return parts
 
 
+# Reads in flight per batch beyond the calling thread's. NOTE: `raylsm bench trace --quick` (pages of
+# 48 KiB scattered over many records, O_DIRECT) get p50/p99 went from 9.8/19.4 ms with one read at a
+# time to (see the note of the change) with 4 more.
+READ_THREADS = 4
+_READ_POOL: ThreadPoolExecutor | None = None
+_READ_POOL_LOCK = threading.Lock()
+
+
+def _read_pool() -> ThreadPoolExecutor:
+    global _READ_POOL
+    with _READ_POOL_LOCK:
+        if _READ_POOL is None:
+            _READ_POOL = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="raylsm-read")
+        return _READ_POOL
+
+
 def read_verified(wanted: Sequence[tuple[int, fmt.Pointer]], parts_by_slot: dict[int, tuple[memoryview, ...]],
                   slots: int, merge_gap_bytes: int, direct_io: bool,
                   open_segment: Callable[[int], Any]) -> ReadOutcome:
     outcome = ReadOutcome(results=[False] * slots)
     pointers = dict(wanted)
     buffers_per_slot = {slot: len(parts) for slot, parts in parts_by_slot.items()}
-    for run in plan_reads(wanted, merge_gap_bytes, buffers_per_slot):
-        run_slots = [slot for slot, _ in run.parts if slot >= 0]
+    runs = plan_reads(wanted, merge_gap_bytes, buffers_per_slot)
+
+    def read_run(run: Any) -> str:
+        """'ok', 'stale' (segment gone) or 'io' (failed or short read; the run's buffers zeroed)."""
         segment = open_segment(run.segment_id)
         if segment is None:
-            outcome.stale += len(run_slots)
-            continue
+            return "stale"
         try:
             iovecs: list[memoryview] = []
             for slot, nbytes in run.parts:
@@ -65,12 +85,27 @@ def read_verified(wanted: Sequence[tuple[int, fmt.Pointer]], parts_by_slot: dict
                     iovecs.append(_gap_view(nbytes))
             segment.read_into(run.offset, iovecs, direct_io)
         except (OSError, ValueError, CorruptionError):
-            outcome.io_errors += len(run_slots)
-            for slot in run_slots:
-                _zero(parts_by_slot[slot])  # a short read may have filled part of it
-            continue
+            for slot, _ in run.parts:
+                if slot >= 0:
+                    _zero(parts_by_slot[slot])  # a short read may have filled part of it
+            return "io"
         finally:
             segment.unpin()
+        return "ok"
+
+    if len(runs) > 1:
+        others = [_read_pool().submit(read_run, run) for run in runs[1:]]
+        states = [read_run(runs[0])] + [future.result() for future in others]
+    else:
+        states = [read_run(run) for run in runs]
+    for run, state in zip(runs, states):
+        run_slots = [slot for slot, _ in run.parts if slot >= 0]
+        if state == "stale":
+            outcome.stale += len(run_slots)
+            continue
+        if state == "io":
+            outcome.io_errors += len(run_slots)
+            continue
         hit_offsets = outcome.hit_offsets.setdefault(run.segment_id, [])
         for slot in run_slots:
             pointer = pointers[slot]

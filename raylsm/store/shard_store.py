@@ -287,8 +287,10 @@ class ShardStore:
         self._seal_active()
         config = self._config
         # One budget for the whole roll, however many segments it frees, so what is kept always fits
-        # the new segment (the budget is at most half a segment).
-        budget = [int(config.segment_bytes * config.reinsertion_budget_fraction)]
+        # the new segment: each kept page is charged its aligned bytes plus its header entry, and
+        # two blocks are held back for the header's prefix and alignment.
+        budget = [min(int(config.segment_bytes * config.reinsertion_budget_fraction),
+                      config.segment_bytes - 2 * fmt.BLOCK_BYTES)]
         reinsert: list[tuple[bytes, np.ndarray, int]] = []
         while self._disk_bytes() + config.segment_bytes > config.capacity_bytes and self._segments:
             reinsert.extend(self._evict_oldest(budget))
@@ -352,7 +354,7 @@ class ShardStore:
                 continue  # deleted, or already moved elsewhere
             if (self._reinsertion.should_reinsert(entry.key, reads.get(offset, 0),
                                                   self._prefix_of_live(entry.key, segment_id, deepest))
-                    and entry.length <= budget[0]):
+                    and fmt.align_up(entry.length) + fmt.ENTRY_BYTES <= budget[0]):
                 buffer = aligned_empty(entry.length)
                 try:
                     segment.read_into(offset, [memoryview(buffer)], self._config.direct_io)
@@ -360,7 +362,7 @@ class ShardStore:
                     buffer = None
                 if buffer is not None and fmt.checksum(buffer) == entry.checksum:
                     kept.append((entry.key, buffer, entry.checksum))
-                    budget[0] -= entry.length
+                    budget[0] -= fmt.align_up(entry.length) + fmt.ENTRY_BYTES
                     batch.delete(entry.key)  # re-put with its new location right after
                     self._forget(entry.key)
                     continue
@@ -563,22 +565,53 @@ class ShardStore:
     def locate_batch(self, keys: Sequence[bytes]) -> tuple[str, int, list[fmt.Pointer | None]]:
         """Pointers for a reader on this node that reads segment bytes itself (LocalSegmentReader):
         (segments directory, low watermark, a pointer or None per key). Segments below the low
-        watermark are freed; the reader closes its files of them."""
+        watermark are freed; the reader closes its files of them. The caller reads the located
+        pages right away: they count as reads (for reinsertion and the hit counters)."""
         validate_keys(keys)
         self._check_open()
+        pointers = self._live_pointers(keys)
+        self.note_reads([(pointer.segment_id, pointer.offset) for pointer in pointers if pointer is not None])
+        located = sum(pointer is not None for pointer in pointers)
+        self._stats.add(gets_miss_absent=len(pointers) - located)
+        return self._segments_dir, self._low_watermark(), pointers
+
+    def probe_located(self, keys: Sequence[bytes]) -> tuple[str, int, list[fmt.Pointer]]:
+        """`probe` for a reader on this node: (segments directory, low watermark, the pointers of the
+        leading present keys). len(pointers) is the probe's answer. Nothing counts as read: the
+        reader reports what it read with `note_reads`, so a prefetch that stops after its probe
+        earns no reinsertion."""
+        started = time.perf_counter()
+        validate_keys(keys)
+        self._check_open()
+        count = self._count_present_prefix(keys)
+        pointers = self._live_pointers(keys[:count]) if count else []
+        for found, pointer in enumerate(pointers):
+            if pointer is None:  # evicted between the two lookups
+                pointers = pointers[:found]
+                break
+        self._stats.observe("probe", (time.perf_counter() - started) * 1e3,
+                            probe_calls=1, probe_keys=len(keys), probe_hits=len(pointers))
+        return self._segments_dir, self._low_watermark(), pointers
+
+    def note_reads(self, locations: Sequence[tuple[int, int]]) -> None:
+        """Count reads that a same-node reader did itself, by (segment id, value offset): they earn
+        reinsertion like reads served here. Locations in freed segments are ignored."""
+        # No lock, as in get_batch_into: a count racing the segment's eviction is lost, harmlessly.
+        for segment_id, offset in locations:
+            if segment_id in self._segments:
+                reads = self._reads_since_written.setdefault(segment_id, {})
+                reads[offset] = reads.get(offset, 0) + 1
+        self._stats.add(gets_located=len(locations))
+
+    def _live_pointers(self, keys: Sequence[bytes]) -> list[fmt.Pointer | None]:
         pointers: list[fmt.Pointer | None] = []
         for raw in self._index.get_many(keys):
             pointer = fmt.decode_pointer(raw) if raw is not None else None
             pointers.append(pointer if pointer is not None and pointer.segment_id in self._segments else None)
-        # The caller reads these pages right away: they count as reads for reinsertion.
-        for pointer in pointers:
-            if pointer is not None:
-                reads = self._reads_since_written.setdefault(pointer.segment_id, {})
-                reads[pointer.offset] = reads.get(pointer.offset, 0) + 1
-        located = sum(pointer is not None for pointer in pointers)
-        self._stats.add(gets_located=located, gets_miss_absent=len(pointers) - located)
-        low_watermark = min(self._segments, default=self._next_segment_id)
-        return self._segments_dir, low_watermark, pointers
+        return pointers
+
+    def _low_watermark(self) -> int:
+        return min(self._segments, default=self._next_segment_id)
 
     # ---- tuning and stats ---------------------------------------------------------------------
 

@@ -200,6 +200,11 @@ class Tier:
         self._clients.append(client)
         return client
 
+    def report_reads(self) -> None:
+        """Every client of this tier reports its pending fast-path reads, and they arrive."""
+        for client in self._clients:
+            client.report_reads(wait=True)
+
     def router(self, **client_overrides) -> ExtentRouter:
         """The routing of a client with these overrides, for the current ring."""
         ring = self.ring()

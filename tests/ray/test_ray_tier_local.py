@@ -263,6 +263,54 @@ def test_corrupt_page_on_the_fast_path_is_counted(tier, pages, tools):
     assert any("corrupt" in name and count >= 1 for name, count in counters.items()), counters
 
 
+def _shards_located(tier) -> int:
+    return sum(ray.get(tier.shard(name).stats.remote())["counters"].get("gets_located", 0)
+               for name in tier.router().ring.shards)
+
+
+def test_a_get_after_exists_reads_the_located_pages_without_a_shard_call(tier, pages, tools):
+    client = tier.client(same_node_fast_path=True)
+    chain = pages.chain("probed, then read", 3 * EXTENT_PAGES)
+    values = pages.values(chain)
+    assert all(client.put(pages.namespace, chain, [], values))
+    tier.report_reads()  # so that only this test's reads arrive from now on
+    located_before = _shards_located(tier)
+
+    assert client.exists(pages.namespace, chain, []) == len(chain)
+    out = pages.buffers(len(chain))
+    assert client.get_into(pages.namespace, chain, [], out) == [True] * len(chain)
+    assert all(np.array_equal(o, v) for o, v in zip(out, values))
+    assert client.stats()["counters"]["local_reads_without_call"] == len(chain)
+    # The shards learn of those reads (with the next probe, or the refresh loop's flush), so the
+    # pages earn reinsertion.
+    tools.wait_until(lambda: _shards_located(tier) - located_before == len(chain), 30, "note_reads to arrive")
+
+    # The pointers were used up: the next get asks the shards again, with the same result.
+    out = pages.buffers(len(chain))
+    assert client.get_into(pages.namespace, chain, [], out) == [True] * len(chain)
+    assert all(np.array_equal(o, v) for o, v in zip(out, values))
+    assert client.stats()["counters"]["local_reads_without_call"] == len(chain)
+
+    # Bytes corrupted between exists and get: a miss, never wrong bytes.
+    assert client.exists(pages.namespace, chain, []) == len(chain)
+    shard = _routed(tier, pages, chain, [])[0]
+    segments_dir, _, pointers = ray.get(tier.shard(shard).locate_batch.remote(_keys(tier, pages, chain[:1], [])))
+    tools.flip_segment_byte(segments_dir, pointers[0], at=0)
+    out = pages.buffers(len(chain))
+    assert client.get_into(pages.namespace, chain, [], out) == [False] + [True] * (len(chain) - 1)
+    assert not out[0].any()
+    assert client.stats()["counters"]["local_reads_without_call"] == 2 * len(chain)
+
+
+def test_located_pointers_can_be_turned_off(tier, pages):
+    client = tier.client(same_node_fast_path=True, located_pointer_ttl_s=0)
+    chain = pages.chain("probed, not cached", EXTENT_PAGES)
+    assert all(client.put(pages.namespace, chain, [], pages.values(chain)))
+    assert client.exists(pages.namespace, chain, []) == EXTENT_PAGES
+    assert client.get_into(pages.namespace, chain, [], pages.buffers(EXTENT_PAGES)) == [True] * EXTENT_PAGES
+    assert client.stats()["counters"].get("local_reads_without_call", 0) == 0
+
+
 def test_a_stopped_shard_times_out_as_misses_and_serves_again(tier, pages, tools):
     client = tier.client(call_timeout_s=1.0)
     chain = tier.chain_where(pages, "stopped shard", 24, lambda shards: len(set(shards)) >= 2)

@@ -30,7 +30,7 @@ def test_bad_key_names_its_index_and_nothing_is_written(store, kit, bad):
     assert store.probe(good) == 0 and store.stats()["space"]["segments"] == 0
     assert kit.counters(store)["puts_pages"] == 0
     for call in (lambda keys: store.get_batch_into(keys, [bytearray(1)] * len(keys)),
-                 store.probe, store.delete_batch, store.locate_batch):
+                 store.probe, store.delete_batch, store.locate_batch, store.probe_located):
         with pytest.raises(ValueError, match=r"\bkey 2\b"):
             call([good[0], good[1], bad])
 

@@ -30,7 +30,7 @@ def test_the_defaults_are_valid():
     ("admission_ghost_entries", 2**26 + 1),
     ("reinsertion_policy", "always"),
     ("reinsertion_budget_fraction", -0.1),
-    ("reinsertion_budget_fraction", 0.51),
+    ("reinsertion_budget_fraction", 1.01),
     ("merge_gap_bytes", -1),
     ("merge_gap_bytes", 16 * MiB + 1),
     ("block_cache_bytes", MiB - 1),
@@ -62,7 +62,7 @@ def test_every_field_says_how_it_applies():
     ({"merge_gap_bytes": "64k"}, "merge_gap_bytes"),                # wrong type
     ({"merge_gap_bytes": True}, "merge_gap_bytes"),                 # bool is not an int here
     ({"direct_io": 1}, "direct_io"),
-    ({"reinsertion_budget_fraction": 0.9}, "reinsertion_budget_fraction"),  # out of range
+    ({"reinsertion_budget_fraction": 1.5}, "reinsertion_budget_fraction"),  # out of range
     ({"admission_policy": "nope"}, "admission_policy"),
     ({"capacity_bytes": MiB}, "capacity_bytes"),
     ({"merge_gap_bytes": 0, "segment_bytes": 12345}, "segment_bytes"),  # one bad field spoils the batch
