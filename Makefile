@@ -20,10 +20,11 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --no-deps "sglang==$(SGLANG_VERSION)" triton
 	touch $(STAMP)
 
-# The main job on the embedded default: a local Ray tier (4 shards, data under ./.raylsm), a quick
-# replay of the packaged production trace through the SGLang adapter, the table and a plot, then down.
+# The main job on the embedded default: a local Ray tier (one shard per disk, data under ./.raylsm),
+# a quick replay of the packaged production trace through the SGLang adapter, the table and a plot,
+# then down.
 demo: venv
-	$(BIN)/raylsm up --shards 4 --segment-mb 16
+	$(BIN)/raylsm up --segment-mb 16
 	$(BIN)/raylsm bench trace --quick --plot .raylsm/trace-replay.png --json .raylsm/trace-replay.json; \
 	status=$$?; $(BIN)/raylsm down; exit $$status
 

@@ -106,7 +106,7 @@ class TierClient:
         self._ring_info: dict = {"version": -1, "shards": {}}
         self._handles: dict[str, Any] = {}
         self._handles_lock = threading.Lock()
-        self._local_reader = LocalSegmentReader()
+        self._local_reader = LocalSegmentReader(direct_io=client.local_read_direct_io)
         self._located = _LocatedPointers(client.located_pointer_entries, client.located_pointer_ttl_s)
         # Reads done from exists()' pointers, per shard, not yet reported: they ride on the next
         # probe_located call to that shard, or go in the ring refresh loop's flush.

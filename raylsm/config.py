@@ -66,6 +66,9 @@ class ClientConfig:
     # NOTE: `raylsm bench trace --quick` get p50/p99 before this: 13.4/26.9 ms (locate call + read).
     located_pointer_ttl_s: float = 2.0
     located_pointer_entries: int = 1 << 16
+    # Fast-path reads bypass the kernel page cache (O_DIRECT), as the shards' own reads do by
+    # default: the host pool above is the cache. Match the shards' `direct_io`.
+    local_read_direct_io: bool = True
 
     def validate(self) -> "ClientConfig":
         _require(self, "extent_pages", 1 <= self.extent_pages <= 1 << 20, "in [1, 2**20]")

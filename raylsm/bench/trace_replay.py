@@ -49,6 +49,7 @@ STORAGE_BATCH_SIZE = 128  # SGLang's pages per backend call (hicache_storage.STO
 MiB = 1 << 20
 SYSTEMS = ("raylsm", "hicache_file", "lru_model", "belady_optimal")
 MEASURED = ("raylsm", "hicache_file")
+PAGE_CACHE_MODES = ("cold", "warm")
 QUICK_SAMPLE_RATE = 1 / 16  # --quick: one conversation in 16 over the whole trace
 DEFAULT_PAYLOAD_SCALE = 1 / 16
 HIT_RATIO_DEFINITION = ("hit_token_ratio = tokens loaded from L3 / tokens asked from L3 (full pages after "
@@ -72,7 +73,12 @@ class ReplayConfig:
     payload_scale: float = DEFAULT_PAYLOAD_SCALE  # page bytes = page_tokens x KV bytes/token x scale
     capacity_fraction: float = 0.1  # L3 capacity: fraction of the window's distinct page bytes
     host_cache_fraction: float = 0.02  # simulated L1/L2: fraction of the window's distinct pages
-    shards: int = 4
+    # One shard per node-local disk, as deployed: this machine has one. More shards on one disk split
+    # its capacity into fixed partitions by extent. NOTE: on the --quick sample (capacity of ~16
+    # extents a shard at 4 shards) that cost 0.18-0.20 L3 hit ratio depending on the ring (shard
+    # names hold random node ids), against 0.234 with one shard; at full-trace scale the partition
+    # effect is small (simulated LRU: 0.2204 with 1 shard, 0.2165 with 4).
+    shards: int = 1
     prefill_tokens_per_s: float = 10_000.0  # modelled GPU prefill rate (8B model, one GPU)
     systems: tuple[str, ...] = SYSTEMS
     data_dir: str | None = None  # default ./.raylsm/bench/trace-<pid>
@@ -83,7 +89,10 @@ class ReplayConfig:
     progress: bool = True
     quick: bool = False
     seed: int = 0
-    cold_page_cache: bool = False  # drop hicache_file's cached file pages before each get (fadvise)
+    # "cold": both systems read the disk (raylsm O_DIRECT; hicache_file's cached file pages dropped
+    # before each get, untimed). "warm": both read through the kernel page cache (raylsm's shards and
+    # fast path with direct_io off).
+    page_cache: str = "cold"
 
     def validate(self) -> "ReplayConfig":
         if self.profile not in MODEL_PROFILES:
@@ -96,6 +105,8 @@ class ReplayConfig:
             raise ConfigError(f"--payload-scale must be in (0, 1], got {self.payload_scale}")
         if self.sample_rate is not None and not 0 < self.sample_rate <= 1:
             raise ConfigError(f"--sample-conversations must be in (0, 1], got {self.sample_rate}")
+        if self.page_cache not in PAGE_CACHE_MODES:
+            raise ConfigError(f"--page-cache must be one of {', '.join(PAGE_CACHE_MODES)}, got {self.page_cache!r}")
         if self.shards < 1:
             raise ConfigError(f"--shards must be >= 1, got {self.shards}")
         if self.prefill_tokens_per_s <= 0:
@@ -577,8 +588,9 @@ class TierSession:
     """
 
     def __init__(self, shards: int, capacity_bytes: int, page_bytes: int, data_dir: str,
-                 ray_address: str | None = None) -> None:
+                 ray_address: str | None = None, direct_io: bool = True) -> None:
         self.requested_shards = shards
+        self.direct_io = direct_io
         self.capacity_bytes = capacity_bytes
         self.page_bytes = page_bytes
         self.data_dir = data_dir
@@ -626,7 +638,8 @@ class TierSession:
             self.owns_ray = True
         self.per_shard_capacity = self.capacity_bytes // self.requested_shards
         self.segment_bytes = segment_bytes_for(self.per_shard_capacity, self.page_bytes)
-        store = StoreConfig(capacity_bytes=self.per_shard_capacity, segment_bytes=self.segment_bytes)
+        store = StoreConfig(capacity_bytes=self.per_shard_capacity, segment_bytes=self.segment_bytes,
+                            direct_io=self.direct_io)
         config = TierConfig(shard=ShardConfig(data_dir=os.path.join(self.data_dir, "shards"), store=store))
         self.owns_controller = True
         lifecycle.up(config, shards=self.requested_shards)  # Ray is initialized: controller + shards only
@@ -646,12 +659,13 @@ class TierSession:
             handle = ray.get_actor(name, namespace="raylsm")
             current = ray.get(handle.apply_tuning.remote({}))
             self._restore[name] = {"capacity_bytes": current["capacity_bytes"],
-                                   "segment_bytes": current["segment_bytes"]}
+                                   "segment_bytes": current["segment_bytes"], "direct_io": current["direct_io"]}
             ray.get(handle.apply_tuning.remote({"capacity_bytes": self.per_shard_capacity,
-                                                "segment_bytes": self.segment_bytes}))
+                                                "segment_bytes": self.segment_bytes, "direct_io": self.direct_io}))
         self.notes.append(
             f"used the running tier on Ray {address} ({len(self.shard_names)} shards): capacity "
-            f"{self.per_shard_capacity} B and segments of {self.segment_bytes} B per shard for the run, restored "
+            f"{self.per_shard_capacity} B, segments of {self.segment_bytes} B and direct_io {self.direct_io} per "
+            f"shard for the run, restored "
             f"afterwards; data already on the shards counts against the capacity until eviction frees it, and "
             f"a segment open before the run keeps its old size")
 
@@ -826,10 +840,11 @@ def run(config: ReplayConfig) -> dict:
     runs: list[SystemRun] = run_models(plan, capacity_pages, config.systems)
     details: dict[str, Any] = {
         "hit_ratio_definition": HIT_RATIO_DEFINITION,
-        "page_cache_note": ("hicache_file reads from the disk: its files' cached pages are dropped before each get"
-                            if config.cold_page_cache else
-                            "hicache_file reads buffered files, served from the kernel page cache when it holds them; "
-                            "raylsm reads with O_DIRECT (--cold-page-cache makes hicache_file read from the disk)"),
+        "page_cache_note": ("cold (--page-cache): both read the disk, raylsm with O_DIRECT, hicache_file after its "
+                            "files' cached pages are dropped before each get (untimed)"
+                            if config.page_cache == "cold" else
+                            "warm (--page-cache): both read through the kernel page cache, which holds the whole "
+                            "working set on this machine (raylsm's shards and fast path with direct_io off)"),
         "ttft_model": (f"TTFT = (prompt tokens - L1/L2 hit tokens - L3 hit tokens) / {config.prefill_tokens_per_s:g} "
                        f"tokens/s (modelled prefill, one GPU, 8B-class) + measured L3 load time of the request "
                        f"(exists + get wall time); models have no load time (a lower bound)"),
@@ -926,13 +941,14 @@ def _run_measured(config: ReplayConfig, plan: ReplayPlan, shape: PoolShape, capa
     counter = None
     try:
         if "raylsm" in measured:
-            tier = TierSession(config.shards, capacity_bytes, shape.page_bytes, root, config.ray_address)
+            direct_io = config.page_cache == "cold"
+            tier = TierSession(config.shards, capacity_bytes, shape.page_bytes, root, config.ray_address, direct_io)
             print("raylsm bench trace: joining or starting the raylsm tier", file=sys.stderr)
             phase = time.perf_counter()
             tier.start()
             print(f"raylsm bench trace: tier ready in {time.perf_counter() - phase:.1f} s "
                   f"({len(tier.shard_names)} shards)", file=sys.stderr)
-            extra = {**RaylsmSystem.EXTRA_CONFIG, **dict(config.raylsm_extra_config)}
+            extra = {**RaylsmSystem.EXTRA_CONFIG, "local_read_direct_io": direct_io, **dict(config.raylsm_extra_config)}
             details["raylsm_extra_config"] = extra
             raylsm_system = RaylsmSystem(pool, model_name, extra)
             raylsm_system.clear()  # this namespace's pages from an earlier run
@@ -944,7 +960,7 @@ def _run_measured(config: ReplayConfig, plan: ReplayPlan, shape: PoolShape, capa
         if "hicache_file" in measured:
             directory = os.path.join(root, "hicache_file")
             shutil.rmtree(directory, ignore_errors=True)
-            systems.append(HiCacheFileSystem(pool, model_name, directory, capacity_bytes, config.cold_page_cache))
+            systems.append(HiCacheFileSystem(pool, model_name, directory, capacity_bytes, config.page_cache == "cold"))
         runs = {system.name: SystemRun(system.name, measured=True) for system in systems}
         progress = _progress(len(plan), config.progress)
         phase = time.perf_counter()
@@ -1116,8 +1132,9 @@ def add_trace_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--limit", type=_positive_int, metavar="N", help="replay the first N requests")
     parser.add_argument("--time-window", type=float, metavar="S", dest="time_window_s",
                         help="replay the requests within S seconds of the first one")
-    parser.add_argument("--shards", type=_positive_int, default=4, metavar="N",
-                        help="shard actors when this command starts the tier (default 4)")
+    parser.add_argument("--shards", type=_positive_int, default=1, metavar="N",
+                        help="shard actors when this command starts the tier (default 1: one per disk, and this "
+                             "machine has one; N > 1 splits the capacity into N fixed partitions)")
     parser.add_argument("--capacity-fraction", type=_fraction, default=0.1, metavar="F",
                         help="L3 capacity as a fraction of the replayed window's distinct page bytes (default 0.1)")
     parser.add_argument("--host-cache-fraction", type=_fraction, default=0.02, metavar="F",
@@ -1143,10 +1160,11 @@ def add_trace_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--raylsm-extra-config", metavar="JSON", type=_json_object, default={},
                         help='extra keys for RayLSMStorage\'s extra config, e.g. \'{"same_node_fast_path": false}\'')
     parser.add_argument("--seed", type=int, default=0, help="seed of the host-pool slot choice and the conversation sample")
-    parser.add_argument("--cold-page-cache", action="store_true",
-                        help="before each hicache_file get, drop the kernel's cached pages of its files (untimed), "
-                             "so it reads from the disk like raylsm's O_DIRECT reads (default: it reads whatever "
-                             "the page cache holds)")
+    parser.add_argument("--page-cache", choices=PAGE_CACHE_MODES, default="cold",
+                        help="cold (default): both systems read the disk, raylsm with O_DIRECT and hicache_file "
+                             "after its files' cached pages are dropped (untimed), as when host memory holds the "
+                             "L2 pool and the tier is larger than RAM; warm: both read through the kernel page "
+                             "cache (raylsm with direct_io off)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     return parser
 
@@ -1162,7 +1180,7 @@ def config_from_args(args: argparse.Namespace) -> ReplayConfig:
         shards=args.shards, prefill_tokens_per_s=args.prefill_tokens_per_s, systems=systems,
         data_dir=args.data_dir, ray_address=args.ray_address,
         raylsm_extra_config=tuple(sorted(args.raylsm_extra_config.items())), json_path=args.json_path, plot_path=args.plot_path,
-        progress=not args.no_progress, quick=args.quick, seed=args.seed, cold_page_cache=args.cold_page_cache)
+        progress=not args.no_progress, quick=args.quick, seed=args.seed, page_cache=args.page_cache)
 
 
 def run_trace_command(args: argparse.Namespace) -> int:

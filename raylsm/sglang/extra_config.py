@@ -27,6 +27,7 @@ FLAT_KEYS = {
     "call_timeout_s": ("client", "call_timeout_s"),
     "ring_refresh_s": ("client", "ring_refresh_s"),
     "same_node_fast_path": ("client", "same_node_fast_path"),
+    "local_read_direct_io": ("client", "local_read_direct_io"),
     "virtual_nodes": ("client", "virtual_nodes"),
 }
 NESTED_KEY = "raylsm"  # {"raylsm": {...TierConfig as nested dicts...}} for everything else
