@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import ray
 
+from raylsm.actors.metrics import ClientMetrics
 from raylsm.config import TierConfig
 from raylsm.controller.controller_actor import get_controller
 from raylsm.router import EmptyRingError, ExtentConfig, HashRing, page_anchors, routing_key
@@ -114,6 +115,7 @@ class TierClient:
         self._unreported_lock = threading.Lock()
         self._counters: Counter[str] = Counter()
         self._counters_lock = threading.Lock()
+        self._metrics = ClientMetrics()
         self._closed = threading.Event()
         self.refresh_ring()
         self._refresher = threading.Thread(target=self._refresh_loop, name="raylsm-ring-refresh", daemon=True)
@@ -339,11 +341,12 @@ class TierClient:
         refs = {}
         results: dict[str, Any] = {}
         for shard, (method, args) in calls.items():
+            pages = len(args[0]) if args and isinstance(args[0], list) else 0
             try:
-                refs[getattr(self._handle(shard), method).remote(*args)] = shard
+                refs[getattr(self._handle(shard), method).remote(*args)] = (shard, method, pages)
             except Exception as error:  # e.g. the actor handle is gone
                 results[shard] = error
-                self._count_failure(shard, error)
+                self._count_failure(shard, method, pages, error)
         return refs, results
 
     def _collect(self, submitted: tuple[dict, dict[str, Any]]) -> dict[str, Any]:
@@ -352,23 +355,27 @@ class TierClient:
         if refs:
             ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=self._config.client.call_timeout_s)
             for ref in ready:
-                shard = refs[ref]
+                shard, method, pages = refs[ref]
                 try:
                     results[shard] = ray.get(ref)
                 except Exception as error:
                     results[shard] = error
-                    self._count_failure(shard, error)
+                    self._count_failure(shard, method, pages, error)
             for ref in pending:
-                results[refs[ref]] = TimeoutError(f"shard {refs[ref]} did not answer in time")
+                shard, method, pages = refs[ref]
+                results[shard] = TimeoutError(f"shard {shard} did not answer in time")
                 self._count(timeouts=1)
+                self._metrics.failed(shard, method, "timeout", pages)
                 ray.cancel(ref)
         return results
 
-    def _count_failure(self, shard: str, error: BaseException) -> None:
+    def _count_failure(self, shard: str, method: str, pages: int, error: BaseException) -> None:
         if isinstance(error, (ray.exceptions.RayActorError, ValueError)):
             self._count(shard_down=1)
+            self._metrics.failed(shard, method, "shard_down", pages)
         else:
             self._count(call_errors=1)
+            self._metrics.failed(shard, method, "error", pages)
         logger.debug("raylsm: shard %s call failed: %r", shard, error)
 
     def _count(self, **deltas: int) -> None:

@@ -72,3 +72,25 @@ class ShardMetrics:
         self._capacity.set(space["capacity_bytes"], tags=self._tags)
         self._disk.set(space["disk_bytes"], tags=self._tags)
         self._live.set(space["live_bytes"], tags=self._tags)
+
+
+class ClientMetrics:
+    """Pages a TierClient could not serve from a shard because the call to it failed, exported from
+    the client's process (the SGLang scheduler): `ray_raylsm_client_failed_pages_total{shard, op,
+    cause}` with cause "shard_down" (actor dead or restarting), "timeout" (no answer within
+    call_timeout_s) or "error". The shard cannot count these itself. Metrics that cannot be created
+    (Ray not initialized) are skipped, never raised."""
+
+    CAUSES = ("shard_down", "timeout", "error")
+
+    def __init__(self) -> None:
+        try:
+            self._failed = Counter("raylsm_client_failed_pages_total",
+                                   description="pages missed or not stored because the shard call failed",
+                                   tag_keys=("shard", "op", "cause"))
+        except Exception:  # noqa: BLE001 (metrics are best effort)
+            self._failed = None
+
+    def failed(self, shard: str, op: str, cause: str, pages: int) -> None:
+        if self._failed is not None and pages > 0:
+            self._failed.inc(pages, tags={"shard": shard, "op": op, "cause": cause})

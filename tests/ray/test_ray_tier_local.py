@@ -302,13 +302,17 @@ def test_a_get_after_exists_reads_the_located_pages_without_a_shard_call(tier, p
     assert client.stats()["counters"]["local_reads_without_call"] == 2 * len(chain)
 
 
-def test_located_pointers_can_be_turned_off(tier, pages):
-    client = tier.client(same_node_fast_path=True, located_pointer_ttl_s=0)
+def test_located_pointers_off_and_buffered_local_reads(tier, pages):
+    client = tier.client(same_node_fast_path=True, located_pointer_ttl_s=0, local_read_direct_io=False)
     chain = pages.chain("probed, not cached", EXTENT_PAGES)
-    assert all(client.put(pages.namespace, chain, [], pages.values(chain)))
+    values = pages.values(chain)
+    assert all(client.put(pages.namespace, chain, [], values))
     assert client.exists(pages.namespace, chain, []) == EXTENT_PAGES
-    assert client.get_into(pages.namespace, chain, [], pages.buffers(EXTENT_PAGES)) == [True] * EXTENT_PAGES
-    assert client.stats()["counters"].get("local_reads_without_call", 0) == 0
+    out = pages.buffers(EXTENT_PAGES)
+    assert client.get_into(pages.namespace, chain, [], out) == [True] * EXTENT_PAGES
+    assert all(np.array_equal(o, v) for o, v in zip(out, values))
+    counters = client.stats()["counters"]
+    assert counters.get("local_reads_without_call", 0) == 0 and counters["local_read_pages"] == EXTENT_PAGES
 
 
 def test_a_stopped_shard_times_out_as_misses_and_serves_again(tier, pages, tools):

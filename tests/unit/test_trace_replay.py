@@ -99,6 +99,8 @@ def test_config_validation_names_the_flag():
         tr.ReplayConfig(systems=("raylsm", "nope")).validate()
     with pytest.raises(ConfigError, match="--capacity-fraction"):
         tr.ReplayConfig(capacity_fraction=0).validate()
+    with pytest.raises(ConfigError, match="--page-cache"):
+        tr.ReplayConfig(page_cache="lukewarm").validate()
 
 
 # ---- report ---------------------------------------------------------------------------------------
@@ -170,6 +172,10 @@ def test_arguments_build_a_config():
     assert config.payload_scale == pytest.approx(1 / 32)
     assert config.systems == ("raylsm", "lru_model")
     assert dict(config.raylsm_extra_config) == {"virtual_nodes": 64}
+    assert config.page_cache == "cold"
+    assert tr.config_from_args(parser.parse_args(["--page-cache", "warm"])).page_cache == "warm"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--page-cache", "lukewarm"])
 
 
 def test_models_only_run_needs_no_tier(capsys, tmp_path):
