@@ -47,9 +47,10 @@ def writable_parts(buffer: Any, nbytes: int) -> tuple[memoryview, ...] | None:
     return parts
 
 
-# Reads in flight per batch beyond the calling thread's. NOTE: `raylsm bench trace --quick` (pages of
-# 48 KiB scattered over many records, O_DIRECT) get p50/p99 went from 9.8/19.4 ms with one read at a
-# time to (see the note of the change) with 4 more.
+# Reads in flight per batch beyond the calling thread's.
+# NOTE: on `raylsm bench trace --quick` (48 KiB pages, O_DIRECT) get p50/p99 measured 9.8/19.4 ms with
+# one read at a time and 10.1/20.7 ms with 4 more: no gain there (its batches are few, large runs).
+# Kept for batches scattered over many segments; measure it on one before relying on it.
 READ_THREADS = 4
 _READ_POOL: ThreadPoolExecutor | None = None
 _READ_POOL_LOCK = threading.Lock()
