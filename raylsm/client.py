@@ -111,7 +111,7 @@ class TierClient:
         self._located = _LocatedPointers(client.located_pointer_entries, client.located_pointer_ttl_s)
         # Reads done from exists()' pointers, per shard, not yet reported: they ride on the next
         # probe_located call to that shard, or go in the ring refresh loop's flush.
-        self._unreported_reads: dict[str, list[tuple[int, int]]] = {}
+        self._unreported_reads: dict[str, dict[int, list[int]]] = {}  # shard -> segment -> offsets
         self._unreported_lock = threading.Lock()
         self._counters: Counter[str] = Counter()
         self._counters_lock = threading.Lock()
@@ -270,21 +270,21 @@ class TierClient:
                     local_miss_io=outcome.io_errors, local_miss_stale=outcome.stale,
                     local_reads_without_call=len(slots) if note_reads else 0)
         if note_reads and outcome.hit_offsets:
-            locations = [(segment_id, offset) for segment_id, offsets in outcome.hit_offsets.items()
-                         for offset in offsets]
             with self._unreported_lock:
-                self._unreported_reads.setdefault(shard, []).extend(locations)
+                unreported = self._unreported_reads.setdefault(shard, {})
+                for segment_id, offsets in outcome.hit_offsets.items():
+                    unreported.setdefault(segment_id, []).extend(offsets)
 
-    def _take_unreported(self, shard: str) -> list[tuple[int, int]]:
+    def _take_unreported(self, shard: str) -> dict[int, list[int]]:
         with self._unreported_lock:
-            return self._unreported_reads.pop(shard, [])
+            return self._unreported_reads.pop(shard, {})
 
     def report_reads(self, wait: bool = False) -> None:
         """Send every shard the reads not yet reported; with `wait`, until they arrived (at most
         call_timeout_s). A shard that is gone loses them: its read counts no longer matter."""
         with self._unreported_lock:
             pending, self._unreported_reads = self._unreported_reads, {}
-        calls = {shard: ("note_reads", (locations,)) for shard, locations in pending.items()}
+        calls = {shard: ("note_reads", (offsets,)) for shard, offsets in pending.items()}
         if wait:
             self._fan_out(calls)
         else:

@@ -17,7 +17,7 @@ import os
 import threading
 import time
 import warnings
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import ray
@@ -104,10 +104,11 @@ class ShardServer:
         self._after_call("locate", started)
         return located
 
-    def probe_located(self, keys: Sequence[bytes], reads: Sequence[tuple[int, int]] = ()) -> tuple[str, int, list]:
+    def probe_located(self, keys: Sequence[bytes], reads: Mapping[int, Sequence[int]] | None = None
+                      ) -> tuple[str, int, list]:
         """`probe` for a same-node reader: (segments dir, low watermark, pointers of the leading
-        present keys); the reader skips the locate call of its get. `reads`: (segment id, offset)
-        of pages the reader read from earlier pointers, counted as `note_reads` does."""
+        present keys); the reader skips the locate call of its get. `reads`: value offsets by
+        segment of pages the reader read from earlier pointers, counted as `note_reads` does."""
         started = time.perf_counter()
         if reads:
             self._store.note_reads(reads)
@@ -115,10 +116,10 @@ class ShardServer:
         self._after_call("probe", started)
         return located
 
-    def note_reads(self, locations: Sequence[tuple[int, int]]) -> None:
+    def note_reads(self, offsets_by_segment: Mapping[int, Sequence[int]]) -> None:
         """Reads a same-node reader did from probe_located pointers, sent without waiting when no
         probe_located call carried them."""
-        self._store.note_reads(locations)
+        self._store.note_reads(offsets_by_segment)
 
     def delete_batch(self, keys: Sequence[bytes]) -> int:
         return self._store.delete_batch(keys)

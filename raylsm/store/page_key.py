@@ -44,6 +44,11 @@ def namespace_id(name: str) -> bytes:
     return xxhash.xxh64_digest(name.encode("utf-8"))
 
 
+def key_digest(key: bytes) -> int:
+    """The 64-bit digest of an encoded page key (what a store's in-memory resident set holds)."""
+    return xxhash.xxh3_64_intdigest(key)
+
+
 def page_hash_from_hex(key: str) -> bytes:
     """SGLang's 64-hex page key as 32 raw bytes; ValueError if it is not 64 hex digits."""
     raw = bytes.fromhex(key)

@@ -12,11 +12,10 @@ Pointers to bytes that were written but later damaged are caught by the value ch
 from __future__ import annotations
 
 import os
-
-import xxhash
 from dataclasses import dataclass, field
 
 from raylsm.store import format as fmt
+from raylsm.store.page_key import key_digest
 from raylsm.store.pointer_index import PointerIndex
 from raylsm.store.segment import Segment
 
@@ -75,7 +74,7 @@ def recover(segments_dir: str, index: PointerIndex, with_digests: bool = False) 
         live_bytes[pointer.segment_id] += pointer.length
         live_pages[pointer.segment_id] += 1
         if digests is not None:
-            digests.add(xxhash.xxh3_64_intdigest(key))
+            digests.add(key_digest(key))
     index.commit(batch)
 
     next_id = max(segment_ids[-1] + 1 if segment_ids else 0, low_watermark)

@@ -198,17 +198,6 @@ class Segment:
         direct = use_direct_io and self._direct_fd >= 0 and direct_io_capable(views)
         full_pwritev(self._direct_fd if direct else self._fd, views, offset)
 
-    def append(self, views: list[memoryview], nbytes: int, use_direct_io: bool) -> int:
-        """Reserve and write one record at the write offset; return its offset. On an OSError the
-        write offset does not move, so the next append overwrites whatever part was written."""
-        offset = self.reserve(nbytes)
-        try:
-            self.write_at(views, offset, use_direct_io)
-        except OSError:
-            self.rewind(offset)
-            raise
-        return offset
-
     def read_into(self, offset: int, views: list[memoryview], use_direct_io: bool) -> None:
         """Fill `views` with the bytes starting at `offset` (one vectored read)."""
         if use_direct_io and self._direct_fd >= 0 and direct_io_capable(views):

@@ -23,7 +23,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-import xxhash
 
 from raylsm.errors import FormatVersionError, StoreClosedError, ValueTooLargeError
 from raylsm.store import format as fmt
@@ -31,7 +30,7 @@ from raylsm.store.admission import make_admission_policy
 from raylsm.store.config import StoreConfig
 from raylsm.store.io_buffers import aligned_empty, page_views, parts_nbytes
 from raylsm.store import page_key
-from raylsm.store.page_key import extent_prefix, validate_keys
+from raylsm.store.page_key import extent_prefix, key_digest, validate_keys
 from raylsm.store.pointer_index import IndexOptions, PointerIndex, read_format_version
 from raylsm.store.page_reader import read_verified, writable_parts
 from raylsm.store.recovery import recover
@@ -192,14 +191,14 @@ class ShardStore:
 
     def _forget(self, key: bytes) -> None:
         if self._resident is not None:
-            self._resident.discard(_digest(key))
+            self._resident.discard(key_digest(key))
 
     def _present_flags(self, keys: Sequence[bytes]) -> list[bool]:
         """Whether each key has a pointer into a live segment: from the resident set if kept, else
         one multi-get."""
         if self._resident is not None:
-            resident, digest = self._resident, xxhash.xxh3_64_intdigest
-            return [digest(key) in resident for key in keys]
+            resident = self._resident
+            return [key_digest(key) in resident for key in keys]
         return [raw is not None and self._points_to_live_segment(raw) for raw in self._index.get_many(keys)]
 
     def _points_to_live_segment(self, raw: bytes) -> bool:
@@ -274,7 +273,7 @@ class ShardStore:
         self._index.commit(batch)
         self._live.add(segment.segment_id, len(entries), sum(entry.length for entry in entries))
         if self._resident is not None:
-            self._resident.update(_digest(entry.key) for entry in entries)
+            self._resident.update(key_digest(entry.key) for entry in entries)
 
     def _seal_active(self) -> None:
         if self._active is not None:
@@ -312,11 +311,9 @@ class ShardStore:
 
     def _enforce_capacity(self) -> None:
         """Evict oldest sealed segments until disk use is within the budget (after it was lowered)."""
-        while self._disk_bytes() > self._config.capacity_bytes:
-            sealed = [segment_id for segment_id in self._segments
-                      if self._active is None or segment_id != self._active.segment_id]
-            if not sealed:
-                return
+        active_id = self._active.segment_id if self._active is not None else None
+        while self._disk_bytes() > self._config.capacity_bytes and any(
+                segment_id != active_id for segment_id in self._segments):
             self._evict_oldest([0])
 
     def _disk_bytes(self) -> int:
@@ -345,31 +342,44 @@ class ShardStore:
                 if pointer is not None and pointer.segment_id == segment_id and pointer.offset >= walked_to:
                     batch.delete(key)
                     self._forget(key)
-        kept: list[tuple[bytes, np.ndarray, int]] = []
+        candidates: list[fmt.Pointer] = []  # pages that earned reinsertion, within the budget
+        keys_of: list[bytes] = []
         evicted_pages = evicted_bytes = 0
         deepest: dict[bytes, int] = {}  # extent prefix -> depth of its deepest page in a newer segment
         for (offset, entry), raw in zip(entries, current):
             pointer = fmt.decode_pointer(raw) if raw is not None else None
             if pointer is None or pointer.segment_id != segment_id or pointer.offset != offset:
                 continue  # deleted, or already moved elsewhere
-            if (self._reinsertion.should_reinsert(entry.key, reads.get(offset, 0),
-                                                  self._prefix_of_live(entry.key, segment_id, deepest))
-                    and fmt.align_up(entry.length) + fmt.ENTRY_BYTES <= budget[0]):
-                buffer = aligned_empty(entry.length)
-                try:
-                    segment.read_into(offset, [memoryview(buffer)], self._config.direct_io)
-                except OSError:
-                    buffer = None
-                if buffer is not None and fmt.checksum(buffer) == entry.checksum:
-                    kept.append((entry.key, buffer, entry.checksum))
-                    budget[0] -= fmt.align_up(entry.length) + fmt.ENTRY_BYTES
-                    batch.delete(entry.key)  # re-put with its new location right after
-                    self._forget(entry.key)
-                    continue
-            batch.delete(entry.key)
+            batch.delete(entry.key)  # a kept page is re-put with its new location right after
             self._forget(entry.key)
-            evicted_pages += 1
-            evicted_bytes += entry.length
+            charge = fmt.align_up(entry.length) + fmt.ENTRY_BYTES
+            if charge <= budget[0] and self._reinsertion.should_reinsert(
+                    entry.key, reads.get(offset, 0),
+                    lambda key=entry.key: self._prefix_of_live(key, segment_id, deepest)):
+                budget[0] -= charge
+                candidates.append(pointer)
+                keys_of.append(entry.key)
+            else:
+                evicted_pages += 1
+                evicted_bytes += entry.length
+        kept: list[tuple[bytes, np.ndarray, int]] = []
+        if candidates:
+            # One merged, verified read of every kept page (neighbours in one preadv), into slices
+            # of one aligned buffer; a page that fails its checksum or its read is evicted instead.
+            ends = np.cumsum([fmt.align_up(pointer.length) for pointer in candidates])
+            buffer = aligned_empty(int(ends[-1]))
+            starts = [0, *ends[:-1].tolist()]
+            buffers = [buffer[start:start + pointer.length] for start, pointer in zip(starts, candidates)]
+            outcome = read_verified(list(enumerate(candidates)),
+                                    {slot: (memoryview(b),) for slot, b in enumerate(buffers)}, len(candidates),
+                                    self._config.merge_gap_bytes, self._config.direct_io,
+                                    lambda _: segment if segment.pin() else None)
+            for key, pointer, page, ok in zip(keys_of, candidates, buffers, outcome.results):
+                if ok:
+                    kept.append((key, page, pointer.checksum))
+                else:
+                    evicted_pages += 1
+                    evicted_bytes += pointer.length
         batch.put(fmt.META_LOW_WATERMARK, fmt.encode_u32(segment_id + 1))
         self._index.commit(batch)
         del self._segments[segment_id]
@@ -482,10 +492,7 @@ class ShardStore:
             views[slot] = parts
         outcome = read_verified(wanted, views, len(keys), self._config.merge_gap_bytes, self._config.direct_io,
                                 self._pinned_segment)
-        for segment_id, offsets in outcome.hit_offsets.items():
-            reads = self._reads_since_written.setdefault(segment_id, {})
-            for offset in offsets:
-                reads[offset] = reads.get(offset, 0) + 1
+        self._count_reads(outcome.hit_offsets)
         results = outcome.results
         hits = sum(results)
         self._stats.observe("get", (time.perf_counter() - started) * 1e3, gets_hit=hits,
@@ -526,9 +533,9 @@ class ShardStore:
             # NOTE: the resident set answers a 128-key probe in tens of microseconds; the RocksDB
             # seek-and-scan below ran at ~240k keys/s (bench store), barely above HiCacheFile's
             # stat() per page with a warm dentry cache.
-            resident, digest = self._resident, xxhash.xxh3_64_intdigest
+            resident = self._resident
             for found, key in enumerate(keys):
-                if digest(key) not in resident:
+                if key_digest(key) not in resident:
                     return found
             return len(keys)
         count = 0
@@ -570,9 +577,12 @@ class ShardStore:
         validate_keys(keys)
         self._check_open()
         pointers = self._live_pointers(keys)
-        self.note_reads([(pointer.segment_id, pointer.offset) for pointer in pointers if pointer is not None])
-        located = sum(pointer is not None for pointer in pointers)
-        self._stats.add(gets_miss_absent=len(pointers) - located)
+        offsets_by_segment: dict[int, list[int]] = {}
+        for pointer in pointers:
+            if pointer is not None:
+                offsets_by_segment.setdefault(pointer.segment_id, []).append(pointer.offset)
+        located = self._count_reads(offsets_by_segment)
+        self._stats.add(gets_located=located, gets_miss_absent=len(pointers) - located)
         return self._segments_dir, self._low_watermark(), pointers
 
     def probe_located(self, keys: Sequence[bytes]) -> tuple[str, int, list[fmt.Pointer]]:
@@ -593,15 +603,24 @@ class ShardStore:
                             probe_calls=1, probe_keys=len(keys), probe_hits=len(pointers))
         return self._segments_dir, self._low_watermark(), pointers
 
-    def note_reads(self, locations: Sequence[tuple[int, int]]) -> None:
-        """Count reads that a same-node reader did itself, by (segment id, value offset): they earn
-        reinsertion like reads served here. Locations in freed segments are ignored."""
-        # No lock, as in get_batch_into: a count racing the segment's eviction is lost, harmlessly.
-        for segment_id, offset in locations:
-            if segment_id in self._segments:
-                reads = self._reads_since_written.setdefault(segment_id, {})
+    def note_reads(self, offsets_by_segment: Mapping[int, Sequence[int]]) -> None:
+        """Count reads that a same-node reader did itself from `probe_located` pointers (value
+        offsets by segment id, as `ReadOutcome.hit_offsets` holds them): they earn reinsertion like
+        reads served here. Offsets in freed segments are ignored."""
+        self._stats.add(gets_located=self._count_reads(offsets_by_segment))
+
+    def _count_reads(self, offsets_by_segment: Mapping[int, Sequence[int]]) -> int:
+        """Add one read per (segment, offset) of live segments; returns how many were counted.
+        No lock: a count racing its segment's eviction is lost, harmlessly."""
+        counted = 0
+        for segment_id, offsets in offsets_by_segment.items():
+            if segment_id not in self._segments:
+                continue
+            reads = self._reads_since_written.setdefault(segment_id, {})
+            for offset in offsets:
                 reads[offset] = reads.get(offset, 0) + 1
-        self._stats.add(gets_located=len(locations))
+            counted += len(offsets)
+        return counted
 
     def _live_pointers(self, keys: Sequence[bytes]) -> list[fmt.Pointer | None]:
         pointers: list[fmt.Pointer | None] = []
@@ -671,11 +690,6 @@ class _LiveSpace:
 
     def totals(self) -> tuple[int, int]:
         return sum(self._bytes.values()), sum(self._pages.values())
-
-
-def _digest(key: bytes) -> int:
-    """The 64-bit digest of a page key kept in the in-memory resident set."""
-    return xxhash.xxh3_64_intdigest(key)
 
 
 def _fit(sizes: Sequence[int], start: int, room: int) -> int:

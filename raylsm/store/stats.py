@@ -21,7 +21,7 @@ COUNTERS = (
     "puts_failed",          # not stored for an I/O error (ENOSPC, EIO)
     "gets_hit",
     "gets_hit_bytes",
-    "gets_located",         # pointers handed to a same-node reader (it reads and verifies the bytes)
+    "gets_located",         # pages a same-node reader reads itself from pointers (and verifies)
     "gets_miss_absent",     # no pointer
     "gets_miss_stale",      # pointer to a freed segment
     "gets_miss_corrupt",    # checksum mismatch: a miss, never wrong bytes

@@ -164,7 +164,7 @@ def test_probe_located_counts_no_read_until_the_reader_reports_it(store_factory,
     segments_dir, low_watermark, pointers = store.probe_located(keys + [kit.key("absent")] + keys[:1])
     assert len(pointers) == len(keys) and low_watermark == 0
     assert [(p.segment_id, p.length) for p in pointers] == [(0, 64 * KiB)] * len(keys)
-    store.note_reads([(p.segment_id, p.offset) for p in pointers[:2]] + [(99, 0)])  # 99: no such segment
+    store.note_reads({0: [p.offset for p in pointers[:2]], 99: [0]})  # 99: no such segment
     _fill_until_evicted(store, kit)
     assert kit.counters(store)["reinserted_pages"] == 2
     got = kit.read_all(store, keys)

@@ -125,9 +125,16 @@ def _write_records(segment: Segment, records: list[list[bytes]], use_direct_io: 
     first_key = 0
     for values in records:
         _, iovecs, batch_bytes, _ = _record(values, first_key)
-        offsets.append(segment.append(iovecs, batch_bytes, use_direct_io))
+        offsets.append(_append(segment, iovecs, batch_bytes, use_direct_io))
         first_key += len(values)
     return offsets
+
+
+def _append(segment, iovecs, nbytes, use_direct_io):
+    """Reserve and write one record, as the shard store does (minus its split header write)."""
+    offset = segment.reserve(nbytes)
+    segment.write_at(iovecs, offset, use_direct_io)
+    return offset
 
 
 @pytest.mark.parametrize("use_direct_io", [True, False])
@@ -161,10 +168,10 @@ def test_segment_append_refuses_a_record_that_does_not_fit(segment_dir):
     segment = Segment.create(segment_dir, 0, MiB, preallocate=False)
     _, iovecs, batch_bytes, _ = _record([bytes(MiB - fmt.BLOCK_BYTES)])
     assert batch_bytes == MiB
-    segment.append(iovecs, batch_bytes, True)
+    _append(segment, iovecs, batch_bytes, True)
     _, iovecs, batch_bytes, _ = _record([b"x"])
     with pytest.raises(ValueError):
-        segment.append(iovecs, batch_bytes, True)
+        _append(segment, iovecs, batch_bytes, True)
     assert segment.write_offset == MiB
     segment.close()
 
