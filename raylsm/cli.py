@@ -53,12 +53,12 @@ def _add_up(subparsers: argparse._SubParsersAction) -> None:
                     "offering --shards units of the raylsm_shard resource), start the raylsm controller, and wait "
                     "until every shard is serving.")
     parser.add_argument("--address", help="Ray address to join (default: a running local Ray, else start one)")
-    parser.add_argument("--shards", type=_positive, default=1,
+    parser.add_argument("--shards", type=positive_int, default=1,
                         help="shard units of an embedded local Ray head (default 1)")
     parser.add_argument("--data-dir", help="node-local directory holding the shard directories "
                                            "(default ./.raylsm/data)")
     parser.add_argument("--capacity-gb", type=float, help="disk budget per shard in GB (default 64 GiB)")
-    parser.add_argument("--segment-mb", type=_positive, help="segment file size in MiB (default 256)")
+    parser.add_argument("--segment-mb", type=positive_int, help="segment file size in MiB (default 256)")
     parser.add_argument("--config", metavar="FILE", help="a JSON file holding a TierConfig as nested dicts")
     parser.add_argument("--no-wait", action="store_true",
                         help="return once the controller runs (shards join as nodes offering the resource come up)")
@@ -161,15 +161,15 @@ def _add_bench_store(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dir", metavar="PATH", dest="data_dir",
                         help="data directory (default: a temporary directory under ./.raylsm/bench); each "
                              "system's data is removed after it ran")
-    parser.add_argument("--pages-64k", type=_non_negative, metavar="N",
+    parser.add_argument("--pages-64k", type=non_negative_int, metavar="N",
                         help="stored 64 KiB pages (default 100,000; --quick 16,000; 0 skips)")
-    parser.add_argument("--pages-1m", type=_non_negative, metavar="N",
+    parser.add_argument("--pages-1m", type=non_negative_int, metavar="N",
                         help="stored 1 MiB pages (default 8,000; --quick 1,500; 0 skips)")
-    parser.add_argument("--extent-pages", type=_positive, default=16, metavar="E",
+    parser.add_argument("--extent-pages", type=positive_int, default=16, metavar="E",
                         help="pages per extent in the page keys (default 16)")
-    parser.add_argument("--chain-pages", type=_positive, default=64, metavar="K",
+    parser.add_argument("--chain-pages", type=positive_int, default=64, metavar="K",
                         help="pages per chain (prompt) in the workload (default 64)")
-    parser.add_argument("--threads", type=_positive, default=2, metavar="T",
+    parser.add_argument("--threads", type=positive_int, default=2, metavar="T",
                         help="reader threads for probe and get, the same for every system (default 2)")
     parser.add_argument("--systems", metavar="LIST",
                         help="comma-separated subset of: disk_ceiling, raylsm, raylsm_buffered, rocksdb_blobdb, "
@@ -226,7 +226,7 @@ def _add_bench_tier(subparsers: argparse._SubParsersAction) -> None:
         description="Cold reads of 128-page batches of 256 KiB pages into an SGLang-layout host pool: straight "
                     "from a ShardStore, then through a shard actor (object store) and through the same-node fast "
                     "path, in one run. Starts (and stops) its own local tier.")
-    parser.add_argument("--batches", type=_positive, default=24, help="128-page batches (default 24 = 768 MiB)")
+    parser.add_argument("--batches", type=positive_int, default=24, help="128-page batches (default 24 = 768 MiB)")
     parser.add_argument("--json", metavar="PATH", dest="json_path", help="write the results as JSON to PATH")
     parser.set_defaults(handler=_run_bench_tier)
 
@@ -238,14 +238,17 @@ def _run_bench_tier(args: argparse.Namespace) -> int:
     return 0 if all(row["wrong_pages"] == 0 for row in report["results"]) else 1
 
 
-def _positive(text: str) -> int:
+# Argument types, shared with the benchmarks' own argument builders.
+
+
+def positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
 
 
-def _non_negative(text: str) -> int:
+def non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")

@@ -1093,13 +1093,6 @@ def write_plot(path: str, arrival_s: Sequence[float], series: dict[str, dict], r
 # ---- command line -------------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
 def _fraction(text: str) -> float:
     try:
         if "/" in text:
@@ -1122,6 +1115,8 @@ def _json_object(text: str) -> dict:
 
 def add_trace_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Declare the arguments of `raylsm bench trace` on `parser` (returns it)."""
+    from raylsm.cli import positive_int  # the command's shared argument type (cli imports this lazily)
+
     parser.add_argument("--trace", metavar="PATH", dest="trace_path",
                         help="Mooncake-format trace (.jsonl or .jsonl.gz; default: the packaged conversation trace)")
     parser.add_argument("--quick", action="store_true",
@@ -1129,17 +1124,17 @@ def add_trace_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                              "whole trace at 1/16 of the work; under 3 minutes on 2 cores)")
     parser.add_argument("--sample-conversations", type=_fraction, metavar="F", dest="sample_rate",
                         help="keep this fraction of the conversations, all their turns (default 1; --quick 1/16)")
-    parser.add_argument("--limit", type=_positive_int, metavar="N", help="replay the first N requests")
+    parser.add_argument("--limit", type=positive_int, metavar="N", help="replay the first N requests")
     parser.add_argument("--time-window", type=float, metavar="S", dest="time_window_s",
                         help="replay the requests within S seconds of the first one")
-    parser.add_argument("--shards", type=_positive_int, default=1, metavar="N",
+    parser.add_argument("--shards", type=positive_int, default=1, metavar="N",
                         help="shard actors when this command starts the tier (default 1: one per disk, and this "
                              "machine has one; N > 1 splits the capacity into N fixed partitions)")
     parser.add_argument("--capacity-fraction", type=_fraction, default=0.1, metavar="F",
                         help="L3 capacity as a fraction of the replayed window's distinct page bytes (default 0.1)")
     parser.add_argument("--host-cache-fraction", type=_fraction, default=0.02, metavar="F",
                         help="simulated L1/L2 capacity as a fraction of the window's distinct pages (default 0.02)")
-    parser.add_argument("--page-tokens", type=_positive_int, default=64, metavar="T", help="tokens per page (default 64)")
+    parser.add_argument("--page-tokens", type=positive_int, default=64, metavar="T", help="tokens per page (default 64)")
     parser.add_argument("--profile", default="qwen2.5-0.5b", choices=sorted(MODEL_PROFILES),
                         help="modelled model: KV bytes per token (default qwen2.5-0.5b, 12 KiB/token)")
     parser.add_argument("--payload-scale", type=_fraction, default=DEFAULT_PAYLOAD_SCALE, metavar="S",

@@ -51,13 +51,6 @@ def page_parts(mem_pool_host: Any, host_indices: Any, page_count: int,
     return HostPageViews(mem_pool_host, is_mla).pages(host_indices, page_count)
 
 
-def group_parts(pointers: Sequence[int], sizes: Sequence[int], page_count: int) -> list[list[memoryview]]:
-    """Views of raw (pointer, size) parts grouped per page, in the order given."""
-    per_page = _parts_per_page(pointers, sizes, page_count)
-    views = [_view_at(pointer, size) for pointer, size in zip(pointers, sizes)]
-    return [views[index * per_page:(index + 1) * per_page] for index in range(page_count)]
-
-
 def _parts_per_page(pointers: Sequence[int], sizes: Sequence[int], page_count: int) -> int:
     if page_count == 0:
         return 0

@@ -59,7 +59,8 @@ class StoreConfig:
     # bytes never exceed bytes read. 1.0 makes eviction a CLOCK over segments (a read page is never
     # dropped before its second chance).
     # NOTE: simulated on `raylsm bench trace --quick`'s L3 stream, 16 segments a shard, 1 shard:
-    # 0.25 -> 0.200, 0.5 -> 0.213, 1.0 -> 0.227 (LRU 0.220); 4 shards: 0.174, 0.165, 0.198.
+    # 0.25 -> 0.200, 0.5 -> 0.213, 1.0 -> 0.227 (LRU 0.220); 4 shards: 0.174, 0.165, 0.189.
+    # Measured (`raylsm bench trace --quick`, 1 shard, 1.0): 0.234, HiCacheFile 0.211.
     reinsertion_budget_fraction: float = _knob(1.0, LIVE, "fraction of a segment re-appended per roll")
     # Neighbouring reads closer than this are merged into one preadv (the gap is read and dropped).
     merge_gap_bytes: int = _knob(64 * KiB, LIVE, "largest gap a merged read skips")

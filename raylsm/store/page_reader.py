@@ -1,7 +1,8 @@
 """Verified page reads: plan merged runs, read each run with one vectored read straight into the
-caller's buffers, and check every page's checksum. The runs of a batch are read in parallel (the
-calling thread plus a small shared pool; preadv releases the GIL), so scattered pages keep several
-reads in flight instead of one.
+caller's buffers, and check every page's checksum.
+NOTE: reading a batch's runs in parallel (4 pool threads) measured no gain on `raylsm bench trace
+--quick` (get p50/p99 9.8/19.4 ms serial, 10.1/20.7 ms parallel: its batches are few large runs),
+so runs are read one after another.
 
 Shared by `ShardStore.get_batch_into` (the segments a store owns) and `LocalSegmentReader` (a client
 on the shard's node reading sealed bytes itself). The caller supplies `open_segment(segment_id)`,
@@ -12,7 +13,6 @@ which returns a pinned segment (or None if it is gone) and is unpinned here. Thr
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -47,36 +47,18 @@ def writable_parts(buffer: Any, nbytes: int) -> tuple[memoryview, ...] | None:
     return parts
 
 
-# Reads in flight per batch beyond the calling thread's.
-# NOTE: on `raylsm bench trace --quick` (48 KiB pages, O_DIRECT) get p50/p99 measured 9.8/19.4 ms with
-# one read at a time and 10.1/20.7 ms with 4 more: no gain there (its batches are few, large runs).
-# Kept for batches scattered over many segments; measure it on one before relying on it.
-READ_THREADS = 4
-_READ_POOL: ThreadPoolExecutor | None = None
-_READ_POOL_LOCK = threading.Lock()
-
-
-def _read_pool() -> ThreadPoolExecutor:
-    global _READ_POOL
-    with _READ_POOL_LOCK:
-        if _READ_POOL is None:
-            _READ_POOL = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="raylsm-read")
-        return _READ_POOL
-
-
 def read_verified(wanted: Sequence[tuple[int, fmt.Pointer]], parts_by_slot: dict[int, tuple[memoryview, ...]],
                   slots: int, merge_gap_bytes: int, direct_io: bool,
                   open_segment: Callable[[int], Any]) -> ReadOutcome:
     outcome = ReadOutcome(results=[False] * slots)
     pointers = dict(wanted)
     buffers_per_slot = {slot: len(parts) for slot, parts in parts_by_slot.items()}
-    runs = plan_reads(wanted, merge_gap_bytes, buffers_per_slot)
-
-    def read_run(run: Any) -> str:
-        """'ok', 'stale' (segment gone) or 'io' (failed or short read; the run's buffers zeroed)."""
+    for run in plan_reads(wanted, merge_gap_bytes, buffers_per_slot):
+        run_slots = [slot for slot, _ in run.parts if slot >= 0]
         segment = open_segment(run.segment_id)
         if segment is None:
-            return "stale"
+            outcome.stale += len(run_slots)
+            continue
         try:
             iovecs: list[memoryview] = []
             for slot, nbytes in run.parts:
@@ -86,27 +68,12 @@ def read_verified(wanted: Sequence[tuple[int, fmt.Pointer]], parts_by_slot: dict
                     iovecs.append(_gap_view(nbytes))
             segment.read_into(run.offset, iovecs, direct_io)
         except (OSError, ValueError, CorruptionError):
-            for slot, _ in run.parts:
-                if slot >= 0:
-                    _zero(parts_by_slot[slot])  # a short read may have filled part of it
-            return "io"
+            outcome.io_errors += len(run_slots)
+            for slot in run_slots:
+                _zero(parts_by_slot[slot])  # a short read may have filled part of it
+            continue
         finally:
             segment.unpin()
-        return "ok"
-
-    if len(runs) > 1:
-        others = [_read_pool().submit(read_run, run) for run in runs[1:]]
-        states = [read_run(runs[0])] + [future.result() for future in others]
-    else:
-        states = [read_run(run) for run in runs]
-    for run, state in zip(runs, states):
-        run_slots = [slot for slot, _ in run.parts if slot >= 0]
-        if state == "stale":
-            outcome.stale += len(run_slots)
-            continue
-        if state == "io":
-            outcome.io_errors += len(run_slots)
-            continue
         hit_offsets = outcome.hit_offsets.setdefault(run.segment_id, [])
         for slot in run_slots:
             pointer = pointers[slot]

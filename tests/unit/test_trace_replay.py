@@ -285,14 +285,16 @@ def _chain(pages):
     return [bytes([index % 256, index // 256]) * 16 for index in range(pages)]
 
 
-def test_replay_request_chunks_like_hicache_and_verifies():
+def _replay_setup(chain_pages, **backend_options):
+    """A 256-slot pool, its pattern and slot picker, a fake backend, a chain (bytes and hex), a run."""
     pool = _pool(pages=256, page_size=1)
-    pattern = PagePattern(pool.page_bytes)
-    picker = tr.SlotPicker(pool.page_slots, 0)
-    backend = FakeBackend(pool)
-    chain = _chain(300)
-    chain_hex = [page.hex() for page in chain]
-    run = tr.SystemRun("fake", True)
+    chain = _chain(chain_pages)
+    return (pool, PagePattern(pool.page_bytes), tr.SlotPicker(pool.page_slots, 0),
+            FakeBackend(pool, **backend_options), chain, [page.hex() for page in chain], tr.SystemRun("fake", True))
+
+
+def test_replay_request_chunks_like_hicache_and_verifies():
+    pool, pattern, picker, backend, chain, chain_hex, run = _replay_setup(300)
     tr.replay_request(backend, run, chain, chain_hex, 10, pattern, picker)  # cold: all misses
     assert run.l3_hit_pages == [0]
     assert [call for call in backend.calls if call[0] == "set"] == [("set", 128, 10), ("set", 128, 138),
@@ -309,13 +311,7 @@ def test_replay_request_chunks_like_hicache_and_verifies():
 
 
 def test_replay_request_stops_exists_at_a_short_chunk_and_backs_up_the_rest():
-    pool = _pool(pages=256, page_size=1)
-    pattern = PagePattern(pool.page_bytes)
-    picker = tr.SlotPicker(pool.page_slots, 0)
-    backend = FakeBackend(pool)
-    chain = _chain(300)
-    chain_hex = [page.hex() for page in chain]
-    run = tr.SystemRun("fake", True)
+    pool, pattern, picker, backend, chain, chain_hex, run = _replay_setup(300)
     tr.replay_request(backend, run, chain[:50], chain_hex[:50], 0, pattern, picker)
     backend.calls.clear()
     tr.replay_request(backend, run, chain, chain_hex, 0, pattern, picker)
@@ -325,13 +321,7 @@ def test_replay_request_stops_exists_at_a_short_chunk_and_backs_up_the_rest():
 
 
 def test_replay_request_counts_wrong_bytes_and_failed_backups():
-    pool = _pool(pages=256, page_size=1)
-    pattern = PagePattern(pool.page_bytes)
-    picker = tr.SlotPicker(pool.page_slots, 0)
-    backend = FakeBackend(pool, fail_set_after=128)
-    chain = _chain(200)
-    chain_hex = [page.hex() for page in chain]
-    run = tr.SystemRun("fake", True)
+    pool, pattern, picker, backend, chain, chain_hex, run = _replay_setup(200, fail_set_after=128)
     tr.replay_request(backend, run, chain, chain_hex, 0, pattern, picker)
     assert run.failed_put_chunks == 1 and len(backend.pages) == 128
     backend.corrupt = True
