@@ -8,21 +8,25 @@ Directory of one shard:
     <root>/segments/<id>.seg       append-only segment files, id = 10 decimal digits, increasing
 
 Segment file: a sequence of batch records, each starting at a BLOCK_BYTES-aligned offset; a
-preallocated, never-written tail is zeros. One record per append (one put_batch chunk):
+preallocated, never-written tail is zeros. One record per append (one put_batch chunk), written
+with its values in one vectored write:
 
     header (header_bytes, a multiple of BLOCK_BYTES)
         prefix, 32 bytes, little-endian:
             magic b"RLSB" | u16 format version | u16 entry count | u32 header_bytes | u32 reserved 0
             | u64 batch_bytes (header + values, a multiple of BLOCK_BYTES) | u64 header checksum
         entry_count x entry, ENTRY_BYTES each:
-            page key (61) | u32 value length | u32 value offset within the record | u64 value checksum
+            page key (61) | u32 value length | u32 value offset within the record
         zero padding
     values, each at a BLOCK_BYTES-aligned offset within the record, zero-padded to BLOCK_BYTES
 
 The header checksum is xxh3_64 over the whole header with the checksum field zeroed. A reader that
 meets a block without the magic, a bad header checksum or a record running past the file end has
-found the end of the segment (a torn or never-written tail). Value checksums are xxh3_64 of the
-value bytes and are verified on every read.
+found the end of the segment (a torn or never-written tail). A value's checksum (xxh3_64 of its
+bytes) lives only in its pointer and is verified on every read: the header is built before the
+checksums, so that the header and the values go out in one write while the checksums are computed.
+A record whose header survived a crash but whose values were torn is harmless: its pointers were
+never committed (they are committed only after the write returned), so nothing reads it.
 
 Pointer (the RocksDB value of a page key), 25 bytes little-endian:
     u8 pointer version | u32 segment id | u64 value offset in the segment | u32 length | u64 checksum
@@ -40,7 +44,7 @@ import xxhash
 from raylsm.store.page_key import KEY_BYTES
 from raylsm.store.io_buffers import aligned_zeros
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: value checksums only in pointers, not in record headers
 BLOCK_BYTES = 4096
 
 # ---- checksums --------------------------------------------------------------------------------
@@ -66,8 +70,8 @@ def checksum_parts(parts: Sequence[object]) -> int:
 BATCH_MAGIC = b"RLSB"
 _PREFIX = struct.Struct("<4sHHIIQQ")
 PREFIX_BYTES = _PREFIX.size  # 32
-_ENTRY_TAIL = struct.Struct("<IIQ")
-ENTRY_BYTES = KEY_BYTES + _ENTRY_TAIL.size  # 77
+_ENTRY_TAIL = struct.Struct("<II")
+ENTRY_BYTES = KEY_BYTES + _ENTRY_TAIL.size  # 69
 MAX_ENTRIES_PER_BATCH = 0xFFFF
 _CHECKSUM_FIELD = slice(PREFIX_BYTES - 8, PREFIX_BYTES)
 
@@ -80,7 +84,6 @@ class BatchEntry(NamedTuple):
     key: bytes
     length: int
     offset_in_batch: int
-    checksum: int
 
 
 class BatchLayout(NamedTuple):
@@ -104,18 +107,19 @@ def plan_batch(value_lengths: Sequence[int]) -> BatchLayout:
     return BatchLayout(header_bytes, offsets, cursor)
 
 
-def encode_batch_header(layout: BatchLayout, entries: Sequence[BatchEntry]) -> np.ndarray:
-    """The header block(s) of one record, as an aligned buffer ready for O_DIRECT."""
-    if len(entries) > MAX_ENTRIES_PER_BATCH:
+def encode_batch_header(layout: BatchLayout, keys: Sequence[bytes], lengths: Sequence[int]) -> np.ndarray:
+    """The header block(s) of one record of `keys` with values of `lengths`, placed by `layout`,
+    as an aligned buffer ready for O_DIRECT."""
+    if len(keys) > MAX_ENTRIES_PER_BATCH:
         raise ValueError(f"at most {MAX_ENTRIES_PER_BATCH} entries per batch record")
     header = aligned_zeros(layout.header_bytes)
     raw = memoryview(header)
-    _PREFIX.pack_into(raw, 0, BATCH_MAGIC, FORMAT_VERSION, len(entries), layout.header_bytes, 0,
+    _PREFIX.pack_into(raw, 0, BATCH_MAGIC, FORMAT_VERSION, len(keys), layout.header_bytes, 0,
                       layout.batch_bytes, 0)
     cursor = PREFIX_BYTES
-    for entry in entries:
-        raw[cursor : cursor + KEY_BYTES] = entry.key
-        _ENTRY_TAIL.pack_into(raw, cursor + KEY_BYTES, entry.length, entry.offset_in_batch, entry.checksum)
+    for key, length, value_offset in zip(keys, lengths, layout.value_offsets):
+        raw[cursor : cursor + KEY_BYTES] = key
+        _ENTRY_TAIL.pack_into(raw, cursor + KEY_BYTES, length, value_offset)
         cursor += ENTRY_BYTES
     struct.pack_into("<Q", raw, _CHECKSUM_FIELD.start, checksum(raw))
     return header
@@ -155,10 +159,10 @@ def decode_batch_entries(header: bytes | memoryview) -> list[BatchEntry] | None:
     cursor = PREFIX_BYTES
     for _ in range(prefix.entry_count):
         key = bytes(image[cursor : cursor + KEY_BYTES])
-        length, offset, value_checksum = _ENTRY_TAIL.unpack_from(image, cursor + KEY_BYTES)
+        length, offset = _ENTRY_TAIL.unpack_from(image, cursor + KEY_BYTES)
         if offset % BLOCK_BYTES or offset < prefix.header_bytes or offset + length > prefix.batch_bytes:
             return None
-        entries.append(BatchEntry(key, length, offset, value_checksum))
+        entries.append(BatchEntry(key, length, offset))
         cursor += ENTRY_BYTES
     return entries
 

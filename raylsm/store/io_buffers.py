@@ -6,6 +6,8 @@ and the shard store; pure helpers, thread-safe.
 
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 
 # O_DIRECT needs the memory address and each length aligned to the device's logical block size
@@ -55,7 +57,12 @@ def parts_nbytes(parts: tuple[memoryview, ...]) -> int:
 
 
 def address_of(view: memoryview) -> int:
-    return np.frombuffer(view, dtype=np.uint8).ctypes.data if view.nbytes else 0
+    """The address of a view's first byte (0 for an empty view)."""
+    if not view.nbytes:
+        return 0
+    if not view.readonly:
+        return ctypes.addressof(ctypes.c_char.from_buffer(view))  # a fifth of numpy's cost
+    return np.frombuffer(view, dtype=np.uint8).ctypes.data
 
 
 def direct_io_capable(views: list[memoryview]) -> bool:

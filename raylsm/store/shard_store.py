@@ -54,7 +54,7 @@ class ShardStore:
         self._reinsertion = make_reinsertion_policy(config)
         state = recover(self._segments_dir, index, with_digests=config.resident_index)
         self._resident: set[int] | None = state.digests
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raylsm-writer")
+        self._checksum_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raylsm-checksum")
         self._segments: dict[int, Segment] = state.segments
         self._live = _LiveSpace(state.live_bytes, state.live_pages)
         self._next_segment_id = state.next_segment_id
@@ -102,7 +102,7 @@ class ShardStore:
                 self._active.seal()
                 self._active = None
             self._index.put_meta(fmt.META_CLEAN_SHUTDOWN, b"1")
-            self._writer.shutdown(wait=True)
+            self._checksum_pool.shutdown(wait=True)
             self._index.close()
             for segment in self._segments.values():
                 segment.close()
@@ -233,47 +233,41 @@ class ShardStore:
                       lengths: Sequence[int], checksums: Sequence[int] | None = None) -> None:
         """Write one record and commit its pointers; raises OSError (the space is given back).
 
-        The values go out in one vectored write on the writer thread (pwritev releases the GIL)
-        while this thread checksums them; the header, which holds the checksums, is written once
-        the values are on disk, so a record walk never finds a header before its values. Only then
-        is the one WriteBatch of pointers committed.
-        NOTE: written serially (checksums, then one write), a 64 KiB put spent 62% of its time in
-        pwritev and reached 0.53 of the disk ceiling (`raylsm bench store`).
+        The header needs no checksums, so the header and the values go out in one vectored write
+        from this thread (pwritev releases the GIL) while the checksum thread hashes the values
+        (xxhash releases the GIL too) and builds the WriteBatch of pointers. The batch is committed
+        only after the write returned.
+        NOTE: `raylsm bench store`, 64 KiB pages, paired runs on one disk: with the header written
+        after the values (it held the checksums) and the write issued from a second thread, a put
+        reached 0.61x of the disk ceiling; the writer thread could not start its pwritev until the
+        checksum loop let go of the GIL, and the header cost a second I/O per record.
         """
         layout = fmt.plan_batch(lengths)
+        header = fmt.encode_batch_header(layout, keys, lengths)
+        iovecs: list[memoryview] = [memoryview(header)]
         zero_pad = memoryview(self._zero_pad)
-        value_iovecs: list[memoryview] = []
         for parts, length in zip(pages, lengths):
-            value_iovecs.extend(parts)
+            iovecs.extend(parts)
             pad = fmt.align_up(length) - length
             if pad:
-                value_iovecs.append(zero_pad[:pad])
-        direct_io = self._config.direct_io
+                iovecs.append(zero_pad[:pad])
         offset = segment.reserve(layout.batch_bytes)
+        value_offsets = [offset + value_offset for value_offset in layout.value_offsets]
+        pointers = self._checksum_pool.submit(_pointer_batch, self._index, segment.segment_id, keys, pages, lengths,
+                                              value_offsets, checksums)
         try:
-            values_written = self._writer.submit(segment.write_at, value_iovecs, offset + layout.header_bytes, direct_io)
-            try:
-                if checksums is None:
-                    checksums = [fmt.checksum_parts(parts) for parts in pages]
-                entries = [fmt.BatchEntry(key, length, value_offset, value_checksum) for key, length, value_offset,
-                           value_checksum in zip(keys, lengths, layout.value_offsets, checksums)]
-                header = fmt.encode_batch_header(layout, entries)
-            finally:
-                values_written.result()
-            segment.write_at([memoryview(header)], offset, direct_io)
+            segment.write_at(iovecs, offset, self._config.direct_io)
             if self._config.durability == "machine":
                 segment.sync()
         except OSError:
             segment.rewind(offset)
             raise
-        batch = self._index.new_batch()
-        for entry in entries:
-            pointer = fmt.Pointer(segment.segment_id, offset + entry.offset_in_batch, entry.length, entry.checksum)
-            batch.put(entry.key, fmt.encode_pointer(pointer))
+        finally:
+            batch = pointers.result()  # the caller's buffers are not read after this returns
         self._index.commit(batch)
-        self._live.add(segment.segment_id, len(entries), sum(entry.length for entry in entries))
+        self._live.add(segment.segment_id, len(keys), sum(lengths))
         if self._resident is not None:
-            self._resident.update(key_digest(entry.key) for entry in entries)
+            self._resident.update(key_digest(key) for key in keys)
 
     def _seal_active(self) -> None:
         if self._active is not None:
@@ -690,6 +684,18 @@ class _LiveSpace:
 
     def totals(self) -> tuple[int, int]:
         return sum(self._bytes.values()), sum(self._pages.values())
+
+
+def _pointer_batch(index: PointerIndex, segment_id: int, keys: Sequence[bytes], pages: Sequence[tuple[memoryview, ...]],
+                   lengths: Sequence[int], value_offsets: Sequence[int], checksums: Sequence[int] | None):
+    """The WriteBatch of one record's pointers, checksumming the values unless `checksums` are given
+    (runs on the checksum thread while the record is written)."""
+    if checksums is None:
+        checksums = [fmt.checksum_parts(parts) for parts in pages]
+    batch = index.new_batch()
+    for key, value_offset, length, value_checksum in zip(keys, value_offsets, lengths, checksums):
+        batch.put(key, fmt.encode_pointer(fmt.Pointer(segment_id, value_offset, length, value_checksum)))
+    return batch
 
 
 def _fit(sizes: Sequence[int], start: int, room: int) -> int:

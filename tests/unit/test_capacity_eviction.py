@@ -137,7 +137,7 @@ def test_reinsertion_stays_within_its_budget(store_factory, kit):
     store.get_batch(keys[:10])  # 640 KiB of read pages; the budget is 256 KiB
     _fill_until_evicted(store, kit)
     c = kit.counters(store)
-    # Each kept page is charged its bytes and its 77-byte header entry: 3 pages of 64 KiB fit.
+    # Each kept page is charged its bytes and its 69-byte header entry: 3 pages of 64 KiB fit.
     assert c["reinserted_pages"] == 3 and c["reinserted_bytes"] == 192 * KiB
     got = kit.read_all(store, keys)
     assert sum(v is not None for v in got) == 3

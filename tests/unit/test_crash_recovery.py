@@ -208,3 +208,29 @@ def test_torn_tail_is_truncated_and_committed_pages_survive(tmp_path, tail):
     with ShardStore.open(root, _config(1 << 30)) as store:
         assert store.recovery.truncated_bytes == 0 and store.recovery.clean_shutdown
         _verify(store, {**{i: {0} for i in range(20)}, 500: set()}, 0, check_evicted=False)
+
+
+def test_a_record_whose_header_landed_but_values_did_not_is_never_served(tmp_path):
+    """A record goes out in one write, header first: a crash can leave its header intact and its
+    values torn. Its pointers were never committed, so it is dead space: its keys stay misses, the
+    pages committed before it are served, and eviction frees its segment without reading it."""
+    root = str(tmp_path / "store")
+    _store_with_batches(root, 20)
+    torn_segment = max(_segment_ids(root))
+    path = os.path.join(root, fmt.SEGMENTS_DIR, fmt.segment_file_name(torn_segment))
+    keys, values = batch(900)
+    layout = fmt.plan_batch([len(v) for v in values])
+    header = fmt.encode_batch_header(layout, keys, [len(v) for v in values])
+    torn_values = np.random.default_rng(9).integers(0, 256, layout.batch_bytes - layout.header_bytes, dtype=np.uint8)
+    with open(path, "ab") as f:
+        f.write(header.tobytes() + torn_values.tobytes())
+    with ShardStore.open(root, _config(3 << 20)) as store:
+        assert store.recovery.truncated_bytes == 0  # the walk cannot tell it from a good record
+        assert store.get_batch(keys) == [None] * len(keys) and store.probe(keys) == 0
+        _verify(store, {i: {0} for i in range(20)}, 0, check_evicted=False)
+        for i in range(1000, 1400):  # enough to evict the segment holding the torn record
+            more_keys, more_values = batch(i)
+            assert store.put_batch(more_keys, more_values) == [True] * len(more_keys)
+        assert torn_segment not in _segment_ids(root)
+        assert store.get_batch(keys) == [None] * len(keys)
+        _verify(store, {i: set() for i in range(1390, 1400)}, 1390, check_evicted=False)

@@ -27,9 +27,9 @@ def _key(i: int) -> bytes:
 def _record(values: list[bytes], first_key: int = 0):
     """(header array, iovecs, batch_bytes, entries) of one record holding `values`."""
     layout = fmt.plan_batch([len(v) for v in values])
-    entries = [fmt.BatchEntry(_key(first_key + i), len(v), offset, fmt.checksum(v))
+    entries = [fmt.BatchEntry(_key(first_key + i), len(v), offset)
                for i, (v, offset) in enumerate(zip(values, layout.value_offsets))]
-    header = fmt.encode_batch_header(layout, entries)
+    header = fmt.encode_batch_header(layout, [e.key for e in entries], [e.length for e in entries])
     iovecs = [memoryview(header)]
     for v in values:
         iovecs.append(memoryview(v))
@@ -102,7 +102,7 @@ def test_encode_refuses_too_many_entries():
     count = fmt.MAX_ENTRIES_PER_BATCH + 1
     layout = fmt.plan_batch([0] * count)
     with pytest.raises(ValueError):
-        fmt.encode_batch_header(layout, [fmt.BatchEntry(_key(0), 0, layout.header_bytes, 0)] * count)
+        fmt.encode_batch_header(layout, [_key(0)] * count, [0] * count)
 
 
 def test_meta_and_file_name_helpers():
@@ -131,7 +131,7 @@ def _write_records(segment: Segment, records: list[list[bytes]], use_direct_io: 
 
 
 def _append(segment, iovecs, nbytes, use_direct_io):
-    """Reserve and write one record, as the shard store does (minus its split header write)."""
+    """Reserve and write one record (header and values in one write), as the shard store does."""
     offset = segment.reserve(nbytes)
     segment.write_at(iovecs, offset, use_direct_io)
     return offset
@@ -151,7 +151,7 @@ def test_segment_append_read_walk_seal(segment_dir, use_direct_io):
         for entry, value in zip(entries, values):
             out = bytearray(len(value))
             segment.read_into(offset + entry.offset_in_batch, [memoryview(out)], use_direct_io)
-            assert bytes(out) == value and fmt.checksum(out) == entry.checksum
+            assert bytes(out) == value
     end = segment.written_end()
     assert end == segment.write_offset
     segment.seal()
@@ -177,10 +177,10 @@ def test_segment_append_refuses_a_record_that_does_not_fit(segment_dir):
 
 
 # Fields of the 32-byte record prefix: magic, version, count, header_bytes, reserved, batch_bytes, checksum;
-# then an entry's key, length, offset and checksum.
+# then an entry's key, length and offset.
 HEADER_POSITIONS = {"magic": 0, "format_version": 4, "entry_count": 6, "header_bytes": 8, "reserved": 12,
                     "batch_bytes": 16, "header_checksum": 24, "entry_key": 40, "entry_length": 32 + 61,
-                    "entry_offset": 32 + 65, "entry_checksum": 32 + 69, "padding": 3000}
+                    "entry_offset": 32 + 65, "padding": 3000}
 
 
 @pytest.mark.parametrize("field", list(HEADER_POSITIONS))
