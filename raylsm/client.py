@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict
-from typing import Any, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import ray
@@ -35,6 +35,17 @@ from raylsm.store.local_reader import LocalSegmentReader
 logger = logging.getLogger(__name__)
 
 MISS_CAUSES = ("absent", "shard_down", "timeout", "no_shards", "error")
+
+
+class _Chunk(NamedTuple):
+    """The key of one of several object-path get calls to one shard: its slots start at `start`."""
+
+    shard: str
+    start: int
+
+
+def _shard_of(call_key: "str | _Chunk") -> str:
+    return call_key.shard if isinstance(call_key, _Chunk) else call_key
 
 
 class _Routed:
@@ -220,30 +231,35 @@ class TierClient:
             routed = self._route(namespace_id, page_hashes, prefix_hashes)
             local, remote = self._split_local(routed.groups)
             page_bytes = [parts_nbytes(page_views(buffer)) for buffer in out_buffers]
-            calls = {}
+            calls: dict[str | _Chunk, tuple[str, tuple]] = {}
+            chunks = {}  # remote shards' slots, in calls of at most object_chunk_bytes each
             for shard, slots in remote.items():
-                calls[shard] = ("get_batch", ([routed.keys[s] for s in slots], [page_bytes[s] for s in slots]))
+                for start, chunk in _chunked(slots, page_bytes, self._config.client.object_chunk_bytes):
+                    chunks[_Chunk(shard, start)] = chunk
+                    calls[_Chunk(shard, start)] = ("get_batch", ([routed.keys[s] for s in chunk],
+                                                                 [page_bytes[s] for s in chunk]))
             located = {}
             for shard, slots in local.items():
                 keys = [routed.keys[s] for s in slots]
                 located[shard] = self._located.take(shard, keys) if self._located.enabled else None
                 if located[shard] is None:
                     calls[shard] = ("locate_batch", (keys,))
+            def scatter(call_key: str | _Chunk, value: Any) -> None:
+                """Copy a remote chunk's pages out of the object store as soon as it arrives."""
+                if isinstance(call_key, _Chunk) and not isinstance(value, BaseException):
+                    hits, data = value
+                    slots = chunks[call_key]
+                    _scatter(data, hits, [out_buffers[s] for s in slots], [page_bytes[s] for s in slots])
+                    for slot, hit in zip(slots, hits):
+                        results[slot] = bool(hit)
+
             pending = self._submit(calls)
             for shard, value in located.items():  # read what exists() located while the calls run
                 if value is not None:
                     self._read_local(shard, value, routed.groups[shard], out_buffers, results, note_reads=True)
-            for shard, value in self._collect(pending).items():
-                slots = routed.groups[shard]
-                if isinstance(value, BaseException) or value is None:
-                    continue
-                if shard in local:
-                    self._read_local(shard, value, slots, out_buffers, results, note_reads=False)
-                else:
-                    hits, data = value
-                    _scatter(data, hits, [out_buffers[s] for s in slots], [page_bytes[s] for s in slots])
-                    for slot, hit in zip(slots, hits):
-                        results[slot] = bool(hit)
+            for call_key, value in self._collect(pending, on_result=scatter).items():
+                if call_key in local and not isinstance(value, BaseException) and value is not None:
+                    self._read_local(call_key, value, routed.groups[call_key], out_buffers, results, note_reads=False)
             hits = sum(results)
             self._count(get_calls=1, get_pages=len(results), get_hits=hits)
             return results
@@ -336,37 +352,48 @@ class TierClient:
         TimeoutError for one that did not answer). One failing shard never fails the others."""
         return self._collect(self._submit(calls))
 
-    def _submit(self, calls: dict[str, tuple[str, tuple]]) -> tuple[dict, dict[str, Any]]:
-        """Issue the calls of `_fan_out` without waiting: (refs by shard, failures so far)."""
+    def _submit(self, calls: dict[Any, tuple[str, tuple]]) -> tuple[dict, dict[Any, Any]]:
+        """Issue the calls of `_fan_out` without waiting: (refs by call key, failures so far). A call
+        key is a shard name, or a `_Chunk` for one of several calls to a shard."""
         refs = {}
-        results: dict[str, Any] = {}
-        for shard, (method, args) in calls.items():
+        results: dict[Any, Any] = {}
+        for call_key, (method, args) in calls.items():
             pages = len(args[0]) if args and isinstance(args[0], list) else 0
             try:
-                refs[getattr(self._handle(shard), method).remote(*args)] = (shard, method, pages)
+                refs[getattr(self._handle(_shard_of(call_key)), method).remote(*args)] = (call_key, method, pages)
             except Exception as error:  # e.g. the actor handle is gone
-                results[shard] = error
-                self._count_failure(shard, method, pages, error)
+                results[call_key] = error
+                self._count_failure(_shard_of(call_key), method, pages, error)
         return refs, results
 
-    def _collect(self, submitted: tuple[dict, dict[str, Any]]) -> dict[str, Any]:
-        """Wait for submitted calls (call_timeout_s in total); the value or exception per shard."""
+    def _collect(self, submitted: tuple[dict, dict[Any, Any]],
+                 on_result: Callable[[Any, Any], None] | None = None) -> dict[Any, Any]:
+        """Wait for submitted calls (call_timeout_s in total); the value or exception per call key.
+        `on_result(call_key, value)` runs for each answer as it arrives (before the others)."""
         refs, results = submitted
-        if refs:
-            ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=self._config.client.call_timeout_s)
+        deadline = time.monotonic() + self._config.client.call_timeout_s
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1 if on_result else len(pending),
+                                      timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
             for ref in ready:
-                shard, method, pages = refs[ref]
+                call_key, method, pages = refs[ref]
                 try:
-                    results[shard] = ray.get(ref)
+                    results[call_key] = ray.get(ref)
                 except Exception as error:
-                    results[shard] = error
-                    self._count_failure(shard, method, pages, error)
-            for ref in pending:
-                shard, method, pages = refs[ref]
-                results[shard] = TimeoutError(f"shard {shard} did not answer in time")
-                self._count(timeouts=1)
-                self._metrics.failed(shard, method, "timeout", pages)
-                ray.cancel(ref)
+                    results[call_key] = error
+                    self._count_failure(_shard_of(call_key), method, pages, error)
+                if on_result is not None:
+                    on_result(call_key, results[call_key])
+        for ref in pending:
+            call_key, method, pages = refs[ref]
+            shard = _shard_of(call_key)
+            results[call_key] = TimeoutError(f"shard {shard} did not answer in time")
+            self._count(timeouts=1)
+            self._metrics.failed(shard, method, "timeout", pages)
+            ray.cancel(ref)
         return results
 
     def _count_failure(self, shard: str, method: str, pages: int, error: BaseException) -> None:
@@ -410,3 +437,17 @@ def _scatter(data: np.ndarray, hits: Sequence[bool], out_buffers: Sequence[Any],
                 offset += part.nbytes
         else:
             offset += nbytes
+
+
+def _chunked(slots: Sequence[int], page_bytes: Sequence[int], chunk_bytes: int) -> list[tuple[int, list[int]]]:
+    """`slots` cut into runs of at most `chunk_bytes` (at least one page each): (start, run) pairs."""
+    chunks: list[tuple[int, list[int]]] = []
+    start, nbytes = 0, 0
+    for index, slot in enumerate(slots):
+        if index > start and nbytes + page_bytes[slot] > chunk_bytes:
+            chunks.append((start, list(slots[start:index])))
+            start, nbytes = index, 0
+        nbytes += page_bytes[slot]
+    if len(slots) > start:
+        chunks.append((start, list(slots[start:])))
+    return chunks

@@ -28,6 +28,7 @@ FLAT_KEYS = {
     "ring_refresh_s": ("client", "ring_refresh_s"),
     "same_node_fast_path": ("client", "same_node_fast_path"),
     "local_read_direct_io": ("client", "local_read_direct_io"),
+    "object_chunk_bytes": ("client", "object_chunk_bytes"),
     "virtual_nodes": ("client", "virtual_nodes"),
 }
 NESTED_KEY = "raylsm"  # {"raylsm": {...TierConfig as nested dicts...}} for everything else

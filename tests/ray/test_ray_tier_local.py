@@ -12,6 +12,8 @@ import threading
 import numpy as np
 import pytest
 import ray
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from raylsm.actors.placement import shard_name
 from raylsm.router import page_anchors, routing_key
@@ -94,7 +96,8 @@ def test_roundtrip_of_chains_across_shards_with_fast_path_on_and_off(tier, clien
 
     fast = tier.client(same_node_fast_path=True)
     slow = tier.client(same_node_fast_path=False)
-    for reader in (fast, slow):
+    chunked = tier.client(same_node_fast_path=False, object_chunk_bytes=64 * 1024)  # 4 pages per call
+    for reader in (fast, slow, chunked):
         # One buffer per page, read in one batch.
         out = pages.buffers(24)
         assert reader.get_into(pages.namespace, single, [], out) == [True] * 24
@@ -121,7 +124,8 @@ def test_exists_counts_leading_present_pages_and_get_reports_each_page(tier, cli
     assert client.exists(pages.namespace, chain[12:], chain[:12]) == 8
     assert client.exists(pages.namespace, chain[10:], chain[:10]) == 0
 
-    for reader in (client, tier.client(same_node_fast_path=False)):
+    for reader in (client, tier.client(same_node_fast_path=False),
+                   tier.client(same_node_fast_path=False, object_chunk_bytes=64 * 1024)):
         out = pages.buffers(20)
         assert reader.get_into(pages.namespace, chain, [], out) == [True] * 10 + [False] * 2 + [True] * 8
         for index in list(range(10)) + list(range(12, 20)):
@@ -146,7 +150,8 @@ def test_output_buffer_of_the_wrong_size_is_a_miss(tier, client, pages):
     chain = pages.chain("wrong-size buffers", 4)
     values = pages.values(chain)
     assert all(client.put(pages.namespace, chain, [], values))
-    for reader in (client, tier.client(same_node_fast_path=False)):
+    for reader in (client, tier.client(same_node_fast_path=False),
+                   tier.client(same_node_fast_path=False, object_chunk_bytes=64 * 1024)):
         out = pages.buffers(4)
         out[1] = np.full(values[1].nbytes // 2, 0xA5, np.uint8)
         assert reader.get_into(pages.namespace, chain, [], out) == [True, False, True, True]
@@ -404,3 +409,19 @@ def test_a_shard_that_died_for_good_is_recreated_or_dropped(tier, client, pages,
         states = {entry["shard"]: entry["state"] for entry in tier.status()["shards"]}
         return victim not in tier.ring()["shards"] or states.get(victim) == "serving"
     tools.wait_until(recovered, 20, f"the controller to re-create or drop {victim}", interval_s=1.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 5000), max_size=40), st.integers(1, 12000))
+def test_object_path_chunks_cover_every_slot_once_within_the_byte_limit(sizes, limit):
+    from raylsm.client import _chunked
+
+    slots = list(range(0, 2 * len(sizes), 2))  # a shard's slots need not be contiguous
+    page_bytes = {slot: size for slot, size in zip(slots, sizes)}
+    chunks = _chunked(slots, page_bytes, limit)
+    assert [slot for _, chunk in chunks for slot in chunk] == slots
+    for start, chunk in chunks:
+        assert chunk == slots[start:start + len(chunk)]
+        assert len(chunk) == 1 or sum(page_bytes[s] for s in chunk) <= limit
+    for (_, chunk), (_, following) in zip(chunks, chunks[1:]):
+        assert sum(page_bytes[s] for s in chunk) + page_bytes[following[0]] > limit  # chunks are full
