@@ -147,10 +147,12 @@ class TierClient:
             return False
         if info["version"] == self._ring_info["version"] and info["shards"] == self._ring_info["shards"]:
             return False  # (a restarted controller may reuse a version number: compare members too)
+        previous = self._ring_info["shards"]
         self._ring = HashRing(sorted(info["shards"]), self._config.client.virtual_nodes, max(info["version"], 0))
         self._ring_info = info
-        with self._handles_lock:
-            self._handles = {name: handle for name, handle in self._handles.items() if name in info["shards"]}
+        with self._handles_lock:  # a shard that moved to another node is a new actor: resolve it again
+            self._handles = {name: handle for name, handle in self._handles.items()
+                             if info["shards"].get(name) == previous.get(name)}
         logger.info("raylsm: ring version %d with %d shards", info["version"], len(info["shards"]))
         return True
 
@@ -400,6 +402,11 @@ class TierClient:
         if isinstance(error, (ray.exceptions.RayActorError, ValueError)):
             self._count(shard_down=1)
             self._metrics.failed(shard, method, "shard_down", pages)
+            if isinstance(error, ray.exceptions.ActorDiedError):
+                # Dead for good: the controller starts a new actor under the same name; look it up
+                # again on the next call instead of calling the dead one forever.
+                with self._handles_lock:
+                    self._handles.pop(shard, None)
         else:
             self._count(call_errors=1)
             self._metrics.failed(shard, method, "error", pages)

@@ -25,6 +25,12 @@ class ShardConfig:
     data_dir: str = "./.raylsm/data"
     # Custom Ray resource a node offers to host a shard (`ray start --resources='{"raylsm_shard": 1}'`).
     resource_name: str = "raylsm_shard"
+    # Ray node label naming the node's shard disk (`ray start --labels='{"raylsm-disk": "nvme0-host17"}'`).
+    # A shard on a labelled node is named after its disk, so a node that restarts (and gets a new
+    # Ray node id) finds its shard's directory, data and ring place again. Without the label a shard
+    # is named after its Ray node id: a restarted node starts an empty shard, and the old directory
+    # stays on the disk until removed by hand.
+    disk_label: str = "raylsm-disk"
     # Threads of the threaded shard actor: reads (preadv, multi-get) release the GIL and overlap.
     max_concurrency: int = 8
     # How long a restarted shard retries opening its directory while the old process holds the lock.
@@ -35,6 +41,7 @@ class ShardConfig:
         _require(self, "max_concurrency", 1 <= self.max_concurrency <= 256, "in [1, 256]")
         _require(self, "open_retry_s", 0 <= self.open_retry_s <= 3600, "in [0, 3600]")
         _require(self, "resource_name", bool(self.resource_name), "non-empty")
+        _require(self, "disk_label", bool(self.disk_label), "non-empty")
         self.store.validate()
         return self
 

@@ -1,7 +1,7 @@
 """Placement of shard actors: one per unit of the `raylsm_shard` resource on a node, pinned there.
 
 Owned here: the actor options (name, namespace, detached, restarts, threads, node pinning) and the
-shard naming scheme. Called by the controller. A shard is pinned to its node with a hard node
+shard naming scheme (after the node's disk label, else its Ray node id). Called by the controller. A shard is pinned to its node with a hard node
 affinity: its data is on that node's SSD, so running it anywhere else would serve nothing. If the
 process dies, Ray restarts it on the same node (it reopens its directory); if the node is gone,
 the actor dies and the controller drops it from the ring.
@@ -9,18 +9,39 @@ the actor dies and the controller drops it from the ring.
 
 from __future__ import annotations
 
+import logging
+import re
+from typing import Mapping
+
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from raylsm.actors.shard_actor import ShardServer
 from raylsm.config import ShardConfig
 
+logger = logging.getLogger(__name__)
+
 ShardActor = ray.remote(ShardServer)
 
 
-def shard_name(node_id: str, index: int) -> str:
-    """Stable name of the index-th shard of a node (also its directory name under data_dir)."""
-    return f"shard-{node_id[:12]}-{index}"
+_DISK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+
+def disk_identity(node_id: str, labels: Mapping[str, str], disk_label: str) -> str:
+    """What names a node's shards: its disk label's value if it has a usable one (it outlives the
+    node's Ray id), else the first 12 hex digits of the Ray node id."""
+    value = labels.get(disk_label, "")
+    if value and _DISK_ID.fullmatch(value):
+        return value
+    if value:
+        logger.warning("node %s: disk label %s=%r is not [A-Za-z0-9_.-]{1,63}; naming its shards after "
+                       "the node id", node_id[:12], disk_label, value)
+    return node_id[:12]
+
+
+def shard_name(identity: str, index: int) -> str:
+    """Name of the index-th shard of a disk identity (also its directory name under data_dir)."""
+    return f"shard-{identity}-{index}"
 
 
 def start_shard(node_id: str, name: str, config: ShardConfig, namespace: str):

@@ -45,6 +45,7 @@ class Controller:
         self._lock = threading.Lock()
         self._shards: dict[str, ShardRecord] = {}
         self._ring_members: tuple[str, ...] = ()
+        self._ring_placement: tuple[str, ...] = ()  # the members' node ids, in member order
         # Versions start at the controller's start time in milliseconds, so a restarted controller
         # publishes versions above any its previous incarnation did (one change per ms at most).
         self._ring_version = int(time.time() * 1000)
@@ -62,18 +63,38 @@ class Controller:
                 logger.exception("controller step %s failed", step.__name__)
 
     def _reconcile_membership(self) -> None:
-        slots = {slot.name: slot for slot in self._api.shard_slots(self._config.shard.resource_name)}
-        alive_nodes = self._api.alive_node_ids()
+        shard = self._config.shard
         with self._lock:
             known = dict(self._shards)
+        slots: dict[str, ShardSlot] = {}
+        for slot in self._api.shard_slots(shard.resource_name, shard.disk_label):
+            held = slots.get(slot.name)
+            if held is not None and held.node_id != slot.node_id:
+                # Two alive nodes claim one disk: a restarted node whose old incarnation Ray has not
+                # declared dead yet, or a mislabelled node. Keep the shard where it runs now.
+                logger.warning("nodes %s and %s both claim shard %s", held.node_id[:12], slot.node_id[:12], slot.name)
+                record = known.get(slot.name)
+                if record is not None and record.node_id == held.node_id:
+                    continue
+            slots[slot.name] = slot
         for name, slot in slots.items():
-            if name not in known:
-                handle = self._api.start_shard(slot, self._config.shard)
+            record = known.get(name)
+            if record is None:
+                handle = self._api.start_shard(slot, shard)
                 with self._lock:
                     self._shards[name] = ShardRecord(name, slot.node_id, handle)
                 logger.info("started shard %s on node %s", name, slot.node_id)
+            elif record.node_id != slot.node_id:
+                # Its disk is back on a new node incarnation (a restarted node gets a new Ray id):
+                # the shard moves there, keeps its ring place and reopens its directory.
+                self._api.kill(record.handle)
+                handle = self._api.start_shard(slot, shard)
+                with self._lock:
+                    record.node_id, record.handle = slot.node_id, handle
+                logger.warning("shard %s moved to node %s with its disk", name, slot.node_id)
+        alive_nodes = self._api.alive_node_ids()
         for name, record in known.items():
-            if record.node_id not in alive_nodes:
+            if name not in slots and record.node_id not in alive_nodes:
                 with self._lock:
                     self._shards.pop(name, None)
                 logger.warning("node %s is gone: removed shard %s", record.node_id, name)
@@ -107,8 +128,10 @@ class Controller:
             # its node, and its keys come back with it); only a removed one leaves.
             members = tuple(sorted(name for name, record in self._shards.items()
                                    if record.state in (SERVING, UNREACHABLE)))
-            if members != self._ring_members:
-                self._ring_members = members
+            placement = tuple(self._shards[name].node_id for name in members)
+            if (members, placement) != (self._ring_members, self._ring_placement):
+                # A new version also when a member moved to another node (clients re-resolve it).
+                self._ring_members, self._ring_placement = members, placement
                 self._ring_version += 1
                 logger.info("ring version %d: %s", self._ring_version, ", ".join(members))
 
@@ -153,6 +176,6 @@ class Controller:
             self._api.kill(handle)
         with self._lock:
             self._shards.clear()
-            self._ring_members = ()
+            self._ring_members, self._ring_placement = (), ()
             self._ring_version += 1
         return len(handles)

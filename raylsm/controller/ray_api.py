@@ -11,7 +11,7 @@ from typing import Any
 
 import ray
 
-from raylsm.actors.placement import shard_name, start_shard
+from raylsm.actors.placement import disk_identity, shard_name, start_shard
 from raylsm.config import ShardConfig
 
 
@@ -27,14 +27,15 @@ class RayClusterApi:
     def __init__(self, namespace: str):
         self._namespace = namespace
 
-    def shard_slots(self, resource_name: str) -> list[ShardSlot]:
-        """One slot per unit of `resource_name` on every alive node."""
+    def shard_slots(self, resource_name: str, disk_label: str) -> list[ShardSlot]:
+        """One slot per unit of `resource_name` on every alive node, named after the node's disk."""
         slots = []
         for node in ray.nodes():
             if not node.get("Alive"):
                 continue
             units = int(node.get("Resources", {}).get(resource_name, 0))
-            slots.extend(ShardSlot(shard_name(node["NodeID"], index), node["NodeID"]) for index in range(units))
+            identity = disk_identity(node["NodeID"], node.get("Labels") or {}, disk_label)
+            slots.extend(ShardSlot(shard_name(identity, index), node["NodeID"]) for index in range(units))
         return slots
 
     def alive_node_ids(self) -> set[str]:

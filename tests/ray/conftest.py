@@ -114,11 +114,16 @@ class SimulatedCluster:
         from ray.cluster_utils import Cluster
 
         self.cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-        self.workers = [self.add_worker(wait=False) for _ in range(workers)]
+        self.workers: list = []
+        for _ in range(workers):
+            self.add_worker(wait=False)
         self.cluster.wait_for_nodes()
 
-    def add_worker(self, wait: bool = True):
-        node = self.cluster.add_node(num_cpus=1, resources={"raylsm_shard": 1}, object_store_memory=128 * MiB)
+    def add_worker(self, wait: bool = True, labels: dict[str, str] | None = None):
+        """A worker node with one shard unit (and Ray node `labels`, e.g. the shard disk's)."""
+        node = self.cluster.add_node(num_cpus=1, resources={"raylsm_shard": 1}, object_store_memory=128 * MiB,
+                                     labels=labels or {})
+        self.workers.append(node)
         if wait:
             self.cluster.wait_for_nodes()
         return node
