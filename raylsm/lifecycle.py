@@ -20,11 +20,12 @@ from dataclasses import dataclass
 
 import ray
 
-from raylsm.config import TierConfig
+from raylsm.config import ShardConfig, TierConfig
 from raylsm.controller.controller_actor import get_controller, start_controller
 from raylsm.errors import ShardUnavailableError
 
 EMBEDDED_DIR = "./.raylsm"
+EMBEDDED_DISK = "local"  # the embedded head's disk label: its shards are shard-local-<i>
 EMBEDDED_MARKER = "embedded-ray.json"  # written when `raylsm up` started the Ray head itself
 
 
@@ -52,15 +53,18 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_embedded_ray(shards: int, num_cpus: int | None = None, state_dir: str = EMBEDDED_DIR) -> str:
-    """Start a local Ray head offering `shards` units of the shard resource on a free port; record
-    its address in the marker file of `state_dir`; return the address."""
+def start_embedded_ray(shards: int, num_cpus: int | None = None, state_dir: str = EMBEDDED_DIR,
+                       disk_label: str = ShardConfig().disk_label) -> str:
+    """Start a local Ray head offering `shards` units of the shard resource on a free port, its disk
+    labelled (so the next `raylsm up` reopens the same shard directories); record its address in the
+    marker file of `state_dir`; return the address."""
     from ray._private.services import get_node_ip_address
 
     os.makedirs(state_dir, exist_ok=True)
     port = _free_port()
     command = [_ray_executable(), "start", "--head", f"--port={port}", "--include-dashboard=false",
-               "--disable-usage-stats", f"--resources={json.dumps({'raylsm_shard': shards})}"]
+               "--disable-usage-stats", f"--resources={json.dumps({'raylsm_shard': shards})}",
+               f"--labels={disk_label}={EMBEDDED_DISK}"]
     if num_cpus is not None:
         command.append(f"--num-cpus={num_cpus}")
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -122,7 +126,7 @@ def up(config: TierConfig, shards: int = 1, wait_s: float = 120.0) -> UpResult:
     if config.ray_address:
         ray.init(address=config.ray_address, namespace=config.ray_namespace, log_to_driver=False)
     elif not ray_is_running(config.ray_namespace):
-        address = start_embedded_ray(shards)
+        address = start_embedded_ray(shards, disk_label=config.shard.disk_label)
         started = True
         enable_local_token_auth()
         ray.init(address=address, namespace=config.ray_namespace, log_to_driver=False)
