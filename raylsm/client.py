@@ -246,6 +246,7 @@ class TierClient:
                 located[shard] = self._located.take(shard, keys) if self._located.enabled else None
                 if located[shard] is None:
                     calls[shard] = ("locate_batch", (keys,))
+
             def scatter(call_key: str | _Chunk, value: Any) -> None:
                 """Copy a remote chunk's pages out of the object store as soon as it arrives."""
                 if isinstance(call_key, _Chunk) and not isinstance(value, BaseException):
