@@ -16,6 +16,7 @@ written) and for a closed store (StoreClosedError).
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -37,6 +38,8 @@ from raylsm.store.recovery import recover
 from raylsm.store.reinsertion import make_reinsertion_policy
 from raylsm.store.segment import Segment
 from raylsm.store.stats import StoreStats
+
+logger = logging.getLogger(__name__)
 
 
 class ShardStore:
@@ -298,7 +301,11 @@ class ShardStore:
             sizes = [buffer.nbytes for buffer in buffers]
             fits = _fit(sizes, 0, segment.remaining_bytes())
             if fits:
-                self._write_record(segment, keys[:fits], pages[:fits], sizes[:fits], checksums[:fits])
+                try:
+                    self._write_record(segment, keys[:fits], pages[:fits], sizes[:fits], checksums[:fits])
+                except OSError:  # e.g. ENOSPC: the kept pages are evicted after all; the put goes on
+                    logger.warning("store %s: re-appending %d kept pages failed; evicted", self.root, fits)
+                    fits = 0
             self._stats.add(reinserted_pages=fits, reinserted_bytes=sum(b.nbytes for b in buffers[:fits]),
                             evicted_pages=len(keys) - fits, evicted_bytes=sum(b.nbytes for b in buffers[fits:]))
         return segment

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from raylsm.store import ShardStore
+from raylsm.store import format as fmt
 from raylsm.store.admission import ADMISSION_POLICIES
 from raylsm.store.reinsertion import REINSERTION_POLICIES
 
@@ -151,11 +152,26 @@ def test_full_budget_keeps_every_read_page_that_fits_a_segment(store_factory, ki
     _fill_until_evicted(store, kit)
     c = kit.counters(store)
     room = store.config.segment_bytes - 2 * 4096
-    assert c["reinserted_pages"] == min(len(keys), room // (64 * KiB + 77))
+    assert c["reinserted_pages"] == min(len(keys), room // (64 * KiB + fmt.ENTRY_BYTES))
     got = kit.read_all(store, keys)
     assert sum(v is not None for v in got) == c["reinserted_pages"]
     assert all(v is None or v == values[i].tobytes() for i, v in enumerate(got))
     assert _disk_bytes(kit, store) <= store.config.capacity_bytes + store.config.segment_bytes
+
+
+def test_a_roll_that_keeps_more_pages_than_one_vectored_write_takes(store_factory, kit):
+    """1,500 kept pages go into the new segment as one record of 1,501 buffers, beyond IOV_MAX
+    (1024) for one pwritev. (Before the writes were cut at IOV_MAX, that roll failed: the put that
+    triggered it was False and the kept pages were lost.)"""
+    store = store_factory(capacity_bytes=16 * MiB, segment_bytes=8 * MiB, reinsertion_budget_fraction=1.0)
+    keys = [kit.key(("small", i)) for i in range(1500)]
+    values = [kit.value(("small", i), 4 * KiB) for i in range(1500)]
+    for start in range(0, len(keys), 128):
+        assert all(store.put_batch(keys[start:start + 128], values[start:start + 128]))
+    assert all(value is not None for value in store.get_batch(keys))  # every page earns a second chance
+    _fill_until_evicted(store, kit, size=256 * KiB)
+    assert kit.counters(store)["reinserted_pages"] == len(keys)
+    assert kit.read_all(store, keys) == [value.tobytes() for value in values]
 
 
 def test_probe_located_counts_no_read_until_the_reader_reports_it(store_factory, kit):

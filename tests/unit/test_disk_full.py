@@ -173,3 +173,40 @@ def test_real_full_disk(small_tmpfs, kit, preallocate):
         assert all(v is not None for v in store.get_batch(failed_keys))
     finally:
         store.close()
+
+
+def test_enospc_while_re_appending_kept_pages_evicts_them_and_the_put_goes_on(store_factory, kit, monkeypatch):
+    store = store_factory(capacity_bytes=2 * MiB)
+    kept_keys, kept_values = _pages(kit, "read", 15)  # fills segment 0
+    assert store.put_batch(kept_keys, kept_values) == [True] * 15
+    assert all(value is not None for value in store.get_batch(kept_keys))  # all earn reinsertion
+    real_evict, real_pwritev = store._evict_oldest, os.pwritev
+    armed = []
+
+    def evict_oldest(budget):
+        kept = real_evict(budget)
+        if kept:
+            armed.append(True)  # the next write is the roll's re-append of what eviction kept
+        return kept
+
+    def pwritev(fd, buffers, offset):
+        if armed:
+            armed.clear()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwritev(fd, buffers, offset)
+
+    monkeypatch.setattr(store, "_evict_oldest", evict_oldest)
+    monkeypatch.setattr(segment_module.os, "pwritev", pwritev)
+    evicted_before = kit.counters(store)["evicted_pages"]
+    i = 0
+    while 0 in kit.segment_files(store.root):  # until segment 0 is evicted
+        keys, values = _pages(kit, ("filler", i), 1)
+        assert store.put_batch(keys, values) == [True], "the put that rolled must not fail"
+        i += 1
+    monkeypatch.undo()
+    counters = kit.counters(store)
+    assert counters["reinserted_pages"] == 0 and counters["evicted_pages"] - evicted_before == 15
+    _assert_absent(store, kept_keys)
+    keys, values = _pages(kit, "after", 3)
+    assert store.put_batch(keys, values) == [True] * 3
+    assert kit.read_all(store, keys) == [value.tobytes() for value in values]

@@ -401,3 +401,15 @@ def test_live_pages_follow_puts_deletes_evictions_and_reopen(store_factory, kit)
     store.close()
     store = store_factory()
     assert store.stats()["space"]["live_pages"] == i
+
+
+def test_a_batch_of_more_buffers_than_one_vectored_io_takes_is_stored_and_read_back(store_factory, kit):
+    """600 pages given as K/V halves are 1,200 buffers in one record, beyond IOV_MAX (1024) for one
+    pwritev/preadv: written and read in several calls, byte for byte."""
+    store = store_factory(capacity_bytes=32 << 20, segment_bytes=8 << 20)
+    keys = [kit.key(("halves", i)) for i in range(600)]
+    values = [kit.value(("halves", i), 8192) for i in range(600)]
+    assert store.put_batch(keys, [[value[:4096], value[4096:]] for value in values]) == [True] * 600
+    out = [[np.zeros(4096, np.uint8), np.zeros(4096, np.uint8)] for _ in range(600)]
+    assert store.get_batch_into(keys, out) == [True] * 600
+    assert all(np.array_equal(np.concatenate(parts), value) for parts, value in zip(out, values))
