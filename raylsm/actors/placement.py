@@ -1,10 +1,11 @@
 """Placement of shard actors: one per unit of the `raylsm_shard` resource on a node, pinned there.
 
 Owned here: the actor options (name, namespace, detached, restarts, threads, node pinning) and the
-shard naming scheme (after the node's disk label, else its Ray node id). Called by the controller. A shard is pinned to its node with a hard node
-affinity: its data is on that node's SSD, so running it anywhere else would serve nothing. If the
-process dies, Ray restarts it on the same node (it reopens its directory); if the node is gone,
-the actor dies and the controller drops it from the ring.
+shard naming scheme (after the node's disk label, else its Ray node id). Called by the controller.
+A shard is pinned to its node with a hard node affinity: its data is on that node's SSD, so running
+it anywhere else would serve nothing. If the process dies, Ray restarts it on the same node (it
+reopens its directory); if the node is gone, the actor dies and the controller drops it from the
+ring, or moves it under the same name when its labelled disk shows up on a new node incarnation.
 """
 
 from __future__ import annotations
