@@ -34,9 +34,6 @@ from raylsm.store.local_reader import LocalSegmentReader
 
 logger = logging.getLogger(__name__)
 
-MISS_CAUSES = ("absent", "shard_down", "timeout", "no_shards", "error")
-
-
 class _Chunk(NamedTuple):
     """The key of one of several object-path get calls to one shard: its slots start at `start`."""
 
@@ -232,7 +229,8 @@ class TierClient:
         try:
             routed = self._route(namespace_id, page_hashes, prefix_hashes)
             local, remote = self._split_local(routed.groups)
-            page_bytes = [parts_nbytes(page_views(buffer)) for buffer in out_buffers]
+            page_parts = [page_views(buffer) for buffer in out_buffers]  # once per page, shared below
+            page_bytes = [parts_nbytes(parts) for parts in page_parts]
             calls: dict[str | _Chunk, tuple[str, tuple]] = {}
             chunks = {}  # remote shards' slots, in calls of at most object_chunk_bytes each
             for shard, slots in remote.items():
@@ -252,17 +250,17 @@ class TierClient:
                 if isinstance(call_key, _Chunk) and not isinstance(value, BaseException):
                     hits, data = value
                     slots = chunks[call_key]
-                    _scatter(data, hits, [out_buffers[s] for s in slots], [page_bytes[s] for s in slots])
+                    _scatter(data, hits, [page_parts[s] for s in slots])
                     for slot, hit in zip(slots, hits):
                         results[slot] = bool(hit)
 
             pending = self._submit(calls)
             for shard, value in located.items():  # read what exists() located while the calls run
                 if value is not None:
-                    self._read_local(shard, value, routed.groups[shard], out_buffers, results, note_reads=True)
+                    self._read_local(shard, value, routed.groups[shard], page_parts, results, note_reads=True)
             for call_key, value in self._collect(pending, on_result=scatter).items():
                 if call_key in local and not isinstance(value, BaseException) and value is not None:
-                    self._read_local(call_key, value, routed.groups[call_key], out_buffers, results, note_reads=False)
+                    self._read_local(call_key, value, routed.groups[call_key], page_parts, results, note_reads=False)
             hits = sum(results)
             self._count(get_calls=1, get_pages=len(results), get_hits=hits)
             return results
@@ -275,14 +273,14 @@ class TierClient:
             return [False] * len(page_hashes)
 
     def _read_local(self, shard: str, located: tuple[str, int, list], slots: Sequence[int],
-                    out_buffers: Sequence[Any], results: list[bool], note_reads: bool) -> None:
+                    page_parts: Sequence[Any], results: list[bool], note_reads: bool) -> None:
         """Read a same-node shard's pages from its segment files into the slots' buffers. With
         `note_reads` (the pointers came from exists, so the shard has not counted these reads),
         remember what was read for the shard: those reads earn reinsertion there, reported with
         the next probe to it (a Ray call per get cost ~20% of the get's time)."""
         segments_dir, low_watermark, pointers = located
         self._local_reader.forget_below(segments_dir, low_watermark)
-        outcome = self._local_reader.read_into(segments_dir, pointers, [out_buffers[s] for s in slots])
+        outcome = self._local_reader.read_into(segments_dir, pointers, [page_parts[s] for s in slots])
         for slot, hit in zip(slots, outcome.results):
             results[slot] = bool(hit)
         self._count(local_read_pages=len(slots), local_miss_corrupt=outcome.corrupt,
@@ -435,16 +433,14 @@ def _as_arrays(value: Any) -> Any:
     return np.frombuffer(page_views(value)[0], dtype=np.uint8)
 
 
-def _scatter(data: np.ndarray, hits: Sequence[bool], out_buffers: Sequence[Any], page_bytes: Sequence[int]) -> None:
-    """Copy each hit page from the shard's returned array into the caller's buffer(s)."""
+def _scatter(data: np.ndarray, hits: Sequence[bool], page_parts: Sequence[Sequence[memoryview]]) -> None:
+    """Copy each hit page from the shard's returned array into the caller's page parts."""
     offset = 0
-    for hit, buffer, nbytes in zip(hits, out_buffers, page_bytes):
-        if hit:
-            for part in page_views(buffer):
-                np.copyto(np.frombuffer(part, dtype=np.uint8), data[offset: offset + part.nbytes])
-                offset += part.nbytes
-        else:
-            offset += nbytes
+    for hit, parts in zip(hits, page_parts):
+        for part in parts:
+            if hit:
+                part[:] = data[offset: offset + part.nbytes]
+            offset += part.nbytes
 
 
 def _chunked(slots: Sequence[int], page_bytes: Sequence[int], chunk_bytes: int) -> list[tuple[int, list[int]]]:

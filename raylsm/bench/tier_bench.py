@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import ray
 
@@ -65,6 +66,20 @@ def _chains(batches: int) -> list[list[bytes]]:
     return chains
 
 
+def _timed_reads(pool: MiniHostKVPool, pattern: PagePattern, read_slots: list[int], batches: list[tuple],
+                 read: Callable[[list[bytes], Any], int]) -> dict:
+    """Read every (store keys, request) batch into `read_slots` with `read(keys, request)` (which
+    returns its hits), timing only that call; the slots are poisoned before and checked after."""
+    seconds, wrong = 0.0, 0
+    for keys, request in batches:
+        pattern.poison(pool, read_slots)
+        started = time.perf_counter()
+        hits = read(keys, request)
+        seconds += time.perf_counter() - started
+        wrong += BATCH_PAGES - hits + pattern.wrong_pages(pool, read_slots, keys)
+    return {"seconds": seconds, "wrong_pages": wrong}
+
+
 def run(config: TierBenchConfig) -> dict:
     from raylsm import lifecycle
 
@@ -88,16 +103,10 @@ def run(config: TierBenchConfig) -> dict:
                 pattern.fill(pool, write_slots, keys)
                 assert all(store.put_batch(keys, page_parts(pool, pool.host_indices(write_slots), BATCH_PAGES)))
             cache_note = _drop_caches()
-            seconds = 0.0
-            wrong = 0
-            for hashes in chains:
-                keys = page_keys(namespace, hashes, [], ExtentConfig())
-                pattern.poison(pool, read_slots)
-                started = time.perf_counter()
-                hits = store.get_batch_into(keys, page_parts(pool, pool.host_indices(read_slots), BATCH_PAGES))
-                seconds += time.perf_counter() - started
-                wrong += BATCH_PAGES - sum(hits) + pattern.wrong_pages(pool, read_slots, keys)
-            results["store_direct"] = {"seconds": seconds, "wrong_pages": wrong}
+            results["store_direct"] = _timed_reads(pool, pattern, read_slots, [
+                (page_keys(namespace, hashes, [], ExtentConfig()), hashes) for hashes in chains],
+                lambda keys, _: sum(store.get_batch_into(
+                    keys, page_parts(pool, pool.host_indices(read_slots), BATCH_PAGES))))
 
         # 2./3. Through Ray: one shard on this node, the adapter as SGLang loads it.
         tier_config = TierConfig.from_dict({"shard": {"data_dir": os.path.join(root, "tier"), "store": {
@@ -115,16 +124,10 @@ def run(config: TierBenchConfig) -> dict:
                     pattern.fill(pool, write_slots, keys)
                     assert adapter.set(hexes, [], write_slots)
                 _drop_caches()
-                seconds = 0.0
-                wrong = 0
-                for hashes, hexes in zip(chains, hex_chains):
-                    keys = page_keys(adapter.namespace_id(), hashes, [], ExtentConfig())
-                    pattern.poison(pool, read_slots)
-                    started = time.perf_counter()
-                    hit = adapter.get(hexes, [], read_slots)
-                    seconds += time.perf_counter() - started
-                    wrong += BATCH_PAGES - hit + pattern.wrong_pages(pool, read_slots, keys)
-                results[system] = {"seconds": seconds, "wrong_pages": wrong}
+                results[system] = _timed_reads(pool, pattern, read_slots, [
+                    (page_keys(adapter.namespace_id(), hashes, [], ExtentConfig()), hexes)
+                    for hashes, hexes in zip(chains, hex_chains)],
+                    lambda _, hexes: adapter.get(hexes, [], read_slots))
                 adapter.close()
         finally:
             lifecycle.down(state_dir=root)  # closes the stores; the marker-less Ray is ours to stop
