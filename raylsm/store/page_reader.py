@@ -34,6 +34,7 @@ class ReadOutcome:
     corrupt: int = 0     # checksum mismatch; the buffer was zeroed
     io_errors: int = 0   # the read failed or came up short
     hit_offsets: dict[int, list[int]] = field(default_factory=dict)  # segment id -> value offsets hit
+    failed_slots: list[int] = field(default_factory=list)  # corrupt or unreadable: their pointers must go
 
 
 def writable_parts(buffer: Any, nbytes: int) -> tuple[memoryview, ...] | None:
@@ -60,18 +61,17 @@ def read_verified(wanted: Sequence[tuple[int, fmt.Pointer]], parts_by_slot: dict
             outcome.stale += len(run_slots)
             continue
         try:
-            iovecs: list[memoryview] = []
-            for slot, nbytes in run.parts:
-                if slot >= 0:
-                    iovecs.extend(parts_by_slot[slot])
-                else:
-                    iovecs.append(_gap_view(nbytes))
-            segment.read_into(run.offset, iovecs, direct_io)
-        except (OSError, ValueError, CorruptionError):
-            outcome.io_errors += len(run_slots)
-            for slot in run_slots:
-                _zero(parts_by_slot[slot])  # a short read may have filled part of it
-            continue
+            if not _read_run(segment, run, parts_by_slot, direct_io):
+                # One bad spot must not fail the run's other pages: read each on its own.
+                readable = []
+                for slot in run_slots:
+                    if _read_page(segment, pointers[slot], parts_by_slot[slot], direct_io):
+                        readable.append(slot)
+                    else:
+                        outcome.io_errors += 1
+                        outcome.failed_slots.append(slot)
+                        _zero(parts_by_slot[slot])  # a short read may have filled part of it
+                run_slots = readable
         finally:
             segment.unpin()
         hit_offsets = outcome.hit_offsets.setdefault(run.segment_id, [])
@@ -83,8 +83,33 @@ def read_verified(wanted: Sequence[tuple[int, fmt.Pointer]], parts_by_slot: dict
                 hit_offsets.append(pointer.offset)
             else:
                 outcome.corrupt += 1
+                outcome.failed_slots.append(slot)
                 _zero(parts_by_slot[slot])  # never leave wrong bytes behind
     return outcome
+
+
+def _read_run(segment: Any, run: Any, parts_by_slot: dict[int, tuple[memoryview, ...]],
+              direct_io: bool) -> bool:
+    """One vectored read of a merged run; False if it failed."""
+    iovecs: list[memoryview] = []
+    for slot, nbytes in run.parts:
+        if slot >= 0:
+            iovecs.extend(parts_by_slot[slot])
+        else:
+            iovecs.append(_gap_view(nbytes))
+    try:
+        segment.read_into(run.offset, iovecs, direct_io)
+    except (OSError, ValueError, CorruptionError):
+        return False
+    return True
+
+
+def _read_page(segment: Any, pointer: fmt.Pointer, parts: tuple[memoryview, ...], direct_io: bool) -> bool:
+    try:
+        segment.read_into(pointer.offset, list(parts), direct_io)
+    except (OSError, ValueError, CorruptionError):
+        return False
+    return True
 
 
 def _zero(parts: tuple[memoryview, ...]) -> None:

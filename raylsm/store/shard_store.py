@@ -20,15 +20,17 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from raylsm.errors import FormatVersionError, StoreClosedError, ValueTooLargeError
+from raylsm.errors import FormatVersionError, StoreClosedError
 from raylsm.store import format as fmt
 from raylsm.store.admission import make_admission_policy
 from raylsm.store.config import StoreConfig
+from raylsm.store.outcomes import IN_STORE, PutOutcome
 from raylsm.store.io_buffers import aligned_empty, page_views, parts_nbytes
 from raylsm.store import page_key
 from raylsm.store.page_key import extent_prefix, key_digest, validate_keys
@@ -128,46 +130,59 @@ class ShardStore:
     # ---- write path ---------------------------------------------------------------------------
 
     def put_batch(self, keys: Sequence[bytes], values: Sequence[Any]) -> list[bool]:
-        """Store pages; True per page that is stored (now or already), False if it was not.
+        """Store pages; True per page that is in the store afterwards (written now or already).
 
         `values` are buffer-protocol objects (bytes, numpy arrays, memoryviews), or per page a
         list of such buffers holding the page's parts in order; written straight from the caller's
-        memory. A page already present is skipped and reported True. A page the
-        admission policy refuses, or that an I/O error (e.g. ENOSPC) kept off the disk, is False.
-        Raises ValueError naming the index of a bad key or value, ValueTooLargeError for a value
-        larger than a segment can hold; in both cases nothing is written.
+        memory. A page already present is skipped and reported True. Every other page is False:
+        declined by admission, too large for a segment, not a buffer, or kept off the disk by an
+        I/O error (e.g. ENOSPC); each is counted by cause, and one bad page never fails the others.
+        Raises ValueError naming the index of a bad key, or for mismatched lengths (nothing written).
         """
+        return [outcome in IN_STORE for outcome in self.put_batch_outcomes(keys, values)]
+
+    def put_batch_outcomes(self, keys: Sequence[bytes], values: Sequence[Any],
+                           deadline_s: float | None = None) -> list[PutOutcome]:
+        """`put_batch` with a PutOutcome per page. With `deadline_s` (a `time.time()` instant), pages
+        not yet written when the write lock is taken after the deadline are EXPIRED, not written: a
+        caller that gave up waiting does not find them stored later."""
         started = time.perf_counter()
         validate_keys(keys)
         if len(values) != len(keys):
             raise ValueError(f"{len(keys)} keys but {len(values)} values")
+        outcomes = [PutOutcome.FAILED] * len(keys)
         pages, sizes = [], []
         limit = self._config.segment_bytes - fmt.header_bytes_for(1)
-        for index, value in enumerate(values):
+        for slot, value in enumerate(values):
             try:
                 parts = page_views(value)
-            except (TypeError, ValueError) as error:
-                raise ValueError(f"value {index} is not a contiguous buffer: {error}") from error
-            size = parts_nbytes(parts)
+            except (TypeError, ValueError):
+                parts = None
+                outcomes[slot] = PutOutcome.BAD_VALUE
+            size = parts_nbytes(parts) if parts is not None else 0
             if size > limit:
-                raise ValueTooLargeError(f"value {index} is {size} bytes; the limit is {limit} "
-                                         f"bytes (segment_bytes - one header block)")
+                outcomes[slot] = PutOutcome.TOO_LARGE
             pages.append(parts)
             sizes.append(size)
+        valid = [outcomes[slot] == PutOutcome.FAILED for slot in range(len(keys))]
 
-        results = [False] * len(keys)
+        todo_sizes: list[int] = []
+        written: list[bool] = []
         with self._write_lock:
             self._check_open()
+            expired = deadline_s is not None and time.time() > deadline_s
             present = self._present_flags(keys)
-            todo_keys, todo_pages, todo_sizes, todo_slots = [], [], [], []
+            todo_keys, todo_pages, todo_slots = [], [], []
             first_slot: dict[bytes, int] = {}
-            existing = rejected = 0
             for slot, key in enumerate(keys):
+                if not valid[slot]:
+                    continue
                 if present[slot]:
-                    results[slot] = True
-                    existing += 1
+                    outcomes[slot] = PutOutcome.PRESENT
                 elif key in first_slot:
                     continue  # a repeat inside this batch: resolved from the first occurrence below
+                elif expired:
+                    outcomes[slot] = PutOutcome.EXPIRED
                 elif self._admission.admit(key, sizes[slot]):
                     first_slot[key] = slot
                     todo_keys.append(key)
@@ -175,18 +190,22 @@ class ShardStore:
                     todo_sizes.append(sizes[slot])
                     todo_slots.append(slot)
                 else:
-                    rejected += 1
+                    outcomes[slot] = PutOutcome.DECLINED
             written = self._append_pages(todo_keys, todo_pages, todo_sizes)
             for slot, ok in zip(todo_slots, written):
-                results[slot] = ok
+                outcomes[slot] = PutOutcome.STORED if ok else PutOutcome.FAILED
             for slot, key in enumerate(keys):
-                if not results[slot] and key in first_slot:
-                    results[slot] = results[first_slot[key]]
+                if valid[slot] and key in first_slot and slot != first_slot[key]:
+                    first = outcomes[first_slot[key]]
+                    outcomes[slot] = PutOutcome.PRESENT if first == PutOutcome.STORED else first
         stored = sum(written)
+        count = Counter(outcomes)
         self._stats.observe("put", (time.perf_counter() - started) * 1e3,
                             puts_pages=stored, puts_bytes=sum(n for n, ok in zip(todo_sizes, written) if ok),
-                            puts_existing=existing, puts_rejected=rejected, puts_failed=len(written) - stored)
-        return results
+                            puts_existing=count[PutOutcome.PRESENT], puts_rejected=count[PutOutcome.DECLINED],
+                            puts_failed=len(written) - stored, puts_too_large=count[PutOutcome.TOO_LARGE],
+                            puts_bad_value=count[PutOutcome.BAD_VALUE], puts_expired=count[PutOutcome.EXPIRED])
+        return outcomes
 
     def _pinned_segment(self, segment_id: int) -> Segment | None:
         segment = self._segments.get(segment_id)
@@ -494,6 +513,9 @@ class ShardStore:
         outcome = read_verified(wanted, views, len(keys), self._config.merge_gap_bytes, self._config.direct_io,
                                 self._pinned_segment)
         self._count_reads(outcome.hit_offsets)
+        if outcome.failed_slots:
+            pointer_of = dict(wanted)
+            self._drop_failed([(keys[slot], pointer_of[slot]) for slot in outcome.failed_slots])
         results = outcome.results
         hits = sum(results)
         self._stats.observe("get", (time.perf_counter() - started) * 1e3, gets_hit=hits,
@@ -501,6 +523,43 @@ class ShardStore:
                             gets_miss_corrupt=outcome.corrupt, gets_miss_bad_buffer=bad_buffer,
                             gets_miss_io=outcome.io_errors)
         return results
+
+    def report_failed_reads(self, keys: Sequence[bytes], pointers: Sequence[fmt.Pointer]) -> int:
+        """A same-node reader read these pages from these pointers and they failed (checksum or I/O).
+        Each page is read again here; one that fails again loses its pointer (it is absent for every
+        client, and a re-put stores it again). Returns how many were dropped. A pointer that no longer
+        is the key's current one is ignored (the page was re-put or evicted meanwhile)."""
+        validate_keys(keys)
+        if len(pointers) != len(keys):
+            raise ValueError(f"{len(keys)} keys but {len(pointers)} pointers")
+        self._check_open()
+        wanted = [(slot, fmt.Pointer(*pointer)) for slot, pointer in enumerate(pointers)]
+        buffers = [aligned_empty(pointer.length) for _, pointer in wanted]
+        outcome = read_verified(wanted, {slot: (memoryview(buffer),) for slot, buffer in enumerate(buffers)},
+                                len(keys), self._config.merge_gap_bytes, self._config.direct_io,
+                                self._pinned_segment)
+        return self._drop_failed([(keys[slot], wanted[slot][1]) for slot in outcome.failed_slots])
+
+    def _drop_failed(self, failed: Sequence[tuple[bytes, fmt.Pointer]]) -> int:
+        """Drop the pointers of pages whose bytes failed a read, if they still are the current ones:
+        a page that can never be read must not answer probes or block its own re-put."""
+        dropped = 0
+        with self._write_lock:
+            if self._closed:
+                return 0
+            batch = self._index.new_batch()
+            for (key, pointer), raw in zip(failed, self._index.get_many([key for key, _ in failed])):
+                if raw is None or fmt.decode_pointer(raw) != pointer:
+                    continue
+                batch.delete(key)
+                self._forget(key)
+                self._live.remove(pointer.segment_id, pointer.length)
+                dropped += 1
+            self._index.commit(batch)
+        if dropped:
+            logger.warning("store %s: %d page(s) failed their read and were dropped", self.root, dropped)
+            self._stats.add(healed_pages=dropped)
+        return dropped
 
     def get_batch(self, keys: Sequence[bytes]) -> list[np.ndarray | None]:
         """Convenience read that allocates: an aligned uint8 array per hit, None per miss."""

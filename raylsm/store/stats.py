@@ -19,6 +19,9 @@ COUNTERS = (
     "puts_existing",        # pages already present: skipped, reported True
     "puts_rejected",        # refused by the admission policy
     "puts_failed",          # not stored for an I/O error (ENOSPC, EIO)
+    "puts_too_large",       # larger than a segment can hold: that page only is refused
+    "puts_bad_value",       # not a contiguous buffer: that page only is refused
+    "puts_expired",         # the caller's deadline passed before the write: not written
     "gets_hit",
     "gets_hit_bytes",
     "gets_located",         # pages a same-node reader reads itself from pointers (and verifies)
@@ -27,6 +30,8 @@ COUNTERS = (
     "gets_miss_corrupt",    # checksum mismatch: a miss, never wrong bytes
     "gets_miss_bad_buffer", # output buffer of the wrong size, read-only or not contiguous
     "gets_miss_io",         # read error
+    "healed_pages",         # pointers dropped after a failed read (corrupt or unreadable bytes), here or
+                            # reported by a same-node reader: the page is absent and a re-put stores it
     "probe_calls",
     "probe_keys",
     "probe_hits",

@@ -1,5 +1,5 @@
-"""Bad input: keys of the wrong type or length, values that are not buffers or too large, mismatched
-lengths (ValueError before anything is written); output buffers of the wrong size, read-only or
+"""Bad input: keys of the wrong type or length and mismatched lengths (ValueError before anything is
+written); values that are not buffers or too large (that page only is refused, counted by cause); output buffers of the wrong size, read-only or
 non-contiguous (that page is a counted miss and nothing is written outside the buffer)."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from raylsm.errors import ValueTooLargeError
 from raylsm.store import format as fmt
+from raylsm.store.outcomes import PutOutcome
 
 BAD_KEYS = {
     "str": "\x01" * 61,
@@ -56,22 +56,28 @@ BAD_VALUES = {
 
 
 @pytest.mark.parametrize("bad", BAD_VALUES.values(), ids=BAD_VALUES.keys())
-def test_bad_value_names_its_index_and_nothing_is_written(store, kit, bad):
+def test_a_bad_value_fails_only_its_own_page(store, kit, bad):
     keys = kit.keys(3)
-    with pytest.raises(ValueError, match=r"\bvalue 1\b"):
-        store.put_batch(keys, [b"a", bad, b"c"])
-    assert store.probe(keys) == 0 and kit.counters(store)["puts_pages"] == 0
+    assert store.put_batch(keys, [b"a", bad, b"c"]) == [True, False, True]
+    assert store.put_batch_outcomes(keys[1:2], [bad]) == [PutOutcome.BAD_VALUE]
+    assert kit.read_all(store, keys) == [b"a", None, b"c"]
+    assert kit.counters(store)["puts_pages"] == 2 and kit.counters(store)["puts_bad_value"] == 2
 
 
-def test_value_larger_than_a_segment_names_the_limit_and_nothing_is_written(store, kit):
+@pytest.mark.parametrize("where", [0, 2, 3])
+def test_a_value_larger_than_a_segment_fails_only_its_own_page(store_factory, kit, where):
+    """Issue 8 section 3: three 4 KiB pages and one 4 MiB page with 4 MiB segments store the three."""
+    store = store_factory(segment_bytes=4 * kit.MiB, capacity_bytes=16 * kit.MiB)
     limit = store.config.segment_bytes - fmt.header_bytes_for(1)
-    keys = kit.keys(3)
-    with pytest.raises(ValueTooLargeError, match=str(limit)) as raised:
-        store.put_batch(keys, [b"a", b"b", np.zeros(limit + 1, np.uint8)])
-    assert "value 2" in str(raised.value)
-    with pytest.raises(ValueTooLargeError, match=str(limit)):
-        store.put_batch(keys[:1], [[np.zeros(limit, np.uint8), b"x"]])  # parts add up past the limit
-    assert store.probe(keys) == 0 and store.stats()["space"]["segments"] == 0
+    keys = kit.keys(4)
+    values = [kit.value(i, 4 * kit.KiB) for i in range(3)]
+    values.insert(where, np.zeros(4 * kit.MiB, np.uint8))
+    expected = [slot != where for slot in range(4)]
+    assert store.put_batch(keys, values) == expected
+    assert store.put_batch_outcomes(keys[where:where + 1], [[np.zeros(limit, np.uint8), b"x"]]) == [
+        PutOutcome.TOO_LARGE]  # parts that add up past the limit
+    assert [v is not None for v in kit.read_all(store, keys)] == expected
+    assert kit.counters(store)["puts_too_large"] == 2 and kit.counters(store)["puts_pages"] == 3
 
 
 def test_mismatched_lengths(store, kit):
