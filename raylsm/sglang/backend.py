@@ -1,13 +1,15 @@
 """RayLSMStorage: SGLang's HiCache L3 storage backend on top of the raylsm tier.
 
 Owned here: the HiCacheStorage interface (v1 zero-copy, the generic get/set path, exists), the
-namespace of this rank's pages, and the rule that nothing raises into SGLang's threads. Storage logic
-lives in the tier client and the shards. Loaded by SGLang's StorageBackendFactory as a `dynamic`
-backend: `cls(storage_config, kwargs)`, then `register_mem_pool_host(pool)`.
+namespace of this rank's pages (built at registration from the CacheIdentity of identity.py), and the
+rule that nothing raises into SGLang's threads. Storage logic lives in the tier client and the shards.
+Loaded by SGLang's StorageBackendFactory as a `dynamic` backend: `cls(storage_config, kwargs)`, then
+`register_mem_pool_host(pool)`.
 
 Thread-safety: SGLang calls batch_exists (prefetch thread), batch_get_v1 (prefetch I/O thread) and
 batch_set_v1 (backup thread) concurrently; the adapter holds no mutable state besides counters under
-a lock, and TierClient is thread-safe.
+a lock and its namespace (rebuilt under a lock when SGLang's weight version moves), and TierClient is
+thread-safe.
 
 Outcomes: a miss, a dead shard, a timeout, a bad buffer or any error is a False / 0 / None for SGLang
 plus a counter in `raylsm_stats()`; constructor errors (a bad extra config, no reachable tier) raise,
@@ -20,41 +22,37 @@ import logging
 import threading
 import time
 from collections import Counter
+from types import SimpleNamespace
 from typing import Any, List, Optional
 
 import torch
 from sglang.srt.mem_cache.hicache_storage import HiCacheStorage, HiCacheStorageConfig, HiCacheStorageExtraInfo
 
 from raylsm.client import TierClient
-from raylsm.sglang.extra_config import tier_config_from_extra
+from raylsm.sglang.extra_config import model_fingerprint_from_extra, tier_config_from_extra
 from raylsm.sglang.host_pages import HostPageViews
+from raylsm.sglang.identity import (CacheIdentity, build_cache_identity, current_server_args, live_weight_version,
+                                    log_cache_identity)
 from raylsm.store.page_key import namespace_id
 
 logger = logging.getLogger(__name__)
 
 
 def namespace_name(storage_config: HiCacheStorageConfig, layout: str, dtype: str, page_tokens: int) -> str:
-    """The namespace of this rank's pages. SGLang's keys encode neither dtype, layout nor page size
-    (a TODO upstream), so they are part of the namespace. MHA ranks hold different heads: the TP rank
-    is in the namespace. MLA ranks hold identical KV: it is not (one writer, every rank reads)."""
-    get = lambda name, default: getattr(storage_config, name, default)  # noqa: E731 (older configs lack fields)
-    model = "-".join((get("model_name", None) or "").split("/"))
-    parts = [model, layout, dtype, f"page{page_tokens}"]
-    if not get("is_mla_model", False):
-        parts.append(f"tp{get('tp_rank', 0)}of{get('tp_size', 1)}")
-    if get("pp_size", 1) > 1:
-        parts.append(f"pp{get('pp_rank', 0)}of{get('pp_size', 1)}")
-    if get("attn_cp_size", 1) > 1:
-        parts.append(f"cp{get('attn_cp_rank', 0)}of{get('attn_cp_size', 1)}")
-    if get("dcp_size", 1) > 1:
-        parts.append(f"dcp{get('dcp_rank', 0)}of{get('dcp_size', 1)}page{get('logical_page_size', None)}")
-    return "|".join(parts)
+    """The namespace name of one rank's pages for a pool described only by layout, dtype and page size
+    (kept for callers without a pool; the adapter builds its CacheIdentity from the pool itself).
+    The rule is raylsm/sglang/identity.py's: weights, KV format, parallel layout, then the rank."""
+    pool = SimpleNamespace(layout=layout, dtype=dtype, page_size=page_tokens)
+    extra = getattr(storage_config, "extra_config", None)
+    return build_cache_identity(storage_config, pool, extra, current_server_args()).namespace_name
 
 
 class RayLSMStorage(HiCacheStorage):
     def __init__(self, storage_config: HiCacheStorageConfig, kwargs: Optional[dict] = None, *args: Any, **kw: Any):
         extra = getattr(storage_config, "extra_config", None) or {}
         self._tier_config = tier_config_from_extra(extra)  # ConfigError naming a bad key: fails the attach
+        self._extra_config = dict(extra)
+        model_fingerprint_from_extra(extra)  # a malformed fingerprint fails the attach too
         self._storage_config = storage_config
         # NOTE: SGLang strips `hicache_storage_pass_prefix_keys` from the extra config before the
         # backend sees it; whether prefix keys come is only known from the calls themselves.
@@ -64,6 +62,9 @@ class RayLSMStorage(HiCacheStorage):
         self._client = TierClient(self._tier_config)
         self.mem_pool_host = None
         self._namespace: bytes | None = None
+        self.cache_identity: CacheIdentity | None = None  # set at registration (docs/identity.md)
+        self._weight_version: str | None = None  # SGLang's weight version the identity was built with
+        self._identity_lock = threading.Lock()
         self._counters: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._transfer_log: dict[str, list[tuple[int, float]]] = {"get": [], "set": []}
@@ -73,17 +74,24 @@ class RayLSMStorage(HiCacheStorage):
     def register_mem_pool_host(self, mem_pool_host: Any) -> None:
         super().register_mem_pool_host(mem_pool_host)
         self._page_views = HostPageViews(mem_pool_host, self._is_mla)
-        layout = str(getattr(mem_pool_host, "layout", "unknown"))
-        dtype = str(getattr(mem_pool_host, "dtype", "unknown")).replace("torch.", "")
-        page_tokens = int(getattr(mem_pool_host, "page_size", 0))
-        self._namespace_name = namespace_name(self._storage_config, layout, dtype, page_tokens)
-        self._namespace = namespace_id(self._namespace_name)
-        logger.info("raylsm: attached with namespace %s", self._namespace_name)
+        self._set_identity(mem_pool_host)
+
+    def _set_identity(self, host_pool: Any) -> None:
+        """The namespace of this rank's pages: everything that changes a page's bytes (identity.py)."""
+        with self._identity_lock:
+            self._weight_version = live_weight_version()
+            identity = build_cache_identity(self._storage_config, host_pool, self._extra_config,
+                                            current_server_args())
+            self.cache_identity = identity
+            self._namespace_name = identity.namespace_name
+            self._namespace = namespace_id(identity.namespace_name)
+        log_cache_identity(identity)
 
     def _ns(self) -> bytes:
-        if self._namespace is None:  # the generic path may be used before a pool is registered
-            self._namespace_name = namespace_name(self._storage_config, "generic", "bytes", 0)
-            self._namespace = namespace_id(self._namespace_name)
+        """This rank's namespace id; rebuilt when SGLang's weight version moved (new weights, new
+        namespace) and, on the generic path, built on first use if no pool was registered."""
+        if self._namespace is None or live_weight_version() != self._weight_version:
+            self._set_identity(self.mem_pool_host)
         return self._namespace
 
     # ---- v1 zero-copy interface ----------------------------------------------------------------
