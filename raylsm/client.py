@@ -17,20 +17,24 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import ray
 
+from raylsm import namespaces
 from raylsm.actors.metrics import ClientMetrics
 from raylsm.config import TierConfig
 from raylsm.controller.controller_actor import get_controller
+from raylsm.errors import ShardUnavailableError
+from raylsm.local_reads import BoundedLocalReader, LocatedPointers
 from raylsm.router import EmptyRingError, ExtentConfig, HashRing, page_anchors, routing_key
-from raylsm.store import format as fmt
+from raylsm.shard_health import ShardHealth
 from raylsm.store import page_key
 from raylsm.store.io_buffers import page_views, parts_nbytes
 from raylsm.store.local_reader import LocalSegmentReader
+from raylsm.store.outcomes import ACCEPTED, PutOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -46,58 +50,24 @@ def _shard_of(call_key: "str | _Chunk") -> str:
 
 
 class _Routed:
-    """A batch after routing: store keys in batch order and the slots of each shard."""
+    """A batch after routing: store keys in batch order (None where SGLang's key was malformed),
+    the slots of each shard, and the first malformed slot (len(keys) if none)."""
 
-    __slots__ = ("keys", "groups")
+    __slots__ = ("keys", "groups", "first_bad")
 
-    def __init__(self, keys: list[bytes], groups: dict[str, list[int]]):
+    def __init__(self, keys: list[bytes | None], groups: dict[str, list[int]], first_bad: int):
         self.keys = keys
         self.groups = groups
+        self.first_bad = first_bad
 
 
-class _LocatedPointers:
-    """Pointers that `exists` got from same-node shards, kept briefly for the get that follows.
+class _Unsettled(NamedTuple):
+    """A put call that passed its deadline: the client answered False for its pages, so whatever it
+    stored when it lands late is deleted again."""
 
-    Keyed by store key; each entry remembers the shard, its segments directory and low watermark,
-    and when it expires. Bounded (oldest out first). Thread-safe.
-    """
-
-    def __init__(self, max_entries: int, ttl_s: float) -> None:
-        self._max_entries = max_entries
-        self._ttl_s = ttl_s
-        self._entries: OrderedDict[bytes, tuple[float, str, str, int, fmt.Pointer]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    @property
-    def enabled(self) -> bool:
-        return self._ttl_s > 0
-
-    def add(self, shard: str, keys: Sequence[bytes], segments_dir: str, low_watermark: int,
-            pointers: Sequence[fmt.Pointer]) -> None:
-        expires = time.monotonic() + self._ttl_s
-        entries = self._entries
-        with self._lock:
-            for key, pointer in zip(keys, pointers):
-                entries[key] = (expires, shard, segments_dir, low_watermark, pointer)
-                entries.move_to_end(key)
-            while len(entries) > self._max_entries:
-                entries.popitem(last=False)
-
-    def take(self, shard: str, keys: Sequence[bytes]) -> tuple[str, int, list[fmt.Pointer]] | None:
-        """(segments dir, low watermark, pointers) if every key has a fresh entry of `shard`; the
-        entries are removed. None (nothing removed) otherwise."""
-        now = time.monotonic()
-        with self._lock:
-            found = [self._entries.get(key) for key in keys]
-            if any(entry is None or entry[0] < now or entry[1] != shard for entry in found):
-                return None
-            for key in keys:
-                self._entries.pop(key, None)
-        return found[0][2], max(entry[3] for entry in found), [entry[4] for entry in found]
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
+    ref: Any
+    shard: str
+    keys: list[bytes]
 
 
 class TierClient:
@@ -113,20 +83,28 @@ class TierClient:
         self._node_id = ray.get_runtime_context().get_node_id()
         self._ring = HashRing((), client.virtual_nodes, 0)
         self._ring_info: dict = {"version": -1, "shards": {}}
+        # Namespace generations (raylsm.namespaces): base id -> id of its current generation, for
+        # the namespaces that were ever cleared. Only ever moves forward.
+        self._generations: dict[str, int] = {}
+        self._current_ids: dict[bytes, bytes] = {}
         self._handles: dict[str, Any] = {}
         self._handles_lock = threading.Lock()
+        self._health = ShardHealth()
         self._local_reader = LocalSegmentReader(direct_io=client.local_read_direct_io)
-        self._located = _LocatedPointers(client.located_pointer_entries, client.located_pointer_ttl_s)
-        # Reads done from exists()' pointers, per shard, not yet reported: they ride on the next
-        # probe_located call to that shard, or go in the ring refresh loop's flush.
+        self._bounded_reader = BoundedLocalReader(self._local_reader, self._health)
+        self._located = LocatedPointers(client.located_pointer_entries, client.located_pointer_ttl_s)
+        # Reads done on the fast path, per shard, not yet reported: they ride on the next
+        # probe_located call to that shard, or go in the background loop's flush.
         self._unreported_reads: dict[str, dict[int, list[int]]] = {}  # shard -> segment -> offsets
         self._unreported_lock = threading.Lock()
+        self._unsettled: list[_Unsettled] = []
+        self._unsettled_lock = threading.Lock()
         self._counters: Counter[str] = Counter()
         self._counters_lock = threading.Lock()
         self._metrics = ClientMetrics()
         self._closed = threading.Event()
         self.refresh_ring()
-        self._refresher = threading.Thread(target=self._refresh_loop, name="raylsm-ring-refresh", daemon=True)
+        self._refresher = threading.Thread(target=self._background_loop, name="raylsm-ring-refresh", daemon=True)
         self._refresher.start()
 
     # ---- ring ---------------------------------------------------------------------------------
@@ -136,12 +114,14 @@ class TierClient:
         return self._ring_info["version"]
 
     def refresh_ring(self) -> bool:
-        """Fetch the controller's ring; True if it changed. Failures keep the current ring."""
+        """Fetch the controller's ring (and namespace generations); True if the ring changed.
+        Failures keep the current ring."""
         try:
             info = ray.get(self._controller.ring.remote(), timeout=self._config.client.call_timeout_s)
         except (ray.exceptions.RayError, TimeoutError) as error:
             logger.warning("raylsm: ring refresh failed (%s); keeping version %s", error, self.ring_version)
             return False
+        self._adopt_generations(info.get("generations", {}))
         if info["version"] == self._ring_info["version"] and info["shards"] == self._ring_info["shards"]:
             return False  # (a restarted controller may reuse a version number: compare members too)
         previous = self._ring_info["shards"]
@@ -150,16 +130,25 @@ class TierClient:
         with self._handles_lock:  # a shard that moved to another node is a new actor: resolve it again
             self._handles = {name: handle for name, handle in self._handles.items()
                              if info["shards"].get(name) == previous.get(name)}
+        self._health.forget(set(info["shards"]))
         logger.info("raylsm: ring version %d with %d shards", info["version"], len(info["shards"]))
         return True
 
-    def _refresh_loop(self) -> None:
+    def _adopt_generations(self, generations: dict[str, int]) -> None:
+        merged = dict(self._generations)
+        for base, generation in generations.items():
+            merged[base] = max(merged.get(base, 0), int(generation))
+        if merged != self._generations:
+            self._current_ids = namespaces.current_ids({"generations": merged})
+            self._generations = merged
+
+    def _background_loop(self) -> None:
         while not self._closed.wait(self._config.client.ring_refresh_s):
-            try:
-                self.report_reads()
-                self.refresh_ring()
-            except Exception:  # the thread must outlive any one failure, or the ring goes stale
-                logger.exception("raylsm: ring refresh failed")
+            for step in (self.report_reads, self.refresh_ring, self._settle_puts, self._check_stalled):
+                try:
+                    step()
+                except Exception:  # the thread must outlive any one failure, or the ring goes stale
+                    logger.exception("raylsm: background step %s failed", step.__name__)
 
     def _handle(self, shard: str) -> Any:
         with self._handles_lock:
@@ -172,18 +161,32 @@ class TierClient:
 
     def _route(self, namespace_id: bytes, page_hashes: Sequence[bytes],
                prefix_hashes: Sequence[bytes] | None) -> _Routed:
+        """Keys and shard groups of a batch. A malformed page hash fails only its own page (and,
+        under prefix semantics, the pages behind it): it is left out of every group."""
+        namespace_id = self._current_ids.get(namespace_id, namespace_id)
         ring = self._ring
-        keys: list[bytes] = []
+        keys: list[bytes | None] = []
         groups: dict[str, list[int]] = {}
         shard_of_anchor: dict[bytes, str] = {}
-        for slot, (page, (depth, anchor)) in enumerate(
-                zip(page_hashes, page_anchors(page_hashes, prefix_hashes, self._extents))):
-            keys.append(page_key.encode(namespace_id, anchor, depth, page))
+        first_bad = len(page_hashes)
+        try:
+            anchors = page_anchors(page_hashes, prefix_hashes, self._extents)
+        except (ValueError, IndexError, TypeError):
+            anchors = [(0, page) for page in page_hashes]  # a malformed prefix: no locality, still correct
+        for slot, (page, (depth, anchor)) in enumerate(zip(page_hashes, anchors)):
+            try:
+                keys.append(page_key.encode(namespace_id, anchor, depth, page))
+            except (ValueError, TypeError):
+                keys.append(None)
+                first_bad = min(first_bad, slot)
+                continue
             shard = shard_of_anchor.get(anchor)
             if shard is None:
                 shard = shard_of_anchor[anchor] = ring.shard_for(routing_key(namespace_id, anchor))
             groups.setdefault(shard, []).append(slot)
-        return _Routed(keys, groups)
+        if first_bad < len(page_hashes):
+            self._count(bad_keys=sum(key is None for key in keys))
+        return _Routed(keys, groups, first_bad)
 
     # ---- data path ----------------------------------------------------------------------------
 
@@ -208,7 +211,7 @@ class TierClient:
                 if isinstance(value, int):
                     for slot in routed.groups[shard][:value]:
                         present[slot] = True
-            count = present.index(False) if False in present else len(present)
+            count = min(present.index(False) if False in present else len(present), routed.first_bad)
             self._count(exists_calls=1, exists_pages=len(page_hashes), exists_hits=count)
             return count
         except EmptyRingError:
@@ -222,10 +225,12 @@ class TierClient:
     def get_into(self, namespace_id: bytes, page_hashes: Sequence[bytes], prefix_hashes: Sequence[bytes] | None,
                  out_buffers: Sequence[Any]) -> list[bool]:
         """Fill out_buffers[i] (a buffer, or a list of buffers for the page's parts) with page i;
-        True per verified hit. Same-node shards are read from their segment files directly."""
+        True per verified hit. Same-node shards are read from their segment files directly, within
+        the same deadline as the calls (call_timeout_s)."""
         results = [False] * len(page_hashes)
         if not page_hashes:
             return results
+        deadline = time.monotonic() + self._config.client.call_timeout_s
         try:
             routed = self._route(namespace_id, page_hashes, prefix_hashes)
             local, remote = self._split_local(routed.groups)
@@ -245,22 +250,26 @@ class TierClient:
                 if located[shard] is None:
                     calls[shard] = ("locate_batch", (keys,))
 
-            def scatter(call_key: str | _Chunk, value: Any) -> None:
-                """Copy a remote chunk's pages out of the object store as soon as it arrives."""
-                if isinstance(call_key, _Chunk) and not isinstance(value, BaseException):
+            def on_answer(call_key: str | _Chunk, value: Any) -> None:
+                """As each answer arrives: copy a remote chunk's pages out of the object store, or
+                read the pages a same-node shard located (a stalled shard delays no other)."""
+                if isinstance(value, BaseException) or value is None:
+                    return
+                if isinstance(call_key, _Chunk):
                     hits, data = value
                     slots = chunks[call_key]
                     _scatter(data, hits, [page_parts[s] for s in slots])
                     for slot, hit in zip(slots, hits):
                         results[slot] = bool(hit)
+                else:
+                    self._read_local(call_key, value, routed, page_parts, results, deadline)
 
             pending = self._submit(calls)
             for shard, value in located.items():  # read what exists() located while the calls run
                 if value is not None:
-                    self._read_local(shard, value, routed.groups[shard], page_parts, results, note_reads=True)
-            for call_key, value in self._collect(pending, on_result=scatter).items():
-                if call_key in local and not isinstance(value, BaseException) and value is not None:
-                    self._read_local(call_key, value, routed.groups[call_key], page_parts, results, note_reads=False)
+                    self._read_local(shard, value, routed, page_parts, results, deadline)
+                    self._count(local_reads_without_call=len(routed.groups[shard]))
+            self._collect(pending, on_result=on_answer, deadline=deadline)
             hits = sum(results)
             self._count(get_calls=1, get_pages=len(results), get_hits=hits)
             return results
@@ -272,25 +281,38 @@ class TierClient:
             self._count(miss_error=len(page_hashes))
             return [False] * len(page_hashes)
 
-    def _read_local(self, shard: str, located: tuple[str, int, list], slots: Sequence[int],
-                    page_parts: Sequence[Any], results: list[bool], note_reads: bool) -> None:
-        """Read a same-node shard's pages from its segment files into the slots' buffers. With
-        `note_reads` (the pointers came from exists, so the shard has not counted these reads),
-        remember what was read for the shard: those reads earn reinsertion there, reported with
-        the next probe to it (a Ray call per get cost ~20% of the get's time)."""
+    def _read_local(self, shard: str, located: tuple[str, int, list], routed: _Routed, page_parts: Sequence[Any],
+                    results: list[bool], deadline: float) -> None:
+        """Read a same-node shard's pages from its segment files into the slots' buffers, by the
+        deadline. Verified reads are remembered for the shard (they earn reinsertion there and count
+        as hits), reported with the next probe to it (a Ray call per get cost ~20% of the get's
+        time). Pages that failed their checksum or read are reported at once: the shard re-reads
+        them and drops the ones that fail again, so that no client sees them as present."""
+        slots = routed.groups[shard]
         segments_dir, low_watermark, pointers = located
+        if self._health.is_stalled(shard):
+            self._count(local_skipped_stalled=len(slots))
+            return
         self._local_reader.forget_below(segments_dir, low_watermark)
-        outcome = self._local_reader.read_into(segments_dir, pointers, [page_parts[s] for s in slots])
+        outcome, timed_out = self._bounded_reader.read_into(shard, segments_dir, pointers,
+                                                            [page_parts[s] for s in slots], deadline)
         for slot, hit in zip(slots, outcome.results):
             results[slot] = bool(hit)
         self._count(local_read_pages=len(slots), local_miss_corrupt=outcome.corrupt,
                     local_miss_io=outcome.io_errors, local_miss_stale=outcome.stale,
-                    local_reads_without_call=len(slots) if note_reads else 0)
-        if note_reads and outcome.hit_offsets:
+                    local_read_timeouts=int(timed_out))
+        if timed_out:
+            self._metrics.failed(shard, "local_read", "timeout", len(slots) - sum(outcome.results))
+        if outcome.hit_offsets:
             with self._unreported_lock:
                 unreported = self._unreported_reads.setdefault(shard, {})
                 for segment_id, offsets in outcome.hit_offsets.items():
                     unreported.setdefault(segment_id, []).extend(offsets)
+        if outcome.failed_slots:
+            keys = [routed.keys[slots[index]] for index in outcome.failed_slots]
+            bad = [tuple(pointers[index]) for index in outcome.failed_slots]
+            self._collect(self._submit({shard: ("report_failed_reads", (keys, bad))}),
+                          deadline=max(deadline, time.monotonic() + self._config.client.call_timeout_s))
 
     def _take_unreported(self, shard: str) -> dict[int, list[int]]:
         with self._unreported_lock:
@@ -309,19 +331,58 @@ class TierClient:
 
     def put(self, namespace_id: bytes, page_hashes: Sequence[bytes], prefix_hashes: Sequence[bytes] | None,
             values: Sequence[Any]) -> list[bool]:
-        """Store pages (each a buffer or a list of part buffers); True per page stored or present."""
+        """Store pages (each a buffer or a list of part buffers); True per page stored, present, or
+        declined by the admission policy (a refusal must not stop SGLang's backup of the sequence).
+
+        The batch is one chain: a page is worth nothing once a page before it is missing. So when
+        a shard's call fails (after one retry if the failure was quick), the pages of the batch
+        behind the first failed one that this call stored are deleted again and reported False. A
+        call that passes the deadline is never written after it (the shard checks the deadline),
+        and if it was being written then, what it stored is deleted once it lands."""
         results = [False] * len(page_hashes)
         if not page_hashes:
             return results
+        timeout_s = self._config.client.call_timeout_s
+        deadline = time.monotonic() + timeout_s
+        wall_deadline = time.time() + timeout_s
         try:
             routed = self._route(namespace_id, page_hashes, prefix_hashes)
-            calls = {shard: ("put_batch", ([routed.keys[s] for s in slots], [_as_arrays(values[s]) for s in slots]))
-                     for shard, slots in routed.groups.items()}
-            for shard, value in self._fan_out(calls).items():
+            outcomes: dict[int, int] = {}
+            failed_slots: list[int] = list(range(routed.first_bad, len(page_hashes)))
+
+            def calls_for(shards):
+                return {shard: ("put_batch", ([routed.keys[s] for s in routed.groups[shard]],
+                                              [_as_arrays(values[s]) for s in routed.groups[shard]], wall_deadline))
+                        for shard in shards}
+
+            answers = self._collect(self._submit(calls_for(routed.groups)), deadline=deadline, settle_late=True)
+            retry = [shard for shard, value in answers.items() if _retryable(value)]
+            if retry and deadline - time.monotonic() > 0.5 * timeout_s:
+                with self._handles_lock:  # the actor may have been replaced: look it up again
+                    for shard in retry:
+                        self._handles.pop(shard, None)
+                answers.update(self._collect(self._submit(calls_for(retry)), deadline=deadline, settle_late=True))
+                self._count(put_retries=len(retry))
+            for shard, value in answers.items():
+                slots = routed.groups[shard]
                 if isinstance(value, list):
-                    for slot, ok in zip(routed.groups[shard], value):
-                        results[slot] = bool(ok)
-            self._count(put_calls=1, put_pages=len(results), put_stored=sum(results))
+                    outcomes.update(zip(slots, value))
+                else:
+                    failed_slots.extend(slots)
+            first_failed = min(failed_slots, default=len(page_hashes))
+            orphans: dict[str, list[bytes]] = {}
+            for slot, outcome in outcomes.items():
+                if slot > first_failed and outcome == PutOutcome.STORED:
+                    orphans.setdefault(self._shard_of_slot(routed, slot), []).append(routed.keys[slot])
+                else:
+                    results[slot] = outcome in ACCEPTED and slot < first_failed
+            if orphans:  # unreachable behind the failed prefix: give their space back now
+                self._submit({shard: ("delete_batch", (keys,)) for shard, keys in orphans.items()})
+                self._count(put_orphans_deleted=sum(len(keys) for keys in orphans.values()))
+            declined = Counter(PutOutcome(outcome).name.lower() for outcome in outcomes.values()
+                               if outcome not in (PutOutcome.STORED, PutOutcome.PRESENT))
+            self._count(put_calls=1, put_pages=len(results), put_stored=sum(results),
+                        **{f"put_{cause}": count for cause, count in declined.items()})
             return results
         except EmptyRingError:
             self._count(put_failed_no_shards=len(page_hashes))
@@ -331,11 +392,57 @@ class TierClient:
             self._count(put_failed_error=len(page_hashes))
             return [False] * len(page_hashes)
 
-    def clear_namespace(self, namespace_id: bytes) -> int:
-        """Delete one namespace's pages on every shard of the ring; returns pages deleted."""
+    @staticmethod
+    def _shard_of_slot(routed: _Routed, slot: int) -> str:
+        return next(shard for shard, slots in routed.groups.items() if slot in slots)
+
+    def _settle_puts(self) -> None:
+        """Delete what timed-out put calls stored when they landed after the client answered False."""
+        with self._unsettled_lock:
+            unsettled, self._unsettled = self._unsettled, []
+        if not unsettled:
+            return
+        done, _ = ray.wait([entry.ref for entry in unsettled], num_returns=len(unsettled), timeout=0)
+        done = set(done)
+        still = []
+        for entry in unsettled:
+            if entry.ref not in done:
+                still.append(entry)
+                continue
+            try:
+                codes = ray.get(entry.ref)
+            except Exception:  # it failed: it stored nothing
+                continue
+            stored = [key for key, code in zip(entry.keys, codes) if code == PutOutcome.STORED]
+            if stored:
+                self._submit({entry.shard: ("delete_batch", (stored,))})
+                self._count(put_late_deleted=len(stored))
+        with self._unsettled_lock:
+            self._unsettled.extend(still)
+
+    def clear_namespace(self, namespace_id: bytes) -> bool:
+        """Clear one namespace on every shard (raylsm.namespaces): True once no process can get a
+        hit on a page of it written before this call; False if that cannot be vouched for (the
+        controller did not answer, or a shard it knows did not confirm). Either way this client
+        uses the namespace's new generation from now on. Waits out the same-node pointer cache of
+        every process (located_pointer_ttl_s + call_timeout_s) before answering True."""
         self._located.clear()
-        calls = {shard: ("delete_namespace", (namespace_id,)) for shard in self._ring.shards}
-        return sum(value for value in self._fan_out(calls).values() if isinstance(value, int))
+        client = self._config.client
+        timeout_s = max(10.0, 3 * client.call_timeout_s)
+        try:
+            answer = ray.get(self._controller.clear_namespace.remote(namespace_id, timeout_s), timeout=timeout_s + 5)
+        except Exception as error:
+            logger.error("raylsm: clear of namespace %s failed: %r", namespace_id.hex(), error)
+            return False
+        self._adopt_generations({namespace_id.hex(): answer["generation"]})
+        self._located.clear()
+        if not answer["ok"]:
+            logger.error("raylsm: clear of namespace %s not confirmed by shards %s", namespace_id.hex(),
+                         answer["unconfirmed"])
+            return False
+        if client.same_node_fast_path and self._located.enabled:
+            time.sleep(self._located.ttl_s + client.call_timeout_s)
+        return True
 
     # ---- plumbing -----------------------------------------------------------------------------
 
@@ -349,30 +456,43 @@ class TierClient:
 
     def _fan_out(self, calls: dict[str, tuple[str, tuple]]) -> dict[str, Any]:
         """Call method(*args) on every shard at once; wait at most call_timeout_s in total. The value
-        per shard, or an exception (RayError; ValueError for a shard whose actor is gone;
-        TimeoutError for one that did not answer). One failing shard never fails the others."""
+        per shard, or an exception (RayError; ShardUnavailableError for a stalled shard or one whose
+        actor is gone; TimeoutError for one that did not answer). One failing shard never fails the
+        others."""
         return self._collect(self._submit(calls))
 
     def _submit(self, calls: dict[Any, tuple[str, tuple]]) -> tuple[dict, dict[Any, Any]]:
         """Issue the calls of `_fan_out` without waiting: (refs by call key, failures so far). A call
-        key is a shard name, or a `_Chunk` for one of several calls to a shard."""
+        key is a shard name, or a `_Chunk` for one of several calls to a shard. A stalled shard's
+        calls fail at once."""
         refs = {}
         results: dict[Any, Any] = {}
         for call_key, (method, args) in calls.items():
             pages = len(args[0]) if args and isinstance(args[0], list) else 0
+            shard = _shard_of(call_key)
+            if self._health.is_stalled(shard):
+                results[call_key] = ShardUnavailableError(f"shard {shard} is stalled")
+                self._count(stalled_calls=1)
+                self._metrics.failed(shard, method, "stalled", pages)
+                continue
             try:
-                refs[getattr(self._handle(_shard_of(call_key)), method).remote(*args)] = (call_key, method, pages)
-            except Exception as error:  # e.g. the actor handle is gone
-                results[call_key] = error
-                self._count_failure(_shard_of(call_key), method, pages, error)
+                handle = self._handle(shard)
+            except Exception as error:  # the actor is gone (ValueError from get_actor)
+                results[call_key] = _ShardGone(f"shard {shard} is gone: {error}")
+                self._count_failure(shard, method, pages, "shard_down")
+                continue
+            refs[getattr(handle, method).remote(*args)] = (call_key, method, pages, args)
         return refs, results
 
-    def _collect(self, submitted: tuple[dict, dict[Any, Any]],
-                 on_result: Callable[[Any, Any], None] | None = None) -> dict[Any, Any]:
-        """Wait for submitted calls (call_timeout_s in total); the value or exception per call key.
-        `on_result(call_key, value)` runs for each answer as it arrives (before the others)."""
+    def _collect(self, submitted: tuple[dict, dict[Any, Any]], on_result: Callable[[Any, Any], None] | None = None,
+                 deadline: float | None = None, settle_late: bool = False) -> dict[Any, Any]:
+        """Wait for submitted calls until `deadline` (default: call_timeout_s from now); the value or
+        exception per call key. `on_result(call_key, value)` runs for each answer as it arrives.
+        A call still running at the deadline marks its shard stalled; it is cancelled, or with
+        `settle_late` (puts) kept so that what it stores when it lands late is deleted again."""
         refs, results = submitted
-        deadline = time.monotonic() + self._config.client.call_timeout_s
+        if deadline is None:
+            deadline = time.monotonic() + self._config.client.call_timeout_s
         pending = list(refs)
         while pending:
             ready, pending = ray.wait(pending, num_returns=1 if on_result else len(pending),
@@ -380,36 +500,60 @@ class TierClient:
             if not ready:
                 break
             for ref in ready:
-                call_key, method, pages = refs[ref]
+                call_key, method, pages, _ = refs[ref]
                 try:
                     results[call_key] = ray.get(ref)
                 except Exception as error:
                     results[call_key] = error
-                    self._count_failure(_shard_of(call_key), method, pages, error)
+                    self._count_failure(_shard_of(call_key), method, pages, _failure_cause(error))
+                    if isinstance(error, ray.exceptions.ActorDiedError):
+                        # Dead for good: the controller starts a new actor under the same name; look
+                        # it up again on the next call instead of calling the dead one forever.
+                        with self._handles_lock:
+                            self._handles.pop(_shard_of(call_key), None)
                 if on_result is not None:
                     on_result(call_key, results[call_key])
         for ref in pending:
-            call_key, method, pages = refs[ref]
+            call_key, method, pages, args = refs[ref]
             shard = _shard_of(call_key)
             results[call_key] = TimeoutError(f"shard {shard} did not answer in time")
             self._count(timeouts=1)
             self._metrics.failed(shard, method, "timeout", pages)
-            ray.cancel(ref)
+            self._health.mark(shard)
+            if settle_late:
+                with self._unsettled_lock:
+                    self._unsettled.append(_Unsettled(ref, shard, list(args[0])))
+            else:
+                ray.cancel(ref)
         return results
 
-    def _count_failure(self, shard: str, method: str, pages: int, error: BaseException) -> None:
-        if isinstance(error, (ray.exceptions.RayActorError, ValueError)):
-            self._count(shard_down=1)
-            self._metrics.failed(shard, method, "shard_down", pages)
-            if isinstance(error, ray.exceptions.ActorDiedError):
-                # Dead for good: the controller starts a new actor under the same name; look it up
-                # again on the next call instead of calling the dead one forever.
-                with self._handles_lock:
-                    self._handles.pop(shard, None)
-        else:
-            self._count(call_errors=1)
-            self._metrics.failed(shard, method, "error", pages)
-        logger.debug("raylsm: shard %s call failed: %r", shard, error)
+    def _check_stalled(self) -> None:
+        """Clear stalled shards that answer their health check with no call stuck past the timeout."""
+        timeout_s = self._config.client.call_timeout_s
+
+        def ask(shards: dict[str, None]) -> dict[str, Any]:
+            refs = {}
+            for shard in shards:
+                try:
+                    refs[self._handle(shard).health.remote()] = shard
+                except Exception:
+                    continue
+            ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=min(1.0, timeout_s)) if refs else ([], [])
+            answers = {}
+            for ref in ready:
+                try:
+                    answers[refs[ref]] = ray.get(ref)
+                except Exception as error:
+                    answers[refs[ref]] = error
+            return answers
+
+        for shard in self._health.check(ask, timeout_s):
+            logger.info("raylsm: shard %s answers again", shard)
+
+    def _count_failure(self, shard: str, method: str, pages: int, cause: str) -> None:
+        self._count(**{cause if cause != "error" else "call_errors": 1})
+        self._metrics.failed(shard, method, cause, pages)
+        logger.debug("raylsm: shard %s call %s failed: %s", shard, method, cause)
 
     def _count(self, **deltas: int) -> None:
         with self._counters_lock:
@@ -418,12 +562,34 @@ class TierClient:
     def stats(self) -> dict:
         with self._counters_lock:
             counters = dict(self._counters)
-        return {"ring_version": self.ring_version, "shards": len(self._ring_info["shards"]), "counters": counters}
+        return {"ring_version": self.ring_version, "shards": len(self._ring_info["shards"]), "counters": counters,
+                "stalled_shards": self._health.stalled()}
 
     def close(self) -> None:
         self._closed.set()
         self.report_reads()
+        self._bounded_reader.close()
         self._local_reader.close()
+
+
+def _failure_cause(error: BaseException) -> str:
+    """How a failed shard call is counted: the shard is down (its actor died or is restarting),
+    the input was bad (the shard refused it: a typed ValueError, never a shard being down), or
+    another error."""
+    if isinstance(error, ray.exceptions.RayTaskError):
+        return "bad_input" if isinstance(error, ValueError) else "error"
+    if isinstance(error, ray.exceptions.RayActorError):
+        return "shard_down"
+    return "error"
+
+
+class _ShardGone(ShardUnavailableError):
+    """The shard's actor could not be looked up (it is being replaced)."""
+
+
+def _retryable(value: Any) -> bool:
+    """A put call that failed fast because its actor was gone or restarting (worth one retry)."""
+    return isinstance(value, (ray.exceptions.RayActorError, _ShardGone))
 
 
 def _as_arrays(value: Any) -> Any:

@@ -26,6 +26,9 @@ _OUTCOMES = {
     "puts_existing": ("puts", "existing"),
     "puts_rejected": ("puts", "rejected"),
     "puts_failed": ("puts", "failed"),
+    "puts_too_large": ("puts", "too_large"),
+    "puts_bad_value": ("puts", "bad_value"),
+    "puts_expired": ("puts", "expired"),
 }
 _BYTES = {"gets_hit_bytes": "read", "puts_bytes": "written"}
 
@@ -35,6 +38,7 @@ class ShardMetrics:
         self._tags = {"shard": shard_name}
         self._lock = threading.Lock()
         self._last: dict[str, int] = {}
+        self._last_seq = 0
         self._pages = {name: Counter(f"raylsm_{name}_total", description=f"pages by outcome ({name})",
                                      tag_keys=("shard", "outcome")) for name in ("gets", "puts")}
         self._bytes = Counter("raylsm_bytes_total", description="page bytes read and written",
@@ -53,11 +57,19 @@ class ShardMetrics:
         self._latency.observe(ms, tags={**self._tags, "op": op})
 
     def sync(self, stats: dict) -> None:
-        """Turn the store's cumulative counters into metric increments since the last sync."""
+        """Turn the store's cumulative counters into metric increments since the last sync.
+
+        Snapshots are taken on several actor threads and may arrive out of order (20, 10, 30): each
+        counter only ever moves up to the highest value seen, so the exported total is the store's
+        counter (30), whatever the interleaving."""
         counters = stats["counters"]
         with self._lock:
-            deltas = {name: value - self._last.get(name, 0) for name, value in counters.items()}
-            self._last = dict(counters)
+            deltas = {}
+            for name, value in counters.items():
+                seen = self._last.get(name, 0)
+                if value > seen:
+                    deltas[name] = value - seen
+                    self._last[name] = value
         for name, (metric, outcome) in _OUTCOMES.items():
             if deltas.get(name, 0) > 0:
                 self._pages[metric].inc(deltas[name], tags={**self._tags, "outcome": outcome})
@@ -68,6 +80,11 @@ class ShardMetrics:
             self._evicted.inc(deltas["evicted_pages"], tags=self._tags)
         if deltas.get("reinserted_pages", 0) > 0:
             self._reinserted.inc(deltas["reinserted_pages"], tags=self._tags)
+        with self._lock:
+            newest = stats.get("seq", 0) >= self._last_seq
+            self._last_seq = max(self._last_seq, stats.get("seq", 0))
+        if not newest:
+            return  # an older snapshot than one already exported: its gauges are out of date
         space = stats["space"]
         self._capacity.set(space["capacity_bytes"], tags=self._tags)
         self._disk.set(space["disk_bytes"], tags=self._tags)
@@ -78,10 +95,12 @@ class ClientMetrics:
     """Pages a TierClient could not serve from a shard because the call to it failed, exported from
     the client's process (the SGLang scheduler): `ray_raylsm_client_failed_pages_total{shard, op,
     cause}` with cause "shard_down" (actor dead or restarting), "timeout" (no answer within
-    call_timeout_s) or "error". The shard cannot count these itself. Metrics that cannot be created
-    (Ray not initialized) are skipped, never raised."""
+    call_timeout_s; op "local_read" for a same-node read past its deadline), "stalled" (skipped
+    without a call: the shard timed out recently and has not recovered), "bad_input" (the shard
+    refused the input) or "error". The shard cannot count these itself. Metrics that cannot be
+    created (Ray not initialized) are skipped, never raised."""
 
-    CAUSES = ("shard_down", "timeout", "error")
+    CAUSES = ("shard_down", "timeout", "stalled", "bad_input", "error")
 
     def __init__(self) -> None:
         try:

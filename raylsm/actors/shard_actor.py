@@ -12,6 +12,8 @@ bytes of a get leave as one numpy array, which the caller maps zero-copy from th
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import os
 import threading
@@ -43,6 +45,14 @@ class ShardServer:
             self._restarted = context.was_current_actor_reconstructed
         self._metrics = ShardMetrics(shard_name)
         self._thread_buffers = threading.local()
+        self._in_flight: dict[int, float] = {}  # data call id -> start (monotonic)
+        self._in_flight_lock = threading.Lock()
+        self._call_ids = itertools.count()
+        # Reads are fenced until this incarnation has the tier's namespace table: a shard that was
+        # down while a namespace was cleared must not serve that namespace's old pages.
+        self._synced = threading.Event()
+        self._ray_namespace = context.namespace
+        threading.Thread(target=self._sync_from_controller, name="raylsm-namespace-sync", daemon=True).start()
         recovery = self._store.recovery
         logger.info("shard %s opened %s (restarted=%s, clean=%s, dropped pointers=%d, truncated bytes=%d)",
                     shard_name, self._path, self._restarted, recovery.clean_shutdown,
@@ -57,6 +67,14 @@ class ShardServer:
     def ping(self) -> bool:
         return True
 
+    def health(self) -> dict:
+        """How stalled the shard is: the age in seconds of its oldest data call still running
+        (0.0 when none). A client that saw a call time out skips this shard until this is small."""
+        now = time.monotonic()
+        with self._in_flight_lock:
+            oldest = min(self._in_flight.values(), default=now)
+        return {"stalled_s": now - oldest}
+
     def stats(self) -> dict:
         stats = self._store.stats()
         self._metrics.sync(stats)
@@ -67,54 +85,84 @@ class ShardServer:
         import dataclasses
         return dataclasses.asdict(self._store.apply_tuning(changes))
 
+    # ---- namespace table (raylsm.namespaces) -------------------------------------------------------
+
+    def namespace_status(self) -> dict:
+        return {"version": self._store.namespace_table()["version"], "synced": self._synced.is_set()}
+
+    def namespace_table(self) -> dict:
+        return self._store.namespace_table()
+
+    def sync_namespaces(self, table: dict) -> int:
+        """Apply the controller's namespace table (deleting retired namespaces' pages) and open reads.
+        Returns the table version now applied."""
+        self._store.apply_namespace_table(table)
+        self._synced.set()
+        return self._store.namespace_table()["version"]
+
+    def _sync_from_controller(self, retry_s: float = 1.0) -> None:
+        """Fetch the table from the controller at start (it also pushes it on its next reconcile)."""
+        from raylsm.controller.controller_actor import get_controller
+
+        while not self._synced.is_set():
+            try:
+                table = ray.get(get_controller(self._ray_namespace).namespace_table.remote(), timeout=10)
+                self.sync_namespaces(table)
+            except Exception as error:  # no controller yet, or it is restarting: it will push
+                logger.info("shard %s: namespace table not fetched yet (%r)", self._name, error)
+                self._synced.wait(retry_s)
+
     def shutdown(self) -> None:
         """Close the store cleanly before the actor is killed (`raylsm down`)."""
         self._store.close()
 
     # ---- data path ----------------------------------------------------------------------------
 
-    def put_batch(self, keys: Sequence[bytes], values: Sequence[Any]) -> list[bool]:
-        started = time.perf_counter()
-        results = self._store.put_batch(keys, values)
-        self._after_call("put", started)
-        return results
+    def put_batch(self, keys: Sequence[bytes], values: Sequence[Any], deadline_s: float | None = None) -> list[int]:
+        """Store pages; a PutOutcome code per page (raylsm.store.outcomes). Pages not written by
+        `deadline_s` (wall clock of the caller, who gives up then) are EXPIRED, not written."""
+        with self._data_call("put"):
+            return [int(outcome) for outcome in self._store.put_batch_outcomes(keys, values, deadline_s)]
 
     def get_batch(self, keys: Sequence[bytes], page_bytes: Sequence[int]) -> tuple[list[bool], np.ndarray]:
         """Read pages into one new array (page i at sum(page_bytes[:i])); hits per page."""
-        started = time.perf_counter()
-        buffer = self._read_buffer(int(sum(page_bytes)))
-        views, offset = [], 0
-        for nbytes in page_bytes:
-            views.append(buffer[offset : offset + nbytes])
-            offset += nbytes
-        hits = self._store.get_batch_into(keys, views)
-        self._after_call("get", started)
-        return hits, buffer
+        with self._data_call("get"):
+            buffer = self._read_buffer(int(sum(page_bytes)))
+            if not self._synced.is_set():
+                return [False] * len(keys), buffer
+            views, offset = [], 0
+            for nbytes in page_bytes:
+                views.append(buffer[offset : offset + nbytes])
+                offset += nbytes
+            hits = self._store.get_batch_into(keys, views)
+            return hits, buffer
 
     def probe(self, keys: Sequence[bytes]) -> int:
-        started = time.perf_counter()
-        count = self._store.probe(keys)
-        self._after_call("probe", started)
-        return count
+        with self._data_call("probe"):
+            return self._store.probe(keys) if self._synced.is_set() else 0
 
     def locate_batch(self, keys: Sequence[bytes]) -> tuple[str, int, list]:
         """Pointers for a same-node reader: (segments dir, low watermark, pointer or None per key)."""
-        started = time.perf_counter()
-        located = self._store.locate_batch(keys)
-        self._after_call("locate", started)
-        return located
+        with self._data_call("locate"):
+            segments_dir, low_watermark, pointers = self._store.locate_batch(keys)
+            return segments_dir, low_watermark, pointers if self._synced.is_set() else [None] * len(keys)
 
     def probe_located(self, keys: Sequence[bytes], reads: Mapping[int, Sequence[int]] | None = None
                       ) -> tuple[str, int, list]:
         """`probe` for a same-node reader: (segments dir, low watermark, pointers of the leading
         present keys); the reader skips the locate call of its get. `reads`: value offsets by
         segment of pages the reader read from earlier pointers, counted as `note_reads` does."""
-        started = time.perf_counter()
-        if reads:
-            self._store.note_reads(reads)
-        located = self._store.probe_located(keys)
-        self._after_call("probe", started)
-        return located
+        with self._data_call("probe"):
+            if reads:
+                self._store.note_reads(reads)
+            segments_dir, low_watermark, pointers = self._store.probe_located(keys)
+            return segments_dir, low_watermark, pointers if self._synced.is_set() else []
+
+    def report_failed_reads(self, keys: Sequence[bytes], pointers: Sequence[Sequence[int]]) -> int:
+        """Pages a same-node reader failed to read (checksum or I/O) from these pointers: re-read
+        here, and dropped if they fail again, so that no client sees them as present."""
+        with self._data_call("verify"):
+            return self._store.report_failed_reads(keys, pointers)
 
     def note_reads(self, offsets_by_segment: Mapping[int, Sequence[int]]) -> None:
         """Reads a same-node reader did from probe_located pointers, sent without waiting when no
@@ -140,10 +188,21 @@ class ShardServer:
             self._thread_buffers.buffer = buffer
         return buffer[:nbytes]
 
-    def _after_call(self, op: str, started: float) -> None:
-        self._metrics.observe_call(op, (time.perf_counter() - started) * 1e3)
-        # NOTE: one stats snapshot per call (~tens of microseconds), not per page.
-        self._metrics.sync(self._store.stats())
+    @contextlib.contextmanager
+    def _data_call(self, op: str):
+        """Time a data call, count it as in flight (for `health`) and export the store's stats."""
+        call_id = next(self._call_ids)
+        started = time.perf_counter()
+        with self._in_flight_lock:
+            self._in_flight[call_id] = time.monotonic()
+        try:
+            yield
+        finally:
+            with self._in_flight_lock:
+                del self._in_flight[call_id]
+            self._metrics.observe_call(op, (time.perf_counter() - started) * 1e3)
+            # NOTE: one stats snapshot per call (~tens of microseconds), not per page.
+            self._metrics.sync(self._store.stats())
 
 
 def open_with_retry(path: str, config: ShardConfig, shard_name: str) -> ShardStore:

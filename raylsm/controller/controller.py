@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from raylsm import namespaces
 from raylsm.config import TierConfig
 from raylsm.controller.ray_api import RayClusterApi, ShardSlot
 
@@ -50,11 +51,14 @@ class Controller:
         # publishes versions above any its previous incarnation did (one change per ms at most).
         self._ring_version = int(time.time() * 1000)
         self._errors: dict[str, str] = {}
+        # The namespace table (raylsm.namespaces); rebuilt from the shards after a restart.
+        self._namespaces: dict = dict(namespaces.EMPTY_TABLE)
 
     # ---- the loop -----------------------------------------------------------------------------
 
     def reconcile_once(self) -> None:
-        for step in (self._reconcile_membership, self._reconcile_health, self._publish_ring):
+        for step in (self._reconcile_membership, self._reconcile_health, self._reconcile_namespaces,
+                     self._publish_ring):
             try:
                 step()
                 self._errors.pop(step.__name__, None)
@@ -122,6 +126,51 @@ class Controller:
             logger.warning("shard %s died for good; starting it again on node %s", record.name, record.node_id)
             record.handle = self._api.start_shard(ShardSlot(record.name, record.node_id), self._config.shard)
 
+    def _reconcile_namespaces(self) -> None:
+        """Merge in any newer namespace table a shard holds (after a controller restart), then push
+        the table to every shard that lacks it or has not synced since it (re)started."""
+        with self._lock:
+            handles = {name: record.handle for name, record in self._shards.items()}
+        timeout_s = self._config.controller.ping_timeout_s
+        answers = self._api.call_all(handles, "namespace_status", timeout_s)
+        version = lambda: self._namespaces["version"]  # noqa: E731
+        newer = {name: handles[name] for name, answer in answers.items()
+                 if isinstance(answer, dict) and answer.get("version", 0) > version()}
+        if newer:
+            tables = self._api.call_all(newer, "namespace_table", timeout_s)
+            with self._lock:
+                self._namespaces = namespaces.merged(self._namespaces, *(
+                    table for table in tables.values() if isinstance(table, dict)))
+            logger.info("namespace table version %d rebuilt from shards %s", version(), sorted(newer))
+        behind = {name: handles[name] for name, answer in answers.items() if isinstance(answer, dict)
+                  and (answer.get("version", 0) < version() or not answer.get("synced", True))}
+        if behind:
+            self._api.call_all(behind, "sync_namespaces", timeout_s, self.namespace_table())
+
+    def namespace_table(self) -> dict:
+        with self._lock:
+            return dict(self._namespaces)
+
+    def clear_namespace(self, base_id: bytes, timeout_s: float = 10.0) -> dict:
+        """Move a namespace to its next generation and retire its current id on every shard.
+
+        Returns {"ok", "generation", "unconfirmed"}: ok only if every shard the controller knows
+        applied the new table (deleted the retired id's pages and refuses writes to it) within
+        `timeout_s`. A shard that did not answer still gets the table before it serves reads again
+        (shards are fenced until synced after a restart, and this loop pushes it), but a shard that is
+        alive and stuck cannot be vouched for, so the clear is reported unconfirmed."""
+        with self._lock:
+            self._namespaces = namespaces.cleared(self._namespaces, base_id)
+            table = dict(self._namespaces)
+            handles = {name: record.handle for name, record in self._shards.items()}
+        answers = self._api.call_all(handles, "sync_namespaces", timeout_s, table)
+        unconfirmed = sorted(name for name, answer in answers.items()
+                             if not isinstance(answer, int) or answer < table["version"])
+        generation = table["generations"][base_id.hex()]
+        logger.info("namespace %s cleared: generation %d (unconfirmed shards: %s)", base_id.hex(), generation,
+                    unconfirmed or "none")
+        return {"ok": not unconfirmed, "generation": generation, "unconfirmed": unconfirmed}
+
     def _publish_ring(self) -> None:
         with self._lock:
             # A shard joins the ring once it has served; an unreachable one stays (Ray restarts it on
@@ -145,6 +194,7 @@ class Controller:
                 "shards": {name: {"node_id": self._shards[name].node_id} for name in self._ring_members
                            if name in self._shards},
                 "namespace": self._config.ray_namespace,
+                "generations": dict(self._namespaces["generations"]),
             }
 
     def status(self, timeout_s: float = 5.0) -> dict:

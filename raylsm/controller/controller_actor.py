@@ -40,6 +40,12 @@ class ControllerServer:
     def status(self) -> dict:
         return self._controller.status()
 
+    def namespace_table(self) -> dict:
+        return self._controller.namespace_table()
+
+    def clear_namespace(self, base_id: bytes, timeout_s: float = 10.0) -> dict:
+        return self._controller.clear_namespace(base_id, timeout_s)
+
     def shutdown(self) -> int:
         self._stop.set()
         return self._controller.shutdown_shards()

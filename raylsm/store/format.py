@@ -198,6 +198,9 @@ def decode_pointer(raw: bytes) -> Pointer | None:
 META_FORMAT_VERSION = b"\x00format_version"
 META_LOW_WATERMARK = b"\x00low_watermark"  # segments with a smaller id have been freed
 META_CLEAN_SHUTDOWN = b"\x00clean_shutdown"
+# The tier's namespace table as this shard last applied it (msgpack; raylsm.namespaces): which
+# namespace ids were cleared (retired), so a restarted controller can rebuild it from the shards.
+META_NAMESPACE_TABLE = b"\x00namespace_table"
 _U32 = struct.Struct("<I")
 
 

@@ -20,6 +20,7 @@ class PutOutcome(IntEnum):
     TOO_LARGE = 4   # larger than a segment can hold (input error)
     BAD_VALUE = 5   # not a contiguous buffer (input error)
     EXPIRED = 6     # the call's deadline had passed before it could be written
+    RETIRED = 7     # its namespace id was cleared (an older generation): never stored again
 
 
 IN_STORE = frozenset({PutOutcome.STORED, PutOutcome.PRESENT})

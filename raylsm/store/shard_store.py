@@ -24,8 +24,10 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Mapping, Sequence
 
+import msgpack
 import numpy as np
 
+from raylsm import namespaces
 from raylsm.errors import FormatVersionError, StoreClosedError
 from raylsm.store import format as fmt
 from raylsm.store.admission import make_admission_policy
@@ -69,6 +71,9 @@ class ShardStore:
         self._zero_pad = aligned_empty(fmt.BLOCK_BYTES)
         self._zero_pad[:] = 0
         self.recovery = state
+        raw_table = index.get_meta(fmt.META_NAMESPACE_TABLE)
+        self._namespace_table = msgpack.unpackb(raw_table) if raw_table else dict(namespaces.EMPTY_TABLE)
+        self._retired = namespaces.retired_ids(self._namespace_table)
         self._stats.add(recovery_dropped_pointers=state.dropped_pointers)
 
     # ---- lifecycle ----------------------------------------------------------------------------
@@ -174,10 +179,13 @@ class ShardStore:
             present = self._present_flags(keys)
             todo_keys, todo_pages, todo_slots = [], [], []
             first_slot: dict[bytes, int] = {}
+            retired = self._retired
             for slot, key in enumerate(keys):
                 if not valid[slot]:
                     continue
-                if present[slot]:
+                if retired and key[1:1 + page_key.NAMESPACE_ID_BYTES] in retired:
+                    outcomes[slot] = PutOutcome.RETIRED
+                elif present[slot]:
                     outcomes[slot] = PutOutcome.PRESENT
                 elif key in first_slot:
                     continue  # a repeat inside this batch: resolved from the first occurrence below
@@ -443,25 +451,46 @@ class ShardStore:
         self._stats.add(deleted_pages=deleted)
         return deleted
 
+    def namespace_table(self) -> dict:
+        """The namespace table this store last applied (raylsm.namespaces)."""
+        return self._namespace_table
+
+    def apply_namespace_table(self, table: Mapping[str, Any]) -> int:
+        """Adopt a newer namespace table: every page of a namespace id it retires is deleted, and
+        puts to those ids are refused from now on (RETIRED). The merged table is persisted, so a
+        restarted controller can rebuild the tier's table from its shards. Returns pages deleted."""
+        with self._write_lock:
+            self._check_open()
+            table = namespaces.merged(self._namespace_table, table)
+            newly_retired = namespaces.retired_ids(table) - self._retired
+            self._retired = self._retired | newly_retired  # refused from here on, before the delete
+            deleted = sum(self._delete_namespace_locked(namespace) for namespace in sorted(newly_retired))
+            self._index.put_meta(fmt.META_NAMESPACE_TABLE, msgpack.packb(table))
+            self._namespace_table = table
+        return deleted
+
     def delete_namespace(self, namespace: bytes) -> int:
         """Remove every page of one namespace (8-byte id); returns how many there were."""
-        prefix = bytes((page_key.PAGE_KEY_TAG,)) + namespace
         if len(namespace) != page_key.NAMESPACE_ID_BYTES:
             raise ValueError(f"namespace id must be {page_key.NAMESPACE_ID_BYTES} bytes, got {len(namespace)}")
         with self._write_lock:
             self._check_open()
-            batch = self._index.new_batch()
-            deleted = 0
-            for key, raw in self._index.scan_from(prefix):
-                if not key.startswith(prefix):
-                    break
-                batch.delete(key)
-                self._forget(key)
-                deleted += 1
-                pointer = fmt.decode_pointer(raw)
-                if pointer is not None:
-                    self._live.remove(pointer.segment_id, pointer.length)
-            self._index.commit(batch)
+            return self._delete_namespace_locked(namespace)
+
+    def _delete_namespace_locked(self, namespace: bytes) -> int:
+        prefix = bytes((page_key.PAGE_KEY_TAG,)) + namespace
+        batch = self._index.new_batch()
+        deleted = 0
+        for key, raw in self._index.scan_from(prefix):
+            if not key.startswith(prefix):
+                break
+            batch.delete(key)
+            self._forget(key)
+            deleted += 1
+            pointer = fmt.decode_pointer(raw)
+            if pointer is not None:
+                self._live.remove(pointer.segment_id, pointer.length)
+        self._index.commit(batch)
         self._stats.add(deleted_pages=deleted)
         return deleted
 
@@ -538,6 +567,7 @@ class ShardStore:
         outcome = read_verified(wanted, {slot: (memoryview(buffer),) for slot, buffer in enumerate(buffers)},
                                 len(keys), self._config.merge_gap_bytes, self._config.direct_io,
                                 self._pinned_segment)
+        self._stats.add(gets_miss_corrupt=outcome.corrupt, gets_miss_io=outcome.io_errors)
         return self._drop_failed([(keys[slot], wanted[slot][1]) for slot in outcome.failed_slots])
 
     def _drop_failed(self, failed: Sequence[tuple[bytes, fmt.Pointer]]) -> int:
@@ -632,17 +662,13 @@ class ShardStore:
     def locate_batch(self, keys: Sequence[bytes]) -> tuple[str, int, list[fmt.Pointer | None]]:
         """Pointers for a reader on this node that reads segment bytes itself (LocalSegmentReader):
         (segments directory, low watermark, a pointer or None per key). Segments below the low
-        watermark are freed; the reader closes its files of them. The caller reads the located
-        pages right away: they count as reads (for reinsertion and the hit counters)."""
+        watermark are freed; the reader closes its files of them. Keys without a pointer count as
+        absent misses; the pages the reader then verifies it reports with `note_reads` (hits, and
+        reads that earn reinsertion) or `report_failed_reads`, so each page counts once."""
         validate_keys(keys)
         self._check_open()
         pointers = self._live_pointers(keys)
-        offsets_by_segment: dict[int, list[int]] = {}
-        for pointer in pointers:
-            if pointer is not None:
-                offsets_by_segment.setdefault(pointer.segment_id, []).append(pointer.offset)
-        located = self._count_reads(offsets_by_segment)
-        self._stats.add(gets_located=located, gets_miss_absent=len(pointers) - located)
+        self._stats.add(gets_miss_absent=sum(pointer is None for pointer in pointers))
         return self._segments_dir, self._low_watermark(), pointers
 
     def probe_located(self, keys: Sequence[bytes]) -> tuple[str, int, list[fmt.Pointer]]:

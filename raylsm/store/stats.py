@@ -82,6 +82,7 @@ class StoreStats:
         self._lock = threading.Lock()
         self._counters: Counter[str] = Counter({name: 0 for name in COUNTERS})
         self._latency = {op: LatencyHistogram() for op in ("put", "get", "probe")}
+        self._seq = 0
 
     def add(self, **deltas: int) -> None:
         with self._lock:
@@ -94,6 +95,9 @@ class StoreStats:
                 self._counters.update(deltas)
 
     def snapshot(self) -> dict:
+        """Counters and histograms; `seq` grows with every snapshot, so a reader that gets snapshots
+        out of order (several threads) can tell which is newer."""
         with self._lock:
-            return {"counters": dict(self._counters),
+            self._seq += 1
+            return {"seq": self._seq, "counters": dict(self._counters),
                     "latency": {op: hist.snapshot() for op, hist in self._latency.items()}}

@@ -245,14 +245,18 @@ def test_corrupt_segment_bytes_are_a_miss_never_wrong_bytes(tier, client, pages,
     assert (out[2] == 0).all() or (out[2] == 0xA5).all(), "a corrupt page must not leave its bytes behind"
     assert np.array_equal(out[3], values[3])
 
-    # Through the shard actor: a miss plus the shard's corrupt counter.
+    # The fast path told the shard, which read the page again and dropped it: absent for everyone,
+    # counted once as corrupt, and a client going through the shard actor misses it too.
     slow = tier.client(same_node_fast_path=False)
-    before = tier.shard_counters(shard)["gets_miss_corrupt"]
+    assert slow.exists(pages.namespace, chain, []) == 2
+    assert tier.shard_counters(shard)["gets_miss_corrupt"] == 1
     out = pages.buffers(len(chain))
     assert slow.get_into(pages.namespace, chain, [], out) == expected
     assert (out[2] == 0xA5).all()
     assert np.array_equal(out[1], values[1])
-    assert tier.shard_counters(shard)["gets_miss_corrupt"] == before + 1
+    # Healed by a re-put of the right bytes.
+    assert all(slow.put(pages.namespace, chain, [], values))
+    assert fast.get_into(pages.namespace, chain, [], out) == [True] * 4 and np.array_equal(out[2], values[2])
 
 
 def test_corrupt_page_on_the_fast_path_is_counted(tier, pages, tools):
@@ -303,7 +307,7 @@ def test_a_get_after_exists_reads_the_located_pages_without_a_shard_call(tier, p
     tools.flip_segment_byte(segments_dir, pointers[0], at=0)
     out = pages.buffers(len(chain))
     assert client.get_into(pages.namespace, chain, [], out) == [False] + [True] * (len(chain) - 1)
-    assert not out[0].any()
+    assert not out[0].any() or (out[0] == 0xA5).all(), "a corrupt page leaves no bytes in the caller's buffer"
     assert client.stats()["counters"]["local_reads_without_call"] == 2 * len(chain)
 
 
@@ -340,7 +344,10 @@ def test_a_stopped_shard_times_out_as_misses_and_serves_again(tier, pages, tools
         assert client.exists(pages.namespace, chain, []) == 0  # page 0 is on the stopped shard
         fresh = pages.chain("stopped shard, new pages", 24)
         fresh_routed = _routed(tier, pages, fresh, [])
-        assert client.put(pages.namespace, fresh, [], pages.values(fresh)) == [s != victim for s in fresh_routed]
+        # The victim is skipped at once (stalled); under prefix semantics only the pages before its
+        # first page count as stored, and nothing behind it stays stored.
+        first = fresh_routed.index(victim) if victim in fresh_routed else 24
+        assert client.put(pages.namespace, fresh, [], pages.values(fresh)) == [i < first for i in range(24)]
         assert client.stats()["counters"].get("timeouts", 0) >= 1
     finally:
         os.kill(pid, signal.SIGCONT)
@@ -379,9 +386,12 @@ def test_a_ring_member_without_an_actor_does_not_fail_the_other_shards(tier, pag
             break
     values = pages.values(chain)
 
-    assert client.put(pages.namespace, chain, [], values) == alive
+    # The dead member's pages fail; pages behind the first of them are unreachable under prefix
+    # semantics, so they are not kept (put reports False, a get misses them).
+    prefix = [i < alive.index(False) for i in range(32)]
+    assert client.put(pages.namespace, chain, [], values) == prefix
     out = pages.buffers(32)
-    assert client.get_into(pages.namespace, chain, [], out) == alive
+    assert client.get_into(pages.namespace, chain, [], out) == prefix
 
 
 def test_a_shard_that_died_for_good_is_recreated_or_dropped(tier, client, pages, tools, index_lock):
