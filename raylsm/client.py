@@ -335,8 +335,9 @@ class TierClient:
         declined by the admission policy (a refusal must not stop SGLang's backup of the sequence).
 
         The batch is one chain: a page is worth nothing once a page before it is missing. So when
-        a shard's call fails (after one retry if the failure was quick), the pages of the batch
-        behind the first failed one that this call stored are deleted again and reported False. A
+        a page fails (its shard's call failed, after one retry if the failure was quick, or the
+        shard refused it: too large, bad value, I/O error), the pages of the batch behind it that
+        this call stored are deleted again and reported False; the pages before it stand. A
         call that passes the deadline is never written after it (the shard checks the deadline),
         and if it was being written then, what it stored is deleted once it lands."""
         results = [False] * len(page_hashes)
@@ -367,6 +368,7 @@ class TierClient:
                 slots = routed.groups[shard]
                 if isinstance(value, list):
                     outcomes.update(zip(slots, value))
+                    failed_slots.extend(slot for slot, outcome in zip(slots, value) if outcome not in ACCEPTED)
                 else:
                     failed_slots.extend(slots)
             first_failed = min(failed_slots, default=len(page_hashes))

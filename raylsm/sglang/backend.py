@@ -29,6 +29,7 @@ import torch
 from sglang.srt.mem_cache.hicache_storage import HiCacheStorage, HiCacheStorageConfig, HiCacheStorageExtraInfo
 
 from raylsm.client import TierClient
+from raylsm.errors import ShardUnavailableError
 from raylsm.sglang.extra_config import model_fingerprint_from_extra, tier_config_from_extra
 from raylsm.sglang.host_pages import HostPageViews
 from raylsm.sglang.identity import (CacheIdentity, build_cache_identity, current_server_args, live_weight_version,
@@ -167,11 +168,22 @@ class RayLSMStorage(HiCacheStorage):
     # ---- lifecycle and stats ------------------------------------------------------------------
 
     def clear(self) -> None:
-        """Forget this rank's pages (its namespace only: the tier is shared by the whole fleet)."""
+        """Forget this rank's pages (its namespace only: the tier is shared by the whole fleet).
+
+        Returns once no process anywhere can get a hit on a page of this namespace written before
+        the call (raylsm.namespaces). Raises ShardUnavailableError when that cannot be vouched for
+        (the controller or a shard did not confirm): SGLang calls this from its scheduler, never
+        from a data-path thread, and reports a raised clear as failed."""
         try:
-            self._client.clear_namespace(self._ns())
-        except Exception:
+            cleared = self._client.clear_namespace(self._ns())
+        except Exception as error:
             self._count_error("clear")
+            raise ShardUnavailableError(f"raylsm: clear of {self._namespace_name} failed: {error!r}") from error
+        if not cleared:
+            with self._lock:
+                self._counters["clear_errors"] += 1
+            raise ShardUnavailableError(f"raylsm: clear of {self._namespace_name} was not confirmed by every "
+                                        "shard; pages written before it may still be served (see the log)")
 
     def get_stats(self):
         """SGLang's StorageMetrics for the transfers since the last call (pages and bandwidth)."""
