@@ -13,6 +13,10 @@ class ConfigError(RayLSMError, ValueError):
     """A configuration value is out of range or of the wrong type; the message names the field."""
 
 
+class CapacityError(ConfigError):
+    """A capacity the disk cannot hold (more than the store's bytes plus the file system's free space)."""
+
+
 class ValueTooLargeError(RayLSMError, ValueError):
     """A value does not fit in one segment; the message names the limit."""
 

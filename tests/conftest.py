@@ -28,9 +28,16 @@ class Kit:
     MiB = MiB
     namespace = page_key.namespace_id("tests|page_first|bf16|tp0of1")
 
-    @staticmethod
-    def config(**overrides) -> StoreConfig:
-        return StoreConfig(**{**SMALL_CONFIG, **overrides})
+    # capacity_bytes bounds segments and the RocksDB index together; a test's capacity is given in
+    # segment bytes, and this much is added for the index of a small test store (its WAL, options,
+    # manifest and info log stay well under it).
+    INDEX_ALLOWANCE = 256 * KiB
+
+    @classmethod
+    def config(cls, **overrides) -> StoreConfig:
+        values = {**SMALL_CONFIG, **overrides}
+        values["capacity_bytes"] += cls.INDEX_ALLOWANCE
+        return StoreConfig(**values)
 
     @staticmethod
     def page_hash(*parts: object) -> bytes:

@@ -48,7 +48,7 @@ class ShardMetrics:
         self._reinserted = Counter("raylsm_reinserted_pages_total", description="pages re-appended at eviction",
                                    tag_keys=("shard",))
         self._capacity = Gauge("raylsm_capacity_bytes", description="disk budget", tag_keys=("shard",))
-        self._disk = Gauge("raylsm_disk_bytes", description="bytes of segment files", tag_keys=("shard",))
+        self._disk = Gauge("raylsm_disk_bytes", description="bytes on the shard disk: segment files and the RocksDB index (what capacity bounds)", tag_keys=("shard",))
         self._live = Gauge("raylsm_live_bytes", description="bytes referenced by the index", tag_keys=("shard",))
         self._latency = Histogram("raylsm_call_latency_ms", description="shard call latency",
                                   boundaries=LATENCY_BOUNDARIES_MS, tag_keys=("shard", "op"))

@@ -9,6 +9,8 @@ of small pointers holds it only briefly.
 from __future__ import annotations
 
 import gc
+import os
+import time
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -33,6 +35,12 @@ class PointerIndex:
         rocks_options.create_if_missing(True)
         rocks_options.set_write_buffer_size(options.write_buffer_bytes)
         rocks_options.set_max_background_jobs(2)
+        # The index counts against the shard's disk budget (capacity_bytes): bound what RocksDB keeps
+        # besides its tables. The WAL is cut once it holds two memtables' worth (their flush makes
+        # the older logs obsolete); the info LOG keeps at most 2 files of 1 MiB.
+        rocks_options.set_max_total_wal_size(2 * options.write_buffer_bytes)
+        rocks_options.set_max_log_file_size(1 << 20)
+        rocks_options.set_keep_log_file_num(2)
         table = BlockBasedOptions()
         table.set_block_cache(Cache(options.block_cache_bytes))
         table.set_bloom_filter(10, False)
@@ -46,6 +54,8 @@ class PointerIndex:
             raise
         self._write_options = WriteOptions()
         self._write_options.sync = options.sync_writes
+        self._path = path
+        self._disk_bytes, self._disk_bytes_at = 0, float("-inf")
 
     def set_sync_writes(self, sync: bool) -> None:
         write_options = WriteOptions()
@@ -106,6 +116,23 @@ class PointerIndex:
 
     def delete_meta(self, key: bytes) -> None:
         self._db.delete(key, self._write_options)
+
+    def disk_bytes(self, max_age_s: float = 0.5) -> int:
+        """Bytes of every file in the index directory: tables, WAL, manifest, options, info logs.
+        Measured at most every `max_age_s` (a directory scan; stats are taken on every shard call)."""
+        now = time.monotonic()
+        if now - self._disk_bytes_at <= max_age_s:
+            return self._disk_bytes
+        total = 0
+        with os.scandir(self._path) as entries:
+            for entry in entries:
+                try:
+                    if entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_size
+                except FileNotFoundError:  # removed by RocksDB meanwhile (an obsolete log or table)
+                    continue
+        self._disk_bytes, self._disk_bytes_at = total, now
+        return total
 
     def estimated_keys(self) -> int:
         return self._db.property_int_value("rocksdb.estimate-num-keys") or 0

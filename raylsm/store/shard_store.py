@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 import time
 from collections import Counter
@@ -28,7 +29,7 @@ import msgpack
 import numpy as np
 
 from raylsm import namespaces
-from raylsm.errors import FormatVersionError, StoreClosedError
+from raylsm.errors import CapacityError, FormatVersionError, StoreClosedError
 from raylsm.store import format as fmt
 from raylsm.store.admission import make_admission_policy
 from raylsm.store.config import StoreConfig
@@ -97,10 +98,29 @@ class ShardStore:
             elif version != fmt.FORMAT_VERSION:
                 raise FormatVersionError(
                     f"{path} holds format version {version}; this raylsm reads version {fmt.FORMAT_VERSION}")
-            return cls(path, config, index)
+            store = cls(path, config, index)
         except BaseException:
             index.close()
             raise
+        try:
+            store._check_disk_room()
+            with store._write_lock:
+                store._enforce_capacity()  # a budget lowered since the last open holds from the start
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def _check_disk_room(self) -> None:
+        """CapacityError if the budget exceeds what this store holds plus the free space of its
+        file system (it would fill the disk long before eviction started)."""
+        free = shutil.disk_usage(self.root).free
+        room = free + self._disk_bytes()
+        if self._config.capacity_bytes > room:
+            raise CapacityError(
+                f"store {self.root}: capacity_bytes {self._config.capacity_bytes} ({self._config.capacity_bytes / 1e9:.1f} GB) "
+                f"is more than its disk can hold: {room} bytes ({room / 1e9:.1f} GB: {free / 1e9:.1f} GB free plus "
+                f"{(room - free) / 1e9:.1f} GB already used by the store); lower the capacity")
 
     def close(self) -> None:
         """Seal the active segment, mark a clean shutdown, release the directory. Idempotent."""
@@ -345,7 +365,9 @@ class ShardStore:
             self._evict_oldest([0])
 
     def _disk_bytes(self) -> int:
-        return sum(segment.file_bytes for segment in self._segments.values())
+        """What the store holds on disk: segment files (the active one at its preallocated size) and
+        the RocksDB index directory. This is what capacity_bytes bounds."""
+        return sum(segment.file_bytes for segment in self._segments.values()) + self._index.disk_bytes()
 
     def _evict_oldest(self, budget: list[int]) -> list[tuple[bytes, np.ndarray, int]]:
         """Free the oldest sealed segment. Pages that earned it (by the reinsertion policy, within the
@@ -741,15 +763,20 @@ class ShardStore:
             return new
 
     def stats(self) -> dict:
-        """Counters, latency histograms and space: live bytes (referenced by pointers), disk bytes
-        (segment files), dead bytes (written but no longer referenced), capacity."""
+        """Counters, latency histograms and space: live bytes (referenced by pointers), dead bytes
+        (written but no longer referenced), segment bytes (segment files, the active one at its
+        preallocated size), index bytes (the RocksDB directory), disk bytes (the two together: what
+        capacity_bytes bounds, to within one segment), capacity."""
         with self._write_lock:
             segments = list(self._segments.values())
             live, pages = self._live.totals()
             written = sum(segment.write_offset for segment in segments)
-            disk = sum(segment.file_bytes for segment in segments)
+            segment_bytes = sum(segment.file_bytes for segment in segments)
+            index_bytes = self._index.disk_bytes() if not self._closed else 0
         snapshot = self._stats.snapshot()
-        snapshot["space"] = {"live_pages": pages, "live_bytes": live, "dead_bytes": max(written - live, 0), "disk_bytes": disk,
+        snapshot["space"] = {"live_pages": pages, "live_bytes": live, "dead_bytes": max(written - live, 0),
+                             "segment_bytes": segment_bytes, "index_bytes": index_bytes,
+                             "disk_bytes": segment_bytes + index_bytes,
                              "capacity_bytes": self._config.capacity_bytes, "segments": len(segments)}
         return snapshot
 

@@ -238,7 +238,13 @@ def test_weights_known_by_name_only_are_reported(tmp_path, monkeypatch):
 # ---- unknown identity: said once ----------------------------------------------------------------------
 
 
-def test_an_unknown_identity_is_logged_once_per_process(caplog):
+@pytest.fixture
+def fresh_warnings(monkeypatch):
+    """Warnings are said once per process: start each of these tests as a fresh process would."""
+    monkeypatch.setattr(identity_module, "_warned", set())
+
+
+def test_an_unknown_identity_is_logged_once_per_process(caplog, fresh_warnings):
     caplog.set_level(logging.INFO, logger="raylsm.sglang.identity")
     unknown = identity(args=None)
     assert unknown.problems == ("unknown",) and unknown.weights == () and "?/bfloat16" in unknown.identity_name
@@ -249,7 +255,8 @@ def test_an_unknown_identity_is_logged_once_per_process(caplog):
     assert "CACHE IDENTITY UNKNOWN" in warnings[0].getMessage() and "model_fingerprint" in warnings[0].getMessage()
 
 
-def test_an_fp8_pool_without_server_args_asks_for_the_kv_dtype_in_the_fingerprint(caplog):
+def test_an_fp8_pool_without_server_args_asks_for_the_kv_dtype_in_the_fingerprint(caplog, fresh_warnings):
+    caplog.set_level(logging.INFO, logger="raylsm.sglang.identity")
     fp8 = identity(host_pool=pool(dtype=torch.uint8), extra={"model_fingerprint": "x"}, args=None)
     assert fp8.problems == ("fp8_format",)
     assert identity(extra={"model_fingerprint": "x"}, args=None).problems == ()

@@ -306,7 +306,9 @@ def test_clear_removes_every_page_and_file(store_factory, kit, tmp_path):
     store.clear()
     assert kit.segment_files(store.root) == {}
     assert store.get_batch(keys) == [None] * 40 and store.probe(keys) == 0
-    assert store.stats()["space"] == {**store.stats()["space"], "live_bytes": 0, "disk_bytes": 0, "segments": 0}
+    space = store.stats()["space"]
+    assert space == {**space, "live_bytes": 0, "segment_bytes": 0, "segments": 0}
+    assert space["disk_bytes"] == space["index_bytes"] > 0  # only the index is left
     assert store.put_batch(keys[:2], [b"x", b"y"]) == [True, True]
     store.close()
     store = store_factory()
@@ -334,7 +336,8 @@ def test_stats_counts_and_space(store, kit):
     assert space["live_bytes"] == 30000
     written = fmt.plan_batch([10000] * 4).batch_bytes
     assert space["dead_bytes"] == written - 30000
-    assert space["disk_bytes"] == store.config.segment_bytes  # the active segment is preallocated
+    assert space["segment_bytes"] == store.config.segment_bytes  # the active segment is preallocated
+    assert space["disk_bytes"] == space["segment_bytes"] + space["index_bytes"] and space["index_bytes"] > 0
     assert space["capacity_bytes"] == store.config.capacity_bytes and space["segments"] == 1
     assert sum(stats["latency"]["put"]["counts"]) == 1
     assert sum(stats["latency"]["get"]["counts"]) == 1
