@@ -22,7 +22,7 @@ import ray
 
 from raylsm.config import ShardConfig, TierConfig
 from raylsm.controller.controller_actor import get_controller, start_controller
-from raylsm.errors import ShardUnavailableError
+from raylsm.errors import CapacityError, ShardUnavailableError
 
 EMBEDDED_DIR = "./.raylsm"
 EMBEDDED_DISK = "local"  # the embedded head's disk label: its shards are shard-local-<i>
@@ -118,14 +118,48 @@ def ray_is_running(namespace: str = "raylsm", state_dir: str = EMBEDDED_DIR) -> 
     return True
 
 
-def up(config: TierConfig, shards: int = 1, wait_s: float = 120.0) -> UpResult:
+def fit_local_capacity(config: TierConfig, shards: int, explicit: bool) -> tuple[TierConfig, str | None]:
+    """For shards on this machine's `data_dir`: the config whose per-shard capacity the disk can
+    hold (`shards` of them share it), and a note when it was lowered. An explicit capacity that does
+    not fit is a CapacityError naming what fits; the default is lowered to 90% of what fits."""
+    store = config.shard.store
+    data_dir = config.shard.data_dir
+    probe = data_dir
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe) or "."
+    used = 0
+    for directory, _, files in os.walk(data_dir):
+        used += sum(os.path.getsize(os.path.join(directory, name)) for name in files
+                    if os.path.isfile(os.path.join(directory, name)))
+    room = shutil.disk_usage(probe).free + used
+    if store.capacity_bytes * shards <= room:
+        return config, None
+    fits = int(0.9 * room / shards) // 4096 * 4096
+    if explicit or fits < 2 * store.segment_bytes:
+        raise CapacityError(f"{shards} shard(s) of {store.capacity_bytes / 1e9:.1f} GB do not fit under {data_dir}: "
+                            f"the disk holds {room / 1e9:.1f} GB for raylsm; use --capacity-gb "
+                            f"{fits / 1e9:.1f} or less")
+    shard = dataclasses.replace(config.shard, store=dataclasses.replace(store, capacity_bytes=fits))
+    return dataclasses.replace(config, shard=shard), (
+        f"capacity lowered to {fits / 1e9:.1f} GB per shard: the disk under {data_dir} holds {room / 1e9:.1f} GB "
+        f"for {shards} shard(s) (set --capacity-gb to choose)")
+
+
+def up(config: TierConfig, shards: int = 1, wait_s: float = 120.0, capacity_explicit: bool = True) -> UpResult:
     """Join the configured Ray cluster (or a running local one, or start an embedded one), start the
-    controller, and wait until the ring has every shard the cluster offers. Idempotent."""
+    controller, and wait until the ring has every shard the cluster offers. Idempotent.
+
+    An embedded head keeps every shard under this machine's data_dir: their capacities must fit
+    its disk together (`fit_local_capacity`; a default capacity is lowered, an explicit one that
+    does not fit raises CapacityError before anything starts)."""
     config = absolute_data_dir(config)
     started = False
     if config.ray_address:
         ray.init(address=config.ray_address, namespace=config.ray_namespace, log_to_driver=False)
     elif not ray_is_running(config.ray_namespace):
+        config, note = fit_local_capacity(config, shards, capacity_explicit)
+        if note:
+            print(f"raylsm: {note}", file=sys.stderr)
         address = start_embedded_ray(shards, disk_label=config.shard.disk_label)
         started = True
         enable_local_token_auth()
@@ -198,6 +232,9 @@ def format_status(report: dict) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
+    for shard in report["shards"]:
+        if shard.get("error"):
+            lines.append(f"{shard['shard']} failed: {shard['error']}")
     lines.append(f"ring version {report['ring_version']}")
     if report.get("errors"):
         lines.append(f"controller errors: {report['errors']}")

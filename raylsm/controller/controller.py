@@ -37,6 +37,7 @@ class ShardRecord:
     state: str = STARTING
     last_seen: float = 0.0
     last_stats: dict = field(default_factory=dict)
+    error: str = ""  # why its last incarnation died, until one serves again
 
 
 class Controller:
@@ -115,15 +116,19 @@ class Controller:
                 if record is None:
                     continue
                 if answer == "ok":
-                    record.state, record.last_seen = SERVING, now
+                    record.state, record.last_seen, record.error = SERVING, now, ""
                 elif record.state == SERVING:
                     record.state = UNREACHABLE
                 if answer == "dead":
                     dead.append(record)
+        causes = getattr(self._api, "death_causes", {})
         for record in dead:
-            # Ray gave up restarting it (e.g. its directory stayed locked): start a new incarnation
-            # on the same node; it keeps its ring place and reopens the same directory.
-            logger.warning("shard %s died for good; starting it again on node %s", record.name, record.node_id)
+            # Ray gave up restarting it (e.g. its directory stayed locked, or its store refused to
+            # open): start a new incarnation on the same node; it keeps its ring place and reopens
+            # the same directory. Why it died is shown by `raylsm status`.
+            record.error = causes.get(record.name, "died")
+            logger.warning("shard %s died for good (%s); starting it again on node %s", record.name, record.error,
+                           record.node_id)
             record.handle = self._api.start_shard(ShardSlot(record.name, record.node_id), self._config.shard)
 
     def _reconcile_namespaces(self) -> None:
@@ -208,8 +213,8 @@ class Controller:
             shard_stats = value if isinstance(value, dict) else {}
             if shard_stats:
                 record.last_stats = shard_stats
-            shards.append({"shard": name, "node_id": record.node_id, "state": record.state,
-                           "stats": shard_stats or record.last_stats})
+            shards.append({"shard": name, "node_id": record.node_id, "state": "failed" if record.error else record.state,
+                           "error": record.error, "stats": shard_stats or record.last_stats})
         with self._lock:
             version = self._ring_version
         return {"ring_version": version, "shards": shards, "errors": dict(self._errors)}

@@ -26,6 +26,7 @@ class ShardSlot:
 class RayClusterApi:
     def __init__(self, namespace: str):
         self._namespace = namespace
+        self.death_causes: dict[str, str] = {}  # shard -> the last line of why its actor died
 
     def shard_slots(self, resource_name: str, disk_label: str) -> list[ShardSlot]:
         """One slot per unit of `resource_name` on every alive node, named after the node's disk."""
@@ -46,15 +47,17 @@ class RayClusterApi:
 
     def ping_all(self, handles: dict[str, Any], timeout_s: float) -> dict[str, str]:
         """Ping every shard at once: "ok" if it answered in time, "dead" if Ray says the actor died
-        for good (its restarts failed), "silent" otherwise (restarting, busy or slow)."""
+        for good (its restarts failed, or its store refused to open), "silent" otherwise
+        (restarting, busy or slow). Why a dead shard died is kept in `death_causes`."""
         refs = {handle.ping.remote(): name for name, handle in handles.items()}
         ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s) if refs else ([], [])
         answered = {}
         for ref in ready:
             try:
                 answered[refs[ref]] = "ok" if ray.get(ref) else "silent"
-            except ray.exceptions.ActorDiedError:
+            except ray.exceptions.ActorDiedError as error:
                 answered[refs[ref]] = "dead"
+                self.death_causes[refs[ref]] = death_cause(error)
             except ray.exceptions.RayError:
                 answered[refs[ref]] = "silent"
         return {name: answered.get(name, "silent") for name in handles}
@@ -76,3 +79,13 @@ class RayClusterApi:
             ray.kill(handle, no_restart=True)
         except ray.exceptions.RayError:
             pass
+
+
+def death_cause(error: BaseException) -> str:
+    """The most telling line of an ActorDiedError: the exception its creation task raised (e.g. a
+    CapacityError from the store), else Ray's own summary."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "Error:" in line and not line.startswith("ray.exceptions"):
+            return line[:500]
+    return (lines[0] if lines else repr(error))[:500]

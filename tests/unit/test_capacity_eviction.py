@@ -303,3 +303,60 @@ def test_policy_contract(store_factory, kit, admission_policy, reinsertion_polic
     assert c["gets_miss_corrupt"] == c["gets_miss_io"] == 0
     if admission_policy == "second_touch":
         assert c["puts_rejected"] > 0
+
+
+# ---- capacity means disk bytes (issue 8, section 8) ----------------------------------------------------
+
+
+def _on_disk(root) -> int:
+    """Every byte the store keeps under its directory, measured here (not by the store)."""
+    import os
+
+    total = 0
+    for directory, _, files in os.walk(str(root)):
+        for name in files:
+            total += os.path.getsize(os.path.join(directory, name))
+    return total
+
+
+def test_segments_and_index_together_stay_within_the_budget_plus_one_segment(store_factory, kit):
+    from raylsm.store import StoreConfig
+
+    config = StoreConfig(capacity_bytes=3 * MiB, segment_bytes=1 * MiB, block_cache_bytes=MiB, write_buffer_bytes=MiB)
+    store = store_factory(config=config)
+    limit = config.capacity_bytes + config.segment_bytes
+    for step in range(60):  # small pages: the index is a large part of what is on disk
+        keys = [kit.key(("tiny", step, i)) for i in range(200)]
+        assert all(store.put_batch(keys, [kit.value(("tiny", step, i), 512) for i in range(200)]))
+        assert _on_disk(store.root) <= limit, f"step {step}"
+    space = store.stats()["space"]
+    assert space["index_bytes"] > 0 and space["disk_bytes"] == space["segment_bytes"] + space["index_bytes"]
+    assert kit.counters(store)["evicted_segments"] > 0
+
+
+def test_a_lower_budget_holds_right_after_reopen(store_factory, kit, tmp_path):
+    from raylsm.store import StoreConfig
+
+    big = StoreConfig(capacity_bytes=12 * MiB, segment_bytes=1 * MiB, block_cache_bytes=MiB, write_buffer_bytes=MiB)
+    store = store_factory(config=big)
+    for step in range(10):
+        store.put_batch([kit.key(("reopen", step, i)) for i in range(14)],
+                        [kit.value(("reopen", step, i), 64 * KiB) for i in range(14)])
+    store.close()
+    assert _on_disk(store.root) > 6 * MiB
+    small = StoreConfig(capacity_bytes=3 * MiB, segment_bytes=1 * MiB, block_cache_bytes=MiB, write_buffer_bytes=MiB)
+    store = store_factory(config=small)
+    assert _on_disk(store.root) <= small.capacity_bytes + small.segment_bytes
+    assert store.stats()["space"]["disk_bytes"] <= small.capacity_bytes + small.segment_bytes
+
+
+def test_a_capacity_the_disk_cannot_hold_is_refused_at_open(store_factory, tmp_path):
+    import shutil
+
+    from raylsm.errors import CapacityError
+    from raylsm.store import StoreConfig
+
+    free = shutil.disk_usage(tmp_path).free
+    config = StoreConfig(capacity_bytes=(free // MiB + 1024) * MiB, segment_bytes=1 * MiB)
+    with pytest.raises(CapacityError, match="capacity_bytes .* is more than its disk can hold"):
+        store_factory(config=config)
