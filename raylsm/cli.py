@@ -1,30 +1,59 @@
 """The `raylsm` command (console script `raylsm = raylsm.cli:main`).
 
-Owns argument parsing and dispatch only: each subcommand is registered by a small `_add_*`
-function that declares its arguments and a handler, and the handler imports the module that does
-the work lazily, so `raylsm --help` and light commands never pay for numpy, rocksdict or torch.
-Called from the shell (and `make demo` / `make bench`). Commands today:
+Owns argument parsing, dispatch and what a command does with bad input and signals. Each
+subcommand is registered by a small `_add_*` function that declares its arguments and a handler,
+and the handler imports the module that does the work lazily, so `raylsm --help` and light
+commands never pay for numpy, rocksdict or torch. Called from the shell (and `make demo` /
+`make bench`); `python -m raylsm.bench.trace_replay` runs its handler through `run_command` too.
+Commands today:
 
     raylsm up [--address ADDR] [--shards N] [--data-dir DIR] [--capacity-gb G] [--config FILE]
-    raylsm status
-    raylsm down
+    raylsm status | down [--namespace NS]
     raylsm bench store [--quick] [--json PATH] [--dir PATH] [--pages-64k N] [--pages-1m N] ...
+    raylsm bench tier [--batches N] [--json PATH]
+    raylsm bench trace [--quick] [--capacity-fraction F] ... (arguments: raylsm.bench.trace_replay)
+
+Bad input never ends in a traceback: every flag has an argument type that refuses a value out of
+its range (`NumberRange`, `existing_file`, `directory_path`, `output_file`), and a ConfigError
+raised after parsing (a config file, a cross-field check, a benchmark that would not fit on the
+disk) is printed by `run_command` the way argparse prints its own refusals: one line
+`raylsm <command>: error: ...` on stderr, exit status 2. Other raylsm errors and OS errors are one
+line and status 1. While a command runs, SIGTERM and SIGHUP raise `Terminated` (a
+KeyboardInterrupt, raylsm.bench.interrupts) in the main thread, as Ctrl-C does, so the benchmarks'
+finally blocks remove their data and stop the Ray tier they started; the exit status is then
+128 + the signal number.
 
 To add one (`up`, `down`, `status`, `bench trace`): write `_add_<name>(subparsers)` that calls
 `subparsers.add_parser(...)`, adds its arguments and `set_defaults(handler=...)`, and call it from
 `build_parser` (bench subcommands from `_add_bench`). A handler takes the parsed args and returns
-the exit status.
+the exit status; it raises ConfigError for bad input it finds past argparse.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import signal
 import sys
-from typing import Sequence
+from fractions import Fraction
+from typing import Callable, Sequence
+
+from raylsm.bench.disk_budget import existing_ancestor  # stdlib only, as everything imported here
+from raylsm.bench.interrupts import Terminated, signals_interrupt
+from raylsm.errors import ConfigError, RayLSMError
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse with its refusals on one line, `raylsm up: error: argument --capacity-gb: ...` (the
+    usage is one `--help` away), exit status 2. Subparsers inherit the class."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="raylsm", description="raylsm: a distributed KV-cache storage tier.")
+    parser = CommandParser(prog="raylsm", description="raylsm: a distributed KV-cache storage tier.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     _add_up(subparsers)
@@ -36,11 +65,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    prog = " ".join(["raylsm", args.command] + ([args.bench_command] if getattr(args, "bench_command", None) else []))
+    return run_command(prog, args.handler, args)
+
+
+def run_command(prog: str, handler: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
+    """Run a command's handler and return its exit status: the handler's (0 for None); 2 and one
+    line on stderr for a ConfigError; 1 and one line for another raylsm error or an OS error; 130
+    for Ctrl-C and 128 + N for signal N (SIGTERM, SIGHUP), after the handler's finally blocks ran."""
     try:
-        return args.handler(args) or 0
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        with signals_interrupt():
+            return handler(args) or 0
+    except KeyboardInterrupt as interrupt:
+        signum = interrupt.signum if isinstance(interrupt, Terminated) else signal.SIGINT
+        print(f"{prog}: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum
+    except ConfigError as error:
+        print(f"{prog}: error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except (RayLSMError, OSError) as error:
+        print(f"{prog}: error: {type(error).__name__}: {_one_line(error)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
 
 
 # ---- raylsm up / status / down -----------------------------------------------------------------
@@ -52,56 +101,101 @@ def _add_up(subparsers: argparse._SubParsersAction) -> None:
         description="Join the Ray cluster at --address (or a running local Ray, or start an embedded local head "
                     "offering --shards units of the raylsm_shard resource), start the raylsm controller, and wait "
                     "until every shard is serving.")
-    parser.add_argument("--address", help="Ray address to join (default: a running local Ray, else start one)")
-    parser.add_argument("--shards", type=positive_int, default=1,
-                        help="shard units of an embedded local Ray head (default 1)")
-    parser.add_argument("--data-dir", help="node-local directory holding the shard directories "
-                                           "(default ./.raylsm/data)")
-    parser.add_argument("--capacity-gb", type=float, help="disk budget per shard in GB (default 64 GiB)")
-    parser.add_argument("--segment-mb", type=positive_int, help="segment file size in MiB (default 256)")
-    parser.add_argument("--config", metavar="FILE", help="a JSON file holding a TierConfig as nested dicts")
+    parser.add_argument("--address", type=non_empty, help="Ray address to join (default: a running local Ray, else "
+                                                           "start one)")
+    parser.add_argument("--shards", type=SHARDS, default=1,
+                        help=f"shard units of an embedded local Ray head, {SHARDS.describe()} (default 1)")
+    parser.add_argument("--data-dir", type=directory_path, help="node-local directory holding the shard directories "
+                                                                "(default ./.raylsm/data)")
+    parser.add_argument("--capacity-gb", type=CAPACITY_GB,
+                        help=f"disk budget per shard in GB, {CAPACITY_GB.describe()} and at least two segments "
+                             f"(default 64 GiB)")
+    parser.add_argument("--segment-mb", type=SEGMENT_MB, help=f"segment file size in MiB, {SEGMENT_MB.describe()} "
+                                                              f"(default 256)")
+    parser.add_argument("--config", metavar="FILE", type=existing_file,
+                        help="a JSON file holding a TierConfig as nested dicts (the flags apply on top)")
     parser.add_argument("--no-wait", action="store_true",
                         help="return once the controller runs (shards join as nodes offering the resource come up)")
     parser.set_defaults(handler=_run_up)
 
 
 def tier_config_from_args(args: argparse.Namespace):
-    """The TierConfig a command line asks for: --config file, then the flags on top."""
+    """The TierConfig a command line asks for: --config file, then the flags on top. ConfigError
+    naming the file (unreadable, not JSON, not an object, a bad key or value) or the flag."""
     import json
 
     from raylsm.config import TierConfig
+    from raylsm.store.config import StoreConfig
 
     raw: dict = {}
-    if getattr(args, "config", None):
-        with open(args.config) as handle:
-            raw = json.load(handle)
-    shard = raw.setdefault("shard", {})
+    path = getattr(args, "config", None)
+    if path:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                raw = json.load(handle)
+        except OSError as error:
+            raise ConfigError(f"--config {path}: cannot read it ({error.strerror or error})") from error
+        except (ValueError, UnicodeDecodeError) as error:
+            raise ConfigError(f"--config {path}: not valid JSON ({error})") from error
+        try:
+            TierConfig.from_dict(raw)  # the file alone, so that its own errors name it
+        except ConfigError as error:
+            raise ConfigError(f"--config {path}: {error}") from error
+    shard = dict(raw.get("shard") or {})
+    store = dict(shard.get("store") or {})
     if getattr(args, "address", None):
         raw["ray_address"] = args.address
     if getattr(args, "data_dir", None):
         shard["data_dir"] = args.data_dir
-    store = shard.setdefault("store", {})
-    if getattr(args, "capacity_gb", None):
-        store["capacity_bytes"] = int(args.capacity_gb * 1e9) // 4096 * 4096
-    if getattr(args, "segment_mb", None):
+    if getattr(args, "segment_mb", None) is not None:
         store["segment_bytes"] = args.segment_mb * 1024 * 1024
-    return TierConfig.from_dict(raw)
+    if getattr(args, "capacity_gb", None) is not None:
+        store["capacity_bytes"] = int(args.capacity_gb * 1e9) // 4096 * 4096
+        segment_bytes = store.get("segment_bytes", StoreConfig().segment_bytes)
+        if store["capacity_bytes"] < 2 * segment_bytes:
+            raise ConfigError(
+                f"argument --capacity-gb: {args.capacity_gb:g} GB is below two segments of "
+                f"{segment_bytes / (1 << 20):g} MiB ({2 * segment_bytes / 1e9:.3f} GB), the least a shard holds; "
+                f"raise --capacity-gb or lower --segment-mb")
+    if store:
+        shard["store"] = store
+    if shard:
+        raw["shard"] = shard
+    try:
+        return TierConfig.from_dict(raw)
+    except ConfigError as error:  # each flag is in range alone: it clashes with the file
+        raise ConfigError(f"{error} (the flags on top of --config {path})" if path else str(error)) from error
 
 
 def _run_up(args: argparse.Namespace) -> int:
+    config = tier_config_from_args(args)  # bad input is refused before Ray is touched
     from raylsm import lifecycle
 
-    config = tier_config_from_args(args)
-    result = lifecycle.up(config, shards=args.shards, wait_s=0 if args.no_wait else 120.0)
+    # An embedded tier's capacity that does not fit the local disk is lowered if it is the default,
+    # refused (CapacityError, a ConfigError: one line, status 2) if the user chose it.
+    explicit = args.capacity_gb is not None or _config_file_sets_capacity(args.config)
+    result = lifecycle.up(config, shards=args.shards, wait_s=0 if args.no_wait else 120.0,
+                          capacity_explicit=explicit)
     where = "an embedded local Ray head" if result.started_ray else f"Ray at {result.ray_address}"
     print(f"raylsm is up on {where}: ring version {result.ring['version']}, {len(result.ring['shards'])} shard(s)")
     print(lifecycle.format_status(lifecycle.status(config.ray_namespace)))
     return 0
 
 
+def _config_file_sets_capacity(path: str | None) -> bool:
+    if not path:
+        return False
+    import json
+
+    with open(path, encoding="utf-8") as handle:  # read and validated by tier_config_from_args already
+        raw = json.load(handle)
+    return "capacity_bytes" in ((raw.get("shard") or {}).get("store") or {})
+
+
 def _add_status(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("status", help="a table of the shards: node, state, pages, bytes, hit rate")
-    parser.add_argument("--namespace", default="raylsm", help="Ray namespace of the tier (default raylsm)")
+    parser.add_argument("--namespace", type=non_empty, default="raylsm",
+                        help="Ray namespace of the tier (default raylsm)")
     parser.set_defaults(handler=_run_status)
 
 
@@ -124,7 +218,8 @@ def _run_status(args: argparse.Namespace) -> int:
 def _add_down(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("down", help="close every store, stop the shards and the controller "
                                                 "(and the local Ray if `up` started it)")
-    parser.add_argument("--namespace", default="raylsm", help="Ray namespace of the tier (default raylsm)")
+    parser.add_argument("--namespace", type=non_empty, default="raylsm",
+                        help="Ray namespace of the tier (default raylsm)")
     parser.set_defaults(handler=_run_down)
 
 
@@ -154,23 +249,27 @@ def _add_bench_store(subparsers: argparse._SubParsersAction) -> None:
         "store", help="one shard store vs SGLang HiCacheFile, RocksDB BlobDB and the raw disk",
         description="Put, probe, cold get and warm get of the same pages on raylsm's ShardStore (O_DIRECT and "
                     "buffered), SGLang's HiCacheFile, plain RocksDB with BlobDB, and the raw disk, in one run on "
-                    "the same disk. Prints a table per page size with ratios; --json writes the figures.")
+                    "the same disk. Prints a table per page size with ratios; --json writes the figures. Page "
+                    "counts are scaled down (with a warning) to what the free disk space holds.")
     parser.add_argument("--quick", action="store_true",
                         help="small run (16,000 x 64 KiB and 1,500 x 1 MiB pages), under 3 minutes")
-    parser.add_argument("--json", metavar="PATH", dest="json_path", help="write the results as JSON to PATH")
-    parser.add_argument("--dir", metavar="PATH", dest="data_dir",
+    parser.add_argument("--json", metavar="PATH", dest="json_path", type=output_file,
+                        help="write the results as JSON to PATH")
+    parser.add_argument("--dir", metavar="PATH", dest="data_dir", type=directory_path,
                         help="data directory (default: a temporary directory under ./.raylsm/bench); each "
                              "system's data is removed after it ran")
-    parser.add_argument("--pages-64k", type=non_negative_int, metavar="N",
-                        help="stored 64 KiB pages (default 100,000; --quick 16,000; 0 skips)")
-    parser.add_argument("--pages-1m", type=non_negative_int, metavar="N",
-                        help="stored 1 MiB pages (default 8,000; --quick 1,500; 0 skips)")
-    parser.add_argument("--extent-pages", type=positive_int, default=16, metavar="E",
-                        help="pages per extent in the page keys (default 16)")
-    parser.add_argument("--chain-pages", type=positive_int, default=64, metavar="K",
-                        help="pages per chain (prompt) in the workload (default 64)")
-    parser.add_argument("--threads", type=positive_int, default=2, metavar="T",
-                        help="reader threads for probe and get, the same for every system (default 2)")
+    parser.add_argument("--pages-64k", type=STORED_PAGES, metavar="N",
+                        help=f"stored 64 KiB pages, {STORED_PAGES.describe()} (default 100,000; --quick 16,000; "
+                             f"0 skips)")
+    parser.add_argument("--pages-1m", type=STORED_PAGES, metavar="N",
+                        help=f"stored 1 MiB pages, {STORED_PAGES.describe()} (default 8,000; --quick 1,500; 0 skips)")
+    parser.add_argument("--extent-pages", type=CHAIN_PAGES, default=16, metavar="E",
+                        help=f"pages per extent in the page keys, {CHAIN_PAGES.describe()} (default 16)")
+    parser.add_argument("--chain-pages", type=CHAIN_PAGES, default=64, metavar="K",
+                        help=f"pages per chain (prompt) in the workload, {CHAIN_PAGES.describe()} (default 64)")
+    parser.add_argument("--threads", type=THREADS, default=2, metavar="T",
+                        help=f"reader threads for probe and get, the same for every system, {THREADS.describe()} "
+                             f"(default 2)")
     parser.add_argument("--systems", metavar="LIST",
                         help="comma-separated subset of: disk_ceiling, raylsm, raylsm_buffered, rocksdb_blobdb, "
                              "hicache_file (default: all)")
@@ -186,14 +285,14 @@ def _run_bench_store(args: argparse.Namespace) -> int:
         64 * 1024: defaults[64 * 1024] if args.pages_64k is None else args.pages_64k,
         1024 * 1024: defaults[1024 * 1024] if args.pages_1m is None else args.pages_1m,
     }
+    if not any(pages.values()):
+        raise ConfigError("argument --pages-64k/--pages-1m: both are 0, nothing to measure")
     systems = store_bench.SYSTEMS
-    if args.systems:
-        systems = tuple(name.strip() for name in args.systems.split(",") if name.strip())
-        unknown = [name for name in systems if name not in store_bench.SYSTEMS]
-        if unknown:
-            print(f"raylsm bench store: unknown system(s) {', '.join(unknown)}; "
-                  f"known: {', '.join(store_bench.SYSTEMS)}", file=sys.stderr)
-            return 2
+    if args.systems is not None:  # checked here, not by argparse: the names live with the (lazy) benchmark
+        try:
+            systems = CommaList(store_bench.SYSTEMS)(args.systems)
+        except argparse.ArgumentTypeError as error:
+            raise ConfigError(f"argument --systems: {error}") from error
     config = store_bench.BenchConfig(
         pages_by_size=pages, chain_pages=args.chain_pages, extent_pages=args.extent_pages, threads=args.threads,
         systems=systems, data_dir=args.data_dir, json_path=args.json_path, quick=args.quick,
@@ -209,7 +308,8 @@ def _add_bench_trace(subparsers: argparse._SubParsersAction) -> None:
         "trace", help="replay a Mooncake-format trace through the SGLang adapter vs HiCacheFile, LRU and Belady",
         description="Replays a request trace the way HiCache drives an L3 backend (simulated L1/L2, batch_exists, "
                     "batch_get_v1, batch_set_v1) through raylsm and SGLang's HiCacheFile at the same capacity, and "
-                    "compares hit ratios with an LRU model and the offline optimum (Belady).")
+                    "compares hit ratios with an LRU model and the offline optimum (Belady). Refuses a run whose "
+                    "data would not fit in the free disk space.")
     add_trace_arguments(parser)
     parser.set_defaults(handler=_run_bench_trace)
 
@@ -225,9 +325,12 @@ def _add_bench_tier(subparsers: argparse._SubParsersAction) -> None:
         "tier", help="batch_get_v1 through Ray (object store and same-node fast path) vs the store alone",
         description="Cold reads of 128-page batches of 256 KiB pages into an SGLang-layout host pool: straight "
                     "from a ShardStore, then through a shard actor (object store) and through the same-node fast "
-                    "path, in one run. Starts (and stops) its own local tier.")
-    parser.add_argument("--batches", type=positive_int, default=24, help="128-page batches (default 24 = 768 MiB)")
-    parser.add_argument("--json", metavar="PATH", dest="json_path", help="write the results as JSON to PATH")
+                    "path, in one run. Starts (and stops) its own local tier; refuses a run whose data would not "
+                    "fit in the free disk space.")
+    parser.add_argument("--batches", type=TIER_BATCHES, default=24,
+                        help=f"128-page batches, {TIER_BATCHES.describe()} (default 24 = 768 MiB)")
+    parser.add_argument("--json", metavar="PATH", dest="json_path", type=output_file,
+                        help="write the results as JSON to PATH")
     parser.set_defaults(handler=_run_bench_tier)
 
 
@@ -238,21 +341,122 @@ def _run_bench_tier(args: argparse.Namespace) -> int:
     return 0 if all(row["wrong_pages"] == 0 for row in report["results"]) else 1
 
 
-# Argument types, shared with the benchmarks' own argument builders.
+# ---- argument types, shared with the benchmarks' own argument builders -------------------------
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+class NumberRange:
+    """An argparse type, and the range check behind it: `NumberRange(int, 1, 256)` accepts an integer
+    in [1, 256]; `NumberRange(float, 0, 1, low_open=True, fractions=True)` a finite number in (0, 1],
+    also written as a fraction ("1/16"). A bad value reads `argument --flag: must be <describe()>, got X`."""
+
+    def __init__(self, kind: type, low: float | None = None, high: float | None = None, *,
+                 low_open: bool = False, fractions: bool = False) -> None:
+        self.kind, self.low, self.high, self.low_open, self.fractions = kind, low, high, low_open, fractions
+
+    def describe(self) -> str:
+        noun = "an integer" if self.kind is int else "a number"
+        low, high = _plain(self.low), _plain(self.high)
+        if self.low is not None and self.high is not None:
+            return f"{noun} in {'(' if self.low_open else '['}{low}, {high}]"
+        if self.low is not None:
+            return f"{noun} {'>' if self.low_open else '>='} {low}"
+        return noun if self.high is None else f"{noun} <= {high}"
+
+    def contains(self, value: float) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        if self.kind is int and not isinstance(value, int):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or value <= self.high
+
+    def __call__(self, text: str):
+        try:
+            if self.kind is int:
+                value = int(text, 10)
+            elif self.fractions and "/" in text:
+                value = float(Fraction(text.strip()))
+            else:
+                value = float(text)
+        except (ValueError, ZeroDivisionError, OverflowError):
+            value = None
+        if value is None or not self.contains(value):
+            raise argparse.ArgumentTypeError(f"must be {self.describe()}, got {text!r}")
+        return value
 
 
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+def _plain(number: float | None) -> str:
+    if number is None:
+        return ""
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
+
+
+positive_int = NumberRange(int, 1)
+non_negative_int = NumberRange(int, 0)
+SHARDS = NumberRange(int, 1, 256)  # shard actors on one Ray head; one per disk as deployed
+CAPACITY_GB = NumberRange(float, 0, 1e6, low_open=True)  # per shard; a PB bounds typos, not disks
+SEGMENT_MB = NumberRange(int, 1, 16 * 1024)  # StoreConfig.segment_bytes: [1 MiB, 16 GiB]
+STORED_PAGES = NumberRange(int, 0, 100_000_000)
+CHAIN_PAGES = NumberRange(int, 1, 1 << 20)  # ClientConfig.extent_pages' range
+THREADS = NumberRange(int, 1, 256)
+TIER_BATCHES = NumberRange(int, 1, 100_000)  # 32 MiB each; the disk check bounds a run further
+
+
+def non_empty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def existing_file(text: str) -> str:
+    """A file to read: it must exist and be a regular file (or a pipe, as /dev/stdin)."""
+    if not os.path.exists(text):
+        raise argparse.ArgumentTypeError(f"no such file: {text!r}")
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"is a directory, not a file: {text!r}")
+    return text
+
+
+def directory_path(text: str) -> str:
+    """A directory to use or create: anything but an existing non-directory (checked here, made later)."""
+    non_empty(text)
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"exists and is not a directory: {text!r}")
+    ancestor = existing_ancestor(text)
+    if not os.path.isdir(ancestor):
+        raise argparse.ArgumentTypeError(f"cannot be made: {ancestor!r} is not a directory")
+    return text
+
+
+def output_file(text: str) -> str:
+    """A file to write when the command ends: not a directory, and its directory exists or can be made
+    and is writable, so that a long run does not fail at its last step."""
+    non_empty(text)
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"is a directory: {text!r}")
+    ancestor = existing_ancestor(os.path.dirname(os.path.abspath(text)))
+    if not os.path.isdir(ancestor):
+        raise argparse.ArgumentTypeError(f"cannot be written: {ancestor!r} is not a directory")
+    if not os.access(ancestor, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot be written: no write permission in {ancestor!r}")
+    return text
+
+
+class CommaList:
+    """An argparse type: a comma-separated, non-empty subset of `known`, as a tuple in the given order."""
+
+    def __init__(self, known: Sequence[str]) -> None:
+        self.known = tuple(known)
+
+    def __call__(self, text: str) -> tuple[str, ...]:
+        names = tuple(name.strip() for name in text.split(",") if name.strip())
+        unknown = [name for name in names if name not in self.known]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(
+                f"must be a comma-separated subset of {', '.join(self.known)}; got "
+                + (f"unknown {', '.join(unknown)}" if unknown else "none"))
+        return names
 
 
 if __name__ == "__main__":

@@ -27,6 +27,12 @@ Method, the same for every system:
 - The disk ceiling reads two ways (sequential 128-page chunks, random page-sized reads), each
   twice, and keeps the best as its get figure (so raylsm's ratio to it is not flattered).
 
+Disk and cleanup: before it creates anything, `run` scales each page count down to what one system's
+data of that size (the largest it holds at once) fits in the free space under the data directory, and
+says so; if not even one batch fits it refuses (ConfigError). Each system's directory is removed after
+it ran, and the run's temporary root at the end, in finally blocks: on success, error, Ctrl-C or
+(through raylsm.cli) SIGTERM; an interrupted read pass stops its threads before the store is closed.
+
 Not thread-safe as a whole; it runs the systems one after another and owns the threads it starts.
 """
 
@@ -48,7 +54,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from raylsm.bench import disk_budget
 from raylsm.bench.baselines import (BASELINES, BenchSystem, PageBatch, SystemPlan, SystemUnavailable)
+from raylsm.errors import ConfigError
 from raylsm.store.io_buffers import aligned_empty
 from raylsm.store.page_key import encode, namespace_id
 
@@ -68,8 +76,8 @@ SYSTEMS = ("disk_ceiling", "raylsm", "raylsm_buffered", "rocksdb_blobdb", "hicac
 BASELINE_NAMES = ("hicache_file", "rocksdb_blobdb", "disk_ceiling")
 OPS = ("put", "probe", "get_cold", "get_warm")
 # Footprint on disk of one system while it runs, per stored byte (RocksDB: blob files plus the WAL
-# of the unflushed memtables), plus a fixed margin.
-DISK_FACTOR, DISK_MARGIN_BYTES = 1.3, 2 * GiB
+# of the unflushed memtables); disk_budget adds its spare room on top.
+DISK_FACTOR = 1.3
 DROP_CACHES = "/proc/sys/vm/drop_caches"
 
 
@@ -333,6 +341,10 @@ def _read_pass(system: BenchSystem, workload: Workload, op: str, batches: Sequen
     wrong = [0] * threads
     errors: list[BaseException] = []
     bar = _Progress(progress, len(batches), f"{label} {op}")
+    # Set by each worker as it ends; waited on instead of Thread.join, which CPython 3.11 leaves broken
+    # when a signal interrupts it (threading._wait_for_tstate_lock then releases the live thread's lock
+    # and marks it stopped, so a second join returns at once).
+    ended = [threading.Event() for _ in range(threads)]
 
     def work(thread: int) -> None:
         out, adapted = outputs[thread]
@@ -354,15 +366,24 @@ def _read_pass(system: BenchSystem, workload: Workload, op: str, batches: Sequen
                 if op != "probe":
                     wrong[thread] += workload.verify(batch, out[:count])
                 bar.update()
-        except BaseException as error:  # surfaced after join
+        except BaseException as error:  # surfaced once every worker ended
             errors.append(error)
+        finally:
+            ended[thread].set()
 
     workers = [threading.Thread(target=work, args=(t,), name=f"bench-{op}-{t}") for t in range(threads)]
     started = time.perf_counter()
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
+    try:
+        for worker in workers:
+            worker.start()
+        for event in ended:
+            event.wait()
+    except BaseException as interrupt:  # Ctrl-C or SIGTERM in this (main) thread, maybe amid the starts
+        errors.append(interrupt)  # workers stop after their batch: none reads a store being closed
+        for worker, event in zip(workers, ended):
+            if worker.ident is not None:  # it runs (a worker not yet running sees `errors` and does nothing)
+                event.wait()
+        raise
     seconds = time.perf_counter() - started
     bar.close()
     if errors:
@@ -449,10 +470,10 @@ def run(config: BenchConfig, out=sys.stdout, log: Callable[[str], None] | None =
     Returns the JSON document."""
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     run_started = time.perf_counter()
-    root, made_root = _data_root(config.data_dir)
     notes: list[str] = []
+    pages_by_size = fit_to_disk(config.pages_by_size, _data_parent(config.data_dir), log, notes)  # creates nothing
+    root, made_root = _data_root(config.data_dir)
     try:
-        pages_by_size = _fit_to_disk(config.pages_by_size, root, log, notes)
         can_drop = drop_page_cache()
         if not can_drop:
             notes.append("page cache could not be dropped (not root?): cold gets are cold only for O_DIRECT "
@@ -503,6 +524,7 @@ def run(config: BenchConfig, out=sys.stdout, log: Callable[[str], None] | None =
             "notes": notes,
         }
         if config.json_path:
+            os.makedirs(os.path.dirname(os.path.abspath(config.json_path)), exist_ok=True)
             with open(config.json_path, "w") as handle:
                 json.dump(document, handle, indent=1)
                 handle.write("\n")
@@ -520,28 +542,49 @@ def _system_note(name: str) -> str:
         return str(error)
 
 
+def _data_parent(data_dir: str | None) -> str:
+    """--dir, else ./.raylsm/bench, where the run's temporary root is made."""
+    return os.path.abspath(data_dir) if data_dir else os.path.join(os.getcwd(), ".raylsm", "bench")
+
+
 def _data_root(data_dir: str | None) -> tuple[str, bool]:
     """The directory the systems' data dirs go under; True if it is ours to remove at the end."""
     if data_dir:
         os.makedirs(data_dir, exist_ok=True)
         return os.path.abspath(data_dir), False
-    base = os.path.join(os.getcwd(), ".raylsm", "bench")
+    base = _data_parent(None)
     os.makedirs(base, exist_ok=True)
     return tempfile.mkdtemp(prefix="store-", dir=base), True
 
 
-def _fit_to_disk(pages_by_size: dict[int, int], root: str, log: Callable[[str], None],
-                 notes: list[str]) -> dict[int, int]:
-    """Scale a page count down (with a warning) if one system's data of that size would not fit."""
-    free = shutil.disk_usage(root).free
+def footprint_bytes(page_bytes: int, pages: int) -> int:
+    """Most bytes one system holds on the disk while it runs `pages` pages of `page_bytes`."""
+    return int(pages * page_bytes * DISK_FACTOR)
+
+
+def fit_to_disk(pages_by_size: dict[int, int], path: str, log: Callable[[str], None], notes: list[str],
+                free: int | None = None) -> dict[int, int]:
+    """The page counts scaled down (with a warning in `notes` and `log`) so that one system's data of
+    each size fits in the free space at `path` (the systems run one at a time, each removed after);
+    ConfigError if not even one batch of a size fits. Creates nothing. `free` overrides the measure."""
+    if free is None:
+        free = disk_budget.free_bytes(path)
     fitted = dict(pages_by_size)
     for page_bytes, pages in pages_by_size.items():
-        need = pages * page_bytes * DISK_FACTOR + DISK_MARGIN_BYTES
-        if pages > 0 and need > free:
-            fitted[page_bytes] = max(BATCH_PAGES, int((free - DISK_MARGIN_BYTES) / DISK_FACTOR / page_bytes))
-            notes.append(f"{_size_name(page_bytes)}: {pages:,} pages need ~{need / GB:.1f} GB but {free / GB:.1f} GB "
-                         f"is free at {root}; scaled down to {fitted[page_bytes]:,} pages")
-            log("WARNING: " + notes[-1])
+        need = footprint_bytes(page_bytes, pages)
+        if pages <= 0 or disk_budget.with_spare(need) <= free:
+            continue
+        fitting = int(disk_budget.usable_bytes(free) / DISK_FACTOR / page_bytes)
+        if fitting < BATCH_PAGES:
+            smallest = disk_budget.with_spare(footprint_bytes(page_bytes, BATCH_PAGES))
+            raise ConfigError(
+                f"raylsm bench store: not even one batch of {BATCH_PAGES} {_size_name(page_bytes)} pages fits: it "
+                f"needs {smallest / GB:.2f} GB with the spare room, and {free / GB:.2f} GB is free under {path}; "
+                f"free some space, point --dir at another disk, or skip the size (--pages-64k 0 / --pages-1m 0)")
+        fitted[page_bytes] = fitting
+        notes.append(f"{_size_name(page_bytes)}: {pages:,} pages need ~{need / GB:.1f} GB but {free / GB:.1f} GB is "
+                     f"free at {path}; scaled down to {fitting:,} pages")
+        log("WARNING: " + notes[-1])
     return fitted
 
 

@@ -7,8 +7,13 @@ read cold, in the same run, three ways into the same host KV pool:
   tier_fast      RayLSMStorage.batch_get_v1 with the same-node fast path (pointers from the actor,
                  bytes read by the client from the segment files).
 Only the get calls are timed; every page read is checked against the bytes written (untimed,
-between calls). Called by `raylsm.cli`; not imported by the
-layers above.
+between calls). Called by `raylsm.cli`; not imported by the layers above.
+
+Disk and cleanup: before it creates anything, `run` checks the bytes it will hold at once (the
+store pass's data, removed before the tier pass, then the tier's two namespaces) against the free
+space under `data_dir` and refuses (ConfigError, naming the --batches that fit) if they do not fit.
+Its temporary directory and the private Ray instance with its shard are removed in finally blocks,
+on success, error, Ctrl-C or (through raylsm.cli) SIGTERM.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -23,6 +29,7 @@ from typing import Any, Callable
 
 import ray
 
+from raylsm.bench import disk_budget, interrupts
 from raylsm.bench.host_pool import MiniHostKVPool, PagePattern
 from raylsm.bench.trace_replay import RaylsmSystem
 from raylsm.config import TierConfig
@@ -34,6 +41,8 @@ from raylsm.sglang.host_pages import page_parts
 BATCH_PAGES = 128
 # 2 (K, V) x 8 layers x 64 tokens x 2 heads x 64 dims x 2 bytes = 256 KiB per page.
 POOL_SHAPE = {"page_size": 64, "layer_num": 8, "head_num": 2, "head_dim": 64}
+PAGE_BYTES = 2 * POOL_SHAPE["layer_num"] * POOL_SHAPE["page_size"] * POOL_SHAPE["head_num"] * POOL_SHAPE["head_dim"] * 2
+SEGMENT_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -80,22 +89,53 @@ def _timed_reads(pool: MiniHostKVPool, pattern: PagePattern, read_slots: list[in
     return {"seconds": seconds, "wrong_pages": wrong}
 
 
+def store_capacity_bytes(batches: int) -> int:
+    """The capacity of the benchmark's stores (the store pass's and the tier's one shard): the tier's
+    two namespaces of every page (the store pass holds half that) and 4 segments of headroom (the
+    open segment is preallocated whole; the pointer index counts too), so nothing is evicted."""
+    return 2 * batches * BATCH_PAGES * PAGE_BYTES + 4 * SEGMENT_BYTES
+
+
+def disk_need_bytes(batches: int) -> int:
+    """Most bytes a run holds under its data directory at once: one store's capacity (the store pass's
+    data is removed before the tier pass), which a store also demands of the free space when it opens."""
+    return store_capacity_bytes(batches)
+
+
+def check_disk_space(config: TierBenchConfig, free: int | None = None) -> int:
+    """Refuse (ConfigError naming the --batches that fit) a run that would not fit in the free space
+    under `config.data_dir`; writes nothing. Returns the bytes needed."""
+    need = disk_need_bytes(config.batches)
+    if free is None:
+        free = disk_budget.free_bytes(config.data_dir)
+    fitting = config.batches
+    while fitting > 0 and disk_budget.with_spare(disk_need_bytes(fitting)) > free:
+        fitting //= 2
+    hint = (f"lower --batches (each holds {2 * BATCH_PAGES * PAGE_BYTES / disk_budget.GB:.3f} GB in the tier)"
+            + (f", e.g. to {fitting}" if fitting else "") + ", or run from a disk with more room")
+    disk_budget.require_free_space(config.data_dir, need, f"raylsm bench tier --batches {config.batches}",
+                                   hint=hint, free=free)
+    return need
+
+
 def run(config: TierBenchConfig) -> dict:
+    check_disk_space(config)  # before anything is created, or Ray imported
     from raylsm import lifecycle
 
     os.makedirs(config.data_dir, exist_ok=True)
     root = tempfile.mkdtemp(prefix="tier-", dir=config.data_dir)
-    pool = MiniHostKVPool(size=2 * BATCH_PAGES * POOL_SHAPE["page_size"], **POOL_SHAPE)
-    pattern = PagePattern(pool.page_bytes)
-    chains = _chains(config.batches)
-    hex_chains = [[page.hex() for page in chain] for chain in chains]  # SGLang's keys, made untimed
-    write_slots, read_slots = list(range(BATCH_PAGES)), list(range(BATCH_PAGES, 2 * BATCH_PAGES))
-    total_bytes = config.batches * BATCH_PAGES * pool.page_bytes
     results: dict[str, dict] = {}
     cache_note = ""
     try:
+        pool = MiniHostKVPool(size=2 * BATCH_PAGES * POOL_SHAPE["page_size"], **POOL_SHAPE)
+        assert pool.page_bytes == PAGE_BYTES, (pool.page_bytes, PAGE_BYTES)
+        pattern = PagePattern(pool.page_bytes)
+        chains = _chains(config.batches)
+        hex_chains = [[page.hex() for page in chain] for chain in chains]  # SGLang's keys, made untimed
+        write_slots, read_slots = list(range(BATCH_PAGES)), list(range(BATCH_PAGES, 2 * BATCH_PAGES))
+        total_bytes = config.batches * BATCH_PAGES * pool.page_bytes
         # 1. The store alone, reading into the same host-pool pages.
-        store_config = StoreConfig(capacity_bytes=max(4 * total_bytes, 2 << 30), segment_bytes=256 << 20)
+        store_config = StoreConfig(capacity_bytes=store_capacity_bytes(config.batches), segment_bytes=SEGMENT_BYTES)
         namespace = namespace_id("tier-bench")
         with ShardStore.open(os.path.join(root, "store"), store_config) as store:
             for hashes in chains:
@@ -107,15 +147,17 @@ def run(config: TierBenchConfig) -> dict:
                 (page_keys(namespace, hashes, [], ExtentConfig()), hashes) for hashes in chains],
                 lambda keys, _: sum(store.get_batch_into(
                     keys, page_parts(pool, pool.host_indices(read_slots), BATCH_PAGES))))
+        shutil.rmtree(os.path.join(root, "store"), ignore_errors=True)  # the tier pass needs the room
 
         # 2./3. Through Ray: one shard on this node, the adapter as SGLang loads it.
         tier_config = TierConfig.from_dict({"shard": {"data_dir": os.path.join(root, "tier"), "store": {
             "capacity_bytes": store_config.capacity_bytes, "segment_bytes": store_config.segment_bytes}}})
         # A private local Ray instance with one shard on this node (never another session's cluster).
-        ray.init(address="local", num_cpus=2, include_dashboard=False, resources={"raylsm_shard": 1},
-                 namespace=tier_config.ray_namespace, log_to_driver=False)
-        lifecycle.up(tier_config, shards=1)
         try:
+            ray.init(address="local", num_cpus=2, include_dashboard=False, resources={"raylsm_shard": 1},
+                     namespace=tier_config.ray_namespace, log_to_driver=False)
+            interrupts.restore_handlers()  # SIGTERM must reach the finally blocks, not Ray's abort
+            lifecycle.up(tier_config, shards=1)
             for system, fast in (("tier_object", False), ("tier_fast", True)):
                 extra = {**RaylsmSystem.EXTRA_CONFIG, "same_node_fast_path": fast}
                 adapter = RaylsmSystem(pool, f"tier-bench-{system}", extra)
@@ -130,8 +172,13 @@ def run(config: TierBenchConfig) -> dict:
                     lambda _, hexes: adapter.get(hexes, [], read_slots))
                 adapter.close()
         finally:
-            lifecycle.down(state_dir=root)  # closes the stores; the marker-less Ray is ours to stop
-            ray.shutdown()
+            try:
+                if ray.is_initialized():
+                    lifecycle.down(state_dir=root)  # closes the stores; the marker-less Ray is ours to stop
+            except Exception as error:  # noqa: BLE001 (an interrupted run may have no controller to ask)
+                print(f"raylsm bench tier: stopping the tier failed: {error!r}", file=sys.stderr)
+            finally:
+                ray.shutdown()
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -145,6 +192,7 @@ def run(config: TierBenchConfig) -> dict:
               "cache": cache_note, "results": rows}
     print(format_report(report))
     if config.json_path:
+        os.makedirs(os.path.dirname(os.path.abspath(config.json_path)), exist_ok=True)
         with open(config.json_path, "w") as handle:
             json.dump(report, handle, indent=2)
     return report

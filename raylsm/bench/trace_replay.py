@@ -19,6 +19,12 @@ with its LRU evictor at the same capacity, on the generic path SGLang uses for i
 at the same capacity in pages. The measured systems are driven in turn for every request, so
 background load on the machine hits both alike.
 
+Disk and cleanup: once the window is known (before the models run or anything is written),
+`check_disk_space` refuses a replay whose systems would not fit side by side in the free space under
+its data directory, naming the --capacity-fraction that would. Whatever the replay starts (its data
+directories, the tier's controller and shards, a private Ray) is undone in finally blocks, on success,
+error, Ctrl-C or (through raylsm.cli) SIGTERM, even when stopping the tier fails.
+
 Called by the `raylsm bench trace` command (`add_trace_arguments`, `run_trace_command`), by
 `python -m raylsm.bench.trace_replay`, and by tests (the pure parts: `HostCacheSim`, `ttft_ms`,
 `percentile`, `summarize`, `build_report`, `format_report`). Single-threaded. Ray, SGLang, torch and
@@ -41,8 +47,11 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Sequence
 
-from raylsm.bench import cache_models
-from raylsm.bench.trace import MODEL_PROFILES, PageKeyCache, load_trace, page_bytes as profile_page_bytes
+from raylsm.bench import cache_models, disk_budget, interrupts
+from raylsm.bench.trace import (MODEL_PROFILES, TRACE_BLOCK_TOKENS, PageKeyCache, load_trace,
+                                page_bytes as profile_page_bytes)
+from raylsm.cli import (SHARDS, CommandParser, CommaList, NumberRange, directory_path, existing_file,
+                        output_file, run_command)
 from raylsm.errors import ConfigError
 
 STORAGE_BATCH_SIZE = 128  # SGLang's pages per backend call (hicache_storage.STORAGE_BATCH_SIZE)
@@ -52,6 +61,19 @@ MEASURED = ("raylsm", "hicache_file")
 PAGE_CACHE_MODES = ("cold", "warm")
 QUICK_SAMPLE_RATE = 1 / 16  # --quick: one conversation in 16 over the whole trace
 DEFAULT_PAYLOAD_SCALE = 1 / 16
+# The ranges of the flags, checked by argparse and again by ReplayConfig.validate. A capacity above
+# the window's distinct page bytes (fraction 1) holds every page: larger ones measure nothing new
+# and only fill the disk.
+CAPACITY_FRACTION = NumberRange(float, 0, 1, low_open=True, fractions=True)
+HOST_CACHE_FRACTION = NumberRange(float, 0, 1, fractions=True)
+PAYLOAD_SCALE = NumberRange(float, 0, 1, low_open=True, fractions=True)
+SAMPLE_RATE = NumberRange(float, 0, 1, low_open=True, fractions=True)
+REQUEST_LIMIT = NumberRange(int, 1, 10**9)
+TIME_WINDOW_S = NumberRange(float, 0, 10**9, low_open=True)
+PREFILL_TOKENS_PER_S = NumberRange(float, 0, 10**9, low_open=True)
+SEED = NumberRange(int, 0, 2**63 - 1)  # packed as an unsigned 64-bit salt by sample_conversations
+# Pointer-index bytes per stored page in the disk estimate (a 61-byte key, a 25-byte pointer, RocksDB overhead).
+INDEX_BYTES_PER_PAGE = 256
 HIT_RATIO_DEFINITION = ("hit_token_ratio = tokens loaded from L3 / tokens asked from L3 (full pages after "
                         "the simulated L1/L2 prefix hit); prompt_hit_token_ratio adds the L1/L2 hits and "
                         "divides by all prompt tokens")
@@ -95,26 +117,41 @@ class ReplayConfig:
     page_cache: str = "cold"
 
     def validate(self) -> "ReplayConfig":
+        """Return self, or raise ConfigError naming the flag of the first value out of its range."""
         if self.profile not in MODEL_PROFILES:
             raise ConfigError(f"--profile must be one of {sorted(MODEL_PROFILES)}, got {self.profile!r}")
-        if not 0 < self.capacity_fraction <= 10:
-            raise ConfigError(f"--capacity-fraction must be in (0, 10], got {self.capacity_fraction}")
-        if not 0 <= self.host_cache_fraction <= 10:
-            raise ConfigError(f"--host-cache-fraction must be in [0, 10], got {self.host_cache_fraction}")
-        if not 0 < self.payload_scale <= 1:
-            raise ConfigError(f"--payload-scale must be in (0, 1], got {self.payload_scale}")
-        if self.sample_rate is not None and not 0 < self.sample_rate <= 1:
-            raise ConfigError(f"--sample-conversations must be in (0, 1], got {self.sample_rate}")
+        for flag, value, allowed in (
+                ("--capacity-fraction", self.capacity_fraction, CAPACITY_FRACTION),
+                ("--host-cache-fraction", self.host_cache_fraction, HOST_CACHE_FRACTION),
+                ("--payload-scale", self.payload_scale, PAYLOAD_SCALE),
+                ("--sample-conversations", self.sample_rate, SAMPLE_RATE),
+                ("--limit", self.limit, REQUEST_LIMIT),
+                ("--time-window", self.time_window_s, TIME_WINDOW_S),
+                ("--shards", self.shards, SHARDS),
+                ("--prefill-tokens-per-s", self.prefill_tokens_per_s, PREFILL_TOKENS_PER_S),
+                ("--seed", self.seed, SEED)):
+            if value is not None and not allowed.contains(value):
+                raise ConfigError(f"{flag} must be {allowed.describe()}, got {value!r}")
+        if self.page_tokens not in PAGE_TOKEN_CHOICES:
+            raise ConfigError(f"--page-tokens must be {PAGE_TOKENS_ALLOWED}, got {self.page_tokens!r}")
         if self.page_cache not in PAGE_CACHE_MODES:
             raise ConfigError(f"--page-cache must be one of {', '.join(PAGE_CACHE_MODES)}, got {self.page_cache!r}")
-        if self.shards < 1:
-            raise ConfigError(f"--shards must be >= 1, got {self.shards}")
-        if self.prefill_tokens_per_s <= 0:
-            raise ConfigError(f"--prefill-tokens-per-s must be > 0, got {self.prefill_tokens_per_s}")
         unknown = [name for name in self.systems if name not in SYSTEMS]
         if unknown or not self.systems:
             raise ConfigError(f"--systems must be a non-empty subset of {', '.join(SYSTEMS)}; got {unknown}")
+        if "raylsm" in self.systems:
+            from raylsm.sglang.extra_config import tier_config_from_extra  # no sglang import: a dict parser
+
+            try:
+                tier_config_from_extra({**RaylsmSystem.EXTRA_CONFIG, **dict(self.raylsm_extra_config)})
+            except ConfigError as error:
+                raise ConfigError(f"--raylsm-extra-config: {error}") from error
         return self
+
+
+PAGE_TOKEN_CHOICES = tuple(tokens for tokens in range(1, TRACE_BLOCK_TOKENS + 1) if TRACE_BLOCK_TOKENS % tokens == 0)
+PAGE_TOKENS_ALLOWED = (f"a divisor of the trace's {TRACE_BLOCK_TOKENS}-token blocks "
+                       f"({', '.join(map(str, PAGE_TOKEN_CHOICES))})")
 
 
 @dataclass(frozen=True)
@@ -622,6 +659,7 @@ class TierSession:
                 _token_auth_as_for_auto()  # what ray.init(address="auto") does for a local cluster
         if address:
             ray.init(address=address, namespace=RAY_NAMESPACE, log_to_driver=False)
+            interrupts.restore_handlers()  # SIGTERM must reach the replay's cleanup, not Ray's abort
             try:
                 controller = get_controller(RAY_NAMESPACE)
             except ValueError:
@@ -635,6 +673,7 @@ class TierSession:
         else:
             ray.init(address="local", namespace=RAY_NAMESPACE, include_dashboard=False, log_to_driver=False,
                      resources={ShardConfig().resource_name: self.requested_shards})
+            interrupts.restore_handlers()
             self.owns_ray = True
         self.per_shard_capacity = self.capacity_bytes // self.requested_shards
         self.segment_bytes = segment_bytes_for(self.per_shard_capacity, self.page_bytes)
@@ -686,9 +725,12 @@ class TierSession:
             return
         try:
             if self.owns_controller:
-                controller = get_controller("raylsm")
-                ray.get(controller.shutdown.remote(), timeout=120)
-                ray.kill(controller, no_restart=True)
+                try:  # an interrupted start() may not have made it, and a Ctrl-C may have hit its actors
+                    controller = get_controller("raylsm")
+                    ray.get(controller.shutdown.remote(), timeout=120)
+                    ray.kill(controller, no_restart=True)
+                except Exception as error:  # noqa: BLE001 (a private Ray still goes down below)
+                    logger.warning("could not shut the raylsm controller down: %r", error)
             for name, values in self._restore.items():
                 try:
                     ray.get(ray.get_actor(name, namespace="raylsm").apply_tuning.remote(values))
@@ -818,7 +860,12 @@ def run(config: ReplayConfig) -> dict:
     sample_rate = config.sample_rate
     if sample_rate is None:
         sample_rate = QUICK_SAMPLE_RATE if config.quick else 1.0
-    trace = load_trace(config.trace_path, limit=config.limit, time_window_s=config.time_window_s)
+    try:
+        trace = load_trace(config.trace_path, limit=config.limit, time_window_s=config.time_window_s)
+    except (OSError, ValueError) as error:  # a missing, unreadable or malformed file is bad input
+        if isinstance(error, ConfigError):
+            raise
+        raise ConfigError(f"--trace {config.trace_path or 'packaged trace'}: {error}") from error
     offered = len(trace)
     trace = sample_conversations(trace, sample_rate, config.seed)
     if not trace:
@@ -828,6 +875,9 @@ def run(config: ReplayConfig) -> dict:
     page_bytes = shape.page_bytes
     capacity_bytes = int(config.capacity_fraction * plan.distinct_pages * page_bytes)
     capacity_pages = capacity_bytes // page_bytes
+    measured = [name for name in MEASURED if name in config.systems]
+    if measured:  # before the models run and before anything is written
+        check_disk_space(config, plan.distinct_pages, page_bytes, capacity_bytes)
     sampled = (f" (conversation sample {sample_rate:g} of {offered} requests: whole conversations kept)"
                if sample_rate < 1 else "")
     window = (f"{len(plan)} requests{sampled}, {plan.arrival_s[-1]:.0f} s of trace from "
@@ -866,7 +916,6 @@ def run(config: ReplayConfig) -> dict:
     }
     balance = shards_per_batch = None
     shard_count = config.shards
-    measured = [name for name in MEASURED if name in config.systems]
     if measured:
         measured_runs, tier_details = _run_measured(config, plan, shape, capacity_bytes, measured)
         runs.extend(measured_runs)
@@ -910,6 +959,52 @@ def _series(run: SystemRun, plan: ReplayPlan, rate: float) -> dict:
     }
 
 
+def data_root(config: ReplayConfig) -> str:
+    """The directory a replay writes under: --dir, else ./.raylsm/bench/trace-<pid> (removed afterwards)."""
+    return os.path.abspath(config.data_dir or os.path.join(".raylsm", "bench", f"trace-{os.getpid()}"))
+
+
+def disk_need_bytes(config: ReplayConfig, distinct_pages: int, page_bytes: int, capacity_bytes: int) -> dict[str, int]:
+    """Most bytes each measured system can hold under `data_root` at once (they are replayed side by
+    side, so they add up): hicache_file evicts its files down to the capacity; raylsm's shards (when
+    this machine runs them: no --ray-address) keep segment files within it, and their pointer index.
+    Neither holds more than the window's distinct pages. ConfigError if a shard's capacity cannot hold
+    its two segments."""
+    distinct_bytes = distinct_pages * page_bytes
+    need: dict[str, int] = {}
+    if "raylsm" in config.systems and config.ray_address is None:
+        segment = segment_bytes_for(capacity_bytes // config.shards, page_bytes)
+        need["raylsm"] = (min(capacity_bytes, distinct_bytes + config.shards * segment)
+                          + distinct_pages * INDEX_BYTES_PER_PAGE)
+    if "hicache_file" in config.systems:
+        need["hicache_file"] = min(capacity_bytes, distinct_bytes)
+    return need
+
+
+def check_disk_space(config: ReplayConfig, distinct_pages: int, page_bytes: int, capacity_bytes: int,
+                     free: int | None = None) -> int:
+    """Refuse (ConfigError) a replay whose systems would not fit in the free space under its data
+    directory, naming the --capacity-fraction that would; writes nothing. Returns the bytes needed."""
+    need = disk_need_bytes(config, distinct_pages, page_bytes, capacity_bytes)
+    total = sum(need.values())
+    if not total:
+        return 0
+    root = data_root(config)
+    if free is None:
+        free = disk_budget.free_bytes(root)
+    distinct_bytes = distinct_pages * page_bytes
+    fixed = total - len(need) * min(capacity_bytes, distinct_bytes)  # segments and index: not capacity-bound
+    largest = (disk_budget.usable_bytes(free) - fixed) / (len(need) * distinct_bytes)  # fraction that fits
+    parts = " + ".join(f"{name} {bytes_ / disk_budget.GB:.2f} GB" for name, bytes_ in need.items())
+    hint = (f"({parts}, capacity {config.capacity_fraction:g} x {distinct_pages} distinct pages x {page_bytes} B); "
+            + (f"lower --capacity-fraction to {math.floor(largest * 1000) / 1000:g} or less, "
+               if largest >= 0.001 else "")
+            + "lower --payload-scale, replay fewer requests (--limit, --sample-conversations, --quick), "
+              "or point --dir at a disk with more room")
+    disk_budget.require_free_space(root, total, "raylsm bench trace", hint=hint, free=free)
+    return total
+
+
 def _write_json(path: str, report: dict) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -926,20 +1021,23 @@ def _run_measured(config: ReplayConfig, plan: ReplayPlan, shape: PoolShape, capa
 
     for name in ("sglang", "raylsm.sglang", "raylsm.client"):
         logging.getLogger(name).setLevel(logging.ERROR)  # per-page warnings (e.g. HiCacheFile refusals)
-    root = os.path.abspath(config.data_dir or os.path.join(".raylsm", "bench", f"trace-{os.getpid()}"))
-    os.makedirs(root, exist_ok=True)
-    pool_pages = 2 * STORAGE_BATCH_SIZE
-    pool = MiniHostKVPool(pool_pages * config.page_tokens, config.page_tokens, shape.layer_num, shape.head_num,
-                          shape.head_dim, getattr(torch, shape.dtype_name))
-    assert pool.page_bytes == shape.page_bytes, (pool.page_bytes, shape.page_bytes)
-    pattern = PagePattern(pool.page_bytes)
-    picker = SlotPicker(pool.page_slots, config.seed)
-    model_name = f"trace-replay-{config.profile}"
+    root = data_root(config)
+    made_root = not os.path.exists(root)
     details: dict[str, Any] = {"notes": []}
     systems: list[Any] = []
     tier = None
     counter = None
+    # Everything from here on is undone by the finally below, on success, error, Ctrl-C or (through
+    # raylsm.cli's handler) SIGTERM: systems closed, the tier this run started stopped, data removed.
     try:
+        os.makedirs(root, exist_ok=True)
+        pool_pages = 2 * STORAGE_BATCH_SIZE
+        pool = MiniHostKVPool(pool_pages * config.page_tokens, config.page_tokens, shape.layer_num, shape.head_num,
+                              shape.head_dim, getattr(torch, shape.dtype_name))
+        assert pool.page_bytes == shape.page_bytes, (pool.page_bytes, shape.page_bytes)
+        pattern = PagePattern(pool.page_bytes)
+        picker = SlotPicker(pool.page_slots, config.seed)
+        model_name = f"trace-replay-{config.profile}"
         if "raylsm" in measured:
             direct_io = config.page_cache == "cold"
             tier = TierSession(config.shards, capacity_bytes, shape.page_bytes, root, config.ray_address, direct_io)
@@ -989,23 +1087,36 @@ def _run_measured(config: ReplayConfig, plan: ReplayPlan, shape: PoolShape, capa
             details["notes"].append(f"VERIFICATION FAILED: {wrong} pages read back with wrong bytes")
         return list(runs.values()), details
     finally:
-        for system in systems:
-            try:
-                if system.name == "raylsm" and tier is not None and not tier.owns_controller:
-                    system.clear()  # leave a joined tier without this run's pages
-                system.close()
-            except Exception:  # noqa: BLE001
-                logger.exception("closing %s failed", system.name)
-        if tier is not None:
-            phase = time.perf_counter()
-            tier.stop()
-            print(f"raylsm bench trace: tier stopped in {time.perf_counter() - phase:.1f} s", file=sys.stderr)
-        if config.data_dir is None:
-            shutil.rmtree(root, ignore_errors=True)
-        else:
-            shutil.rmtree(os.path.join(root, "hicache_file"), ignore_errors=True)
-            if tier is not None and tier.started:
-                shutil.rmtree(os.path.join(root, "shards"), ignore_errors=True)
+        try:
+            for system in systems:
+                try:
+                    if system.name == "raylsm" and tier is not None and not tier.owns_controller:
+                        system.clear()  # leave a joined tier without this run's pages
+                    system.close()
+                except Exception:  # noqa: BLE001 (close the others, stop the tier, remove the data)
+                    logger.exception("closing %s failed", system.name)
+            if tier is not None:
+                phase = time.perf_counter()
+                try:
+                    tier.stop()
+                    print(f"raylsm bench trace: tier stopped in {time.perf_counter() - phase:.1f} s", file=sys.stderr)
+                except Exception as error:  # noqa: BLE001 (an interrupted run's Ray may be half gone: remove the data)
+                    print(f"raylsm bench trace: stopping the tier failed: {error!r}", file=sys.stderr)
+        finally:
+            remove_run_data(root, made_root=made_root or config.data_dir is None,
+                            tier_started=tier is not None and tier.started)
+
+
+def remove_run_data(root: str, made_root: bool, tier_started: bool) -> None:
+    """Remove what a replay wrote under `root`: all of it if the run made `root` (or it is the default
+    ./.raylsm/bench/trace-<pid>), else its hicache_file directory and, if it started the tier, the
+    shards' directory (an existing --dir may hold other things)."""
+    if made_root:
+        shutil.rmtree(root, ignore_errors=True)
+        return
+    shutil.rmtree(os.path.join(root, "hicache_file"), ignore_errors=True)
+    if tier_started:
+        shutil.rmtree(os.path.join(root, "shards"), ignore_errors=True)
 
 
 def _shard_summary(stats: dict) -> dict:
@@ -1093,16 +1204,6 @@ def write_plot(path: str, arrival_s: Sequence[float], series: dict[str, dict], r
 # ---- command line -------------------------------------------------------------------------------
 
 
-def _fraction(text: str) -> float:
-    try:
-        if "/" in text:
-            numerator, denominator = text.split("/", 1)
-            return float(numerator) / float(denominator)
-        return float(text)
-    except (ValueError, ZeroDivisionError) as error:
-        raise argparse.ArgumentTypeError(f"not a number: {text}") from error
-
-
 def _json_object(text: str) -> dict:
     try:
         value = json.loads(text)
@@ -1113,40 +1214,57 @@ def _json_object(text: str) -> dict:
     return value
 
 
-def add_trace_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Declare the arguments of `raylsm bench trace` on `parser` (returns it)."""
-    from raylsm.cli import positive_int  # the command's shared argument type (cli imports this lazily)
+def _page_tokens(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        value = 0
+    if value not in PAGE_TOKEN_CHOICES:
+        raise argparse.ArgumentTypeError(f"must be {PAGE_TOKENS_ALLOWED}, got {text!r}")
+    return value
 
-    parser.add_argument("--trace", metavar="PATH", dest="trace_path",
+
+def add_trace_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Declare the arguments of `raylsm bench trace` on `parser` (returns it). Every value is range-checked
+    here (argparse refuses it in one line) and again by ReplayConfig.validate."""
+    parser.add_argument("--trace", metavar="PATH", dest="trace_path", type=existing_file,
                         help="Mooncake-format trace (.jsonl or .jsonl.gz; default: the packaged conversation trace)")
     parser.add_argument("--quick", action="store_true",
                         help="replay one conversation in 16 over the whole trace (the same hit ratios as the "
                              "whole trace at 1/16 of the work; under 3 minutes on 2 cores)")
-    parser.add_argument("--sample-conversations", type=_fraction, metavar="F", dest="sample_rate",
-                        help="keep this fraction of the conversations, all their turns (default 1; --quick 1/16)")
-    parser.add_argument("--limit", type=positive_int, metavar="N", help="replay the first N requests")
-    parser.add_argument("--time-window", type=float, metavar="S", dest="time_window_s",
-                        help="replay the requests within S seconds of the first one")
-    parser.add_argument("--shards", type=positive_int, default=1, metavar="N",
-                        help="shard actors when this command starts the tier (default 1: one per disk, and this "
-                             "machine has one; N > 1 splits the capacity into N fixed partitions)")
-    parser.add_argument("--capacity-fraction", type=_fraction, default=0.1, metavar="F",
-                        help="L3 capacity as a fraction of the replayed window's distinct page bytes (default 0.1)")
-    parser.add_argument("--host-cache-fraction", type=_fraction, default=0.02, metavar="F",
-                        help="simulated L1/L2 capacity as a fraction of the window's distinct pages (default 0.02)")
-    parser.add_argument("--page-tokens", type=positive_int, default=64, metavar="T", help="tokens per page (default 64)")
+    parser.add_argument("--sample-conversations", type=SAMPLE_RATE, metavar="F", dest="sample_rate",
+                        help=f"keep this fraction of the conversations, all their turns, {SAMPLE_RATE.describe()} "
+                             f"(default 1; --quick 1/16)")
+    parser.add_argument("--limit", type=REQUEST_LIMIT, metavar="N",
+                        help=f"replay the first N requests, {REQUEST_LIMIT.describe()}")
+    parser.add_argument("--time-window", type=TIME_WINDOW_S, metavar="S", dest="time_window_s",
+                        help=f"replay the requests within S seconds of the first one, {TIME_WINDOW_S.describe()}")
+    parser.add_argument("--shards", type=SHARDS, default=1, metavar="N",
+                        help=f"shard actors when this command starts the tier, {SHARDS.describe()} (default 1: one "
+                             f"per disk, and this machine has one; N > 1 splits the capacity into N fixed partitions)")
+    parser.add_argument("--capacity-fraction", type=CAPACITY_FRACTION, default=0.1, metavar="F",
+                        help=f"L3 capacity as a fraction of the replayed window's distinct page bytes, "
+                             f"{CAPACITY_FRACTION.describe()} (default 0.1; 1 holds every page); every measured "
+                             f"system gets this capacity on the disk of --dir, and a run that would not fit is refused")
+    parser.add_argument("--host-cache-fraction", type=HOST_CACHE_FRACTION, default=0.02, metavar="F",
+                        help=f"simulated L1/L2 capacity as a fraction of the window's distinct pages, "
+                             f"{HOST_CACHE_FRACTION.describe()} (default 0.02)")
+    parser.add_argument("--page-tokens", type=_page_tokens, default=64, metavar="T",
+                        help=f"tokens per page, {PAGE_TOKENS_ALLOWED} (default 64)")
     parser.add_argument("--profile", default="qwen2.5-0.5b", choices=sorted(MODEL_PROFILES),
                         help="modelled model: KV bytes per token (default qwen2.5-0.5b, 12 KiB/token)")
-    parser.add_argument("--payload-scale", type=_fraction, default=DEFAULT_PAYLOAD_SCALE, metavar="S",
-                        help="scale page bytes down to fit the disk and the time (default 1/16: 48 KiB pages)")
-    parser.add_argument("--prefill-tokens-per-s", type=float, default=10_000.0, metavar="R",
-                        help="modelled prefill rate of the TTFT model (default 10000 tokens/s)")
-    parser.add_argument("--systems", metavar="LIST",
+    parser.add_argument("--payload-scale", type=PAYLOAD_SCALE, default=DEFAULT_PAYLOAD_SCALE, metavar="S",
+                        help=f"scale page bytes down to fit the disk and the time, {PAYLOAD_SCALE.describe()} "
+                             f"(default 1/16: 48 KiB pages)")
+    parser.add_argument("--prefill-tokens-per-s", type=PREFILL_TOKENS_PER_S, default=10_000.0, metavar="R",
+                        help=f"modelled prefill rate of the TTFT model, {PREFILL_TOKENS_PER_S.describe()} "
+                             f"(default 10000 tokens/s)")
+    parser.add_argument("--systems", metavar="LIST", type=CommaList(SYSTEMS),
                         help=f"comma-separated subset of {', '.join(SYSTEMS)} (default: all)")
-    parser.add_argument("--json", metavar="PATH", dest="json_path", help="write the report as JSON")
-    parser.add_argument("--plot", metavar="PATH", dest="plot_path",
+    parser.add_argument("--json", metavar="PATH", dest="json_path", type=output_file, help="write the report as JSON")
+    parser.add_argument("--plot", metavar="PATH", dest="plot_path", type=output_file,
                         help="write a PNG: hit ratio and modelled TTFT over trace time, per system")
-    parser.add_argument("--dir", metavar="PATH", dest="data_dir",
+    parser.add_argument("--dir", metavar="PATH", dest="data_dir", type=directory_path,
                         help="data directory (default ./.raylsm/bench/trace-<pid>, removed afterwards)")
     parser.add_argument("--ray-address", metavar="ADDR",
                         help="join this Ray cluster and the raylsm tier on it (default: the Ray head `raylsm up` "
@@ -1154,7 +1272,8 @@ def add_trace_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                              "with Ray's token authentication, set RAY_AUTH_MODE=token as for any explicit address")
     parser.add_argument("--raylsm-extra-config", metavar="JSON", type=_json_object, default={},
                         help='extra keys for RayLSMStorage\'s extra config, e.g. \'{"same_node_fast_path": false}\'')
-    parser.add_argument("--seed", type=int, default=0, help="seed of the host-pool slot choice and the conversation sample")
+    parser.add_argument("--seed", type=SEED, default=0,
+                        help=f"seed of the host-pool slot choice and the conversation sample, {SEED.describe()}")
     parser.add_argument("--page-cache", choices=PAGE_CACHE_MODES, default="cold",
                         help="cold (default): both systems read the disk, raylsm with O_DIRECT and hicache_file "
                              "after its files' cached pages are dropped (untimed), as when host memory holds the "
@@ -1167,7 +1286,7 @@ def add_trace_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 def config_from_args(args: argparse.Namespace) -> ReplayConfig:
     systems = SYSTEMS
     if args.systems:
-        systems = tuple(name.strip() for name in args.systems.split(",") if name.strip())
+        systems = tuple(args.systems)
     return ReplayConfig(
         trace_path=args.trace_path, limit=args.limit, time_window_s=args.time_window_s, sample_rate=args.sample_rate,
         page_tokens=args.page_tokens, profile=args.profile, payload_scale=args.payload_scale,
@@ -1179,26 +1298,18 @@ def config_from_args(args: argparse.Namespace) -> ReplayConfig:
 
 
 def run_trace_command(args: argparse.Namespace) -> int:
-    """Handler of `raylsm bench trace`: 0 on success, 1 if a page was read back wrong, 2 on bad input."""
-    try:
-        config = config_from_args(args).validate()
-    except ConfigError as error:
-        print(f"raylsm bench trace: {error}", file=sys.stderr)
-        return 2
-    try:
-        report = run(config)
-    except ConfigError as error:
-        print(f"raylsm bench trace: {error}", file=sys.stderr)
-        return 2
+    """Handler of `raylsm bench trace`: 0 on success, 1 if a page was read back wrong. Bad input (a
+    value out of range, a trace file that is not one, a run the disk cannot hold) raises ConfigError
+    before anything is written; `raylsm.cli.run_command` prints it as one line, exit status 2."""
+    report = run(config_from_args(args).validate())
     wrong = sum(row.get("wrong_pages", 0) for row in report["systems"])
     return 1 if wrong else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m raylsm.bench.trace_replay",
-                                     description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="python -m raylsm.bench.trace_replay", description=__doc__.splitlines()[0])
     add_trace_arguments(parser)
-    return run_trace_command(parser.parse_args(argv))
+    return run_command(parser.prog, run_trace_command, parser.parse_args(argv))
 
 
 if __name__ == "__main__":
