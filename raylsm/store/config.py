@@ -72,6 +72,14 @@ class StoreConfig:
     # RocksDB memtable size (pointers are 25 bytes; 64 MiB holds ~1M pointers).
     write_buffer_bytes: int = _knob(64 * MiB, LIVE, "RocksDB write_buffer_size")
 
+    def index_write_buffer_bytes(self) -> int:
+        """The memtable size the index runs with: write_buffer_bytes, but at most 1/64 of the
+        capacity (at least 1 MiB). With one column family RocksDB keeps the WAL until the memtable
+        flushes, so the WAL is about this big, and it counts against capacity_bytes.
+        NOTE: `raylsm bench trace --quick` (393 MB capacity, 1 shard): a 64 MiB memtable let the WAL
+        take ~5% of the budget (L3 hit 0.202); capped at capacity/64 (6 MB), 0.234 again."""
+        return max(1 * MiB, min(self.write_buffer_bytes, self.capacity_bytes // 256))
+
     def validate(self) -> "StoreConfig":
         """Return self, or raise ConfigError naming the first field out of range."""
         _require(self, "segment_bytes", 1 * MiB <= self.segment_bytes <= 16 * GiB and self.segment_bytes % 4096 == 0,

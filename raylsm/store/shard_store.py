@@ -89,7 +89,7 @@ class ShardStore:
         config = (config or StoreConfig()).validate()
         os.makedirs(os.path.join(path, fmt.SEGMENTS_DIR), exist_ok=True)
         index = PointerIndex(os.path.join(path, fmt.INDEX_DIR), IndexOptions(
-            block_cache_bytes=config.block_cache_bytes, write_buffer_bytes=config.write_buffer_bytes,
+            block_cache_bytes=config.block_cache_bytes, write_buffer_bytes=config.index_write_buffer_bytes(),
             sync_writes=config.durability == "machine"))
         try:
             version = read_format_version(index)
@@ -758,8 +758,8 @@ class ShardStore:
                 self._index.set_sync_writes(new.durability == "machine")
             if new.capacity_bytes < old.capacity_bytes:
                 self._enforce_capacity()
-            if new.write_buffer_bytes != old.write_buffer_bytes:
-                self._index.set_rocksdb_options({"write_buffer_size": str(new.write_buffer_bytes)})
+            if new.index_write_buffer_bytes() != old.index_write_buffer_bytes():
+                self._index.set_rocksdb_options({"write_buffer_size": str(new.index_write_buffer_bytes())})
             return new
 
     def stats(self) -> dict:
