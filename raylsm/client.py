@@ -87,6 +87,8 @@ class TierClient:
         # the namespaces that were ever cleared. Only ever moves forward.
         self._generations: dict[str, int] = {}
         self._current_ids: dict[bytes, bytes] = {}
+        # Index namespace id -> the id its pages are routed by (route_namespace_as).
+        self._routing_ids: dict[bytes, bytes] = {}
         self._handles: dict[str, Any] = {}
         self._handles_lock = threading.Lock()
         self._health = ShardHealth()
@@ -159,10 +161,22 @@ class TierClient:
                 self._handles[shard] = handle
         return handle
 
+    def route_namespace_as(self, namespace_id: bytes, routing_id: bytes) -> None:
+        """Route the pages of `namespace_id` by `routing_id` (8 bytes) instead of by themselves.
+        The adapter routes every rank's namespace by the rank-free cache identity, so that the TP,
+        PP and CP ranks' copies of a page land on one shard and share its fate (SGLang takes the
+        minimum prefix hit over ranks); index keys keep the rank's own namespace."""
+        if len(routing_id) != page_key.NAMESPACE_ID_BYTES:
+            raise ValueError(f"routing id must be {page_key.NAMESPACE_ID_BYTES} bytes, got {len(routing_id)}")
+        self._routing_ids[namespace_id] = routing_id
+
     def _route(self, namespace_id: bytes, page_hashes: Sequence[bytes],
                prefix_hashes: Sequence[bytes] | None) -> _Routed:
         """Keys and shard groups of a batch. A malformed page hash fails only its own page (and,
-        under prefix semantics, the pages behind it): it is left out of every group."""
+        under prefix semantics, the pages behind it): it is left out of every group. Pages are
+        routed by the namespace's routing id (route_namespace_as) and keyed by the id of its current
+        generation (raylsm.namespaces): a clear changes keys, not placement."""
+        routing_id = self._routing_ids.get(namespace_id, namespace_id)
         namespace_id = self._current_ids.get(namespace_id, namespace_id)
         ring = self._ring
         keys: list[bytes | None] = []
@@ -182,7 +196,7 @@ class TierClient:
                 continue
             shard = shard_of_anchor.get(anchor)
             if shard is None:
-                shard = shard_of_anchor[anchor] = ring.shard_for(routing_key(namespace_id, anchor))
+                shard = shard_of_anchor[anchor] = ring.shard_for(routing_key(routing_id, anchor))
             groups.setdefault(shard, []).append(slot)
         if first_bad < len(page_hashes):
             self._count(bad_keys=sum(key is None for key in keys))

@@ -537,9 +537,16 @@ class RaylsmSystem:
         return all(self.storage.batch_set_v1(keys, indices, self._extra_info(prefix_keys=prefix)))
 
     def namespace_id(self) -> bytes:
+        """The index namespace id of this replay's pages (rank included)."""
         from raylsm.store.page_key import namespace_id
 
         return namespace_id(self.storage.raylsm_stats()["namespace"])
+
+    def routing_id(self) -> bytes:
+        """The namespace id the adapter routes this replay's pages by (its rank-free identity)."""
+        from raylsm.store.page_key import namespace_id
+
+        return namespace_id(self.storage.raylsm_stats()["routing_namespace"])
 
     def stats(self) -> dict:
         return self.storage.raylsm_stats()
@@ -1057,7 +1064,7 @@ def _run_measured(config: ReplayConfig, plan: ReplayPlan, shape: PoolShape, capa
             raylsm_system = RaylsmSystem(pool, model_name, extra)
             raylsm_system.clear()  # this namespace's pages from an earlier run
             systems.append(raylsm_system)
-            counter = ShardCounter(tier.shard_names, raylsm_system.namespace_id())
+            counter = ShardCounter(tier.shard_names, raylsm_system.routing_id())
             details.update(shards=len(tier.shard_names), segment_bytes=tier.segment_bytes,
                            per_shard_capacity_bytes=tier.per_shard_capacity)
             details["notes"].extend(tier.notes)

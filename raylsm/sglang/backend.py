@@ -86,6 +86,9 @@ class RayLSMStorage(HiCacheStorage):
             self.cache_identity = identity
             self._namespace_name = identity.namespace_name
             self._namespace = namespace_id(identity.namespace_name)
+            # Ranks share a fate: every TP/PP/CP rank's copy of a page is routed by the rank-free
+            # identity, so they live on one shard; the rank stays in the index key.
+            self._client.route_namespace_as(self._namespace, namespace_id(identity.identity_name))
         log_cache_identity(identity)
 
     def _ns(self) -> bytes:
@@ -204,7 +207,10 @@ class RayLSMStorage(HiCacheStorage):
     def raylsm_stats(self) -> dict:
         with self._lock:
             errors = dict(self._counters)
-        return {"namespace": getattr(self, "_namespace_name", None), "adapter_errors": errors,
+        identity = self.cache_identity
+        return {"namespace": getattr(self, "_namespace_name", None),
+                "routing_namespace": identity.identity_name if identity is not None else None,
+                "adapter_errors": errors,
                 "client": self._client.stats()}
 
     def close(self) -> None:

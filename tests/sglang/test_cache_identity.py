@@ -199,3 +199,41 @@ def test_a_malformed_model_fingerprint_fails_the_attach(tier, sglang_env):
                                        extra={**sglang_env.base_extra, "model_fingerprint": 42})
     with pytest.raises(ConfigError, match="model_fingerprint"):
         StorageBackendFactory.create_backend("dynamic", config, MHAHostPoolStandIn())
+
+
+# ---- ranks share a fate (issue 9) ---------------------------------------------------------------------
+
+
+def test_every_tp_ranks_copy_of_a_page_is_routed_to_one_shard(make_backend, page_keys):
+    """Eight MHA TP ranks: eight index namespaces (their heads differ) but one routing namespace, so
+    on an 8-shard ring every page's eight copies are on one shard; each rank still reads its own bytes."""
+    from raylsm.router import HashRing
+
+    pools = [MHAHostPoolStandIn(seed=10 + rank) for rank in range(8)]
+    backends = [make_backend(pool, model_name="tests/rank-fate", tp_rank=rank, tp_size=8)
+                for rank, pool in enumerate(pools)]
+    assert len({backend.raylsm_stats()["namespace"] for backend in backends}) == 8
+    assert len({backend.raylsm_stats()["routing_namespace"] for backend in backends}) == 1
+    eight_shards = HashRing([f"shard-disk{i}-0" for i in range(8)], 128, 1)
+    spread = 0
+    for chain_index in range(40):
+        chain = [bytes.fromhex(key) for key in page_keys(("rank fate", chain_index), 24)]
+        placements = []
+        for backend in backends:
+            client = backend._client
+            real_ring, client._ring = client._ring, eight_shards
+            try:
+                routed = client._route(backend._ns(), chain, [])
+            finally:
+                client._ring = real_ring
+            placements.append({shard: tuple(slots) for shard, slots in routed.groups.items()})
+        assert all(placement == placements[0] for placement in placements), f"chain {chain_index}"
+        spread += len(placements[0])
+    assert spread > 40  # the chains do spread over the shards: the check above is not trivial
+    # Each rank stores and reads its own heads under its own key.
+    keys = page_keys("rank fate, bytes", 4)
+    for backend, pool in zip(backends[:2], pools[:2]):
+        write_pages(backend, pool, keys)
+    for backend, pool in zip(backends[:2], pools[:2]):
+        assert_reads_the_writers_bytes(backend, pool, pool, keys)
+    assert pools[0].page_bytes(0) != pools[1].page_bytes(0)
