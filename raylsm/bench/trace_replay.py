@@ -16,7 +16,9 @@ Systems: `raylsm` (RayLSMStorage built by SGLang's StorageBackendFactory as a `d
 zero-copy path, over a Ray tier of `--shards` shard actors), `hicache_file` (SGLang's HiCacheFile
 with its LRU evictor at the same capacity, on the generic path SGLang uses for it), and the models
 `lru_model` and `belady_optimal` (raylsm.bench.cache_models) on the same post-L1/L2 request stream
-at the same capacity in pages. The measured systems are driven in turn for every request, so
+at the same capacity in pages, and `lru_sharded_model` (raylsm.bench.shard_models): LRU cut into the
+replay's shards by raylsm's own ring and extents, which separates what partitioning costs any cache
+from what raylsm's placement and eviction cost. The measured systems are driven in turn for every request, so
 background load on the machine hits both alike.
 
 Disk and cleanup: once the window is known (before the models run or anything is written),
@@ -47,16 +49,17 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Sequence
 
-from raylsm.bench import cache_models, disk_budget, interrupts
+from raylsm.bench import cache_models, disk_budget, interrupts, shard_models
 from raylsm.bench.trace import (MODEL_PROFILES, TRACE_BLOCK_TOKENS, PageKeyCache, load_trace,
                                 page_bytes as profile_page_bytes)
 from raylsm.cli import (SHARDS, CommandParser, CommaList, NumberRange, directory_path, existing_file,
                         output_file, run_command)
 from raylsm.errors import ConfigError
+from raylsm.store.page_key import namespace_id
 
 STORAGE_BATCH_SIZE = 128  # SGLang's pages per backend call (hicache_storage.STORAGE_BATCH_SIZE)
 MiB = 1 << 20
-SYSTEMS = ("raylsm", "hicache_file", "lru_model", "belady_optimal")
+SYSTEMS = ("raylsm", "hicache_file", "lru_model", "lru_sharded_model", "belady_optimal")
 MEASURED = ("raylsm", "hicache_file")
 PAGE_CACHE_MODES = ("cold", "warm")
 QUICK_SAMPLE_RATE = 1 / 16  # --quick: one conversation in 16 over the whole trace
@@ -929,9 +932,13 @@ def run(config: ReplayConfig) -> dict:
     }
     balance = shards_per_batch = None
     shard_count = config.shards
+    shard_names = [f"shard-model-{index}" for index in range(config.shards)]
+    routing_id = namespace_id(f"trace-replay-{config.profile}")
     if measured:
         measured_runs, tier_details = _run_measured(config, plan, shape, capacity_bytes, measured)
         runs.extend(measured_runs)
+        shard_names = tier_details.pop("shard_names", shard_names)  # the tier's own ring, when it ran
+        routing_id = tier_details.pop("routing_id", routing_id)
         balance = tier_details.pop("balance_max_over_mean", None)
         shards_per_batch = tier_details.pop("shards_per_batch_mean", None)
         shard_count = tier_details.pop("shards", shard_count)
@@ -944,6 +951,11 @@ def run(config: ReplayConfig) -> dict:
             f"{details.get('segment_bytes')} B (capacity / shards / {SEGMENTS_PER_SHARD}, >= 1 MiB; the store needs 2 segments)"
             if "segment_bytes" in details else "") + (
             "; hicache_file: LRUFileEvictor max_size, eviction_ratio 0.9" if "hicache_file" in measured else ""))
+    if "lru_sharded_model" in config.systems:
+        owners = shard_models.shard_assignment(plan.chains, plan.host_hit_pages, shard_names, routing_id)
+        result = shard_models.simulate_lru_sharded(plan.l3_streams(), owners, capacity_pages, len(shard_names))
+        runs.append(SystemRun("lru_sharded_model", measured=False, l3_hit_pages=list(result.per_request_hits),
+                              extra={"capacity_pages": capacity_pages, "shards": len(shard_names)}))
     order = {name: index for index, name in enumerate(SYSTEMS)}
     runs.sort(key=lambda item: order[item.name])
     rows = [summarize(item, plan, config.prefill_tokens_per_s) for item in runs]
@@ -1065,6 +1077,7 @@ def _run_measured(config: ReplayConfig, plan: ReplayPlan, shape: PoolShape, capa
             raylsm_system.clear()  # this namespace's pages from an earlier run
             systems.append(raylsm_system)
             counter = ShardCounter(tier.shard_names, raylsm_system.routing_id())
+            details.update(shard_names=list(tier.shard_names), routing_id=raylsm_system.routing_id())
             details.update(shards=len(tier.shard_names), segment_bytes=tier.segment_bytes,
                            per_shard_capacity_bytes=tier.per_shard_capacity)
             details["notes"].extend(tier.notes)
@@ -1195,7 +1208,7 @@ def write_plot(path: str, arrival_s: Sequence[float], series: dict[str, dict], r
 
     window = max(10, len(arrival_s) // 20)
     figure, (hit_axis, ttft_axis) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
-    styles = {"raylsm": "-", "hicache_file": "-", "lru_model": "--", "belady_optimal": ":"}
+    styles = {"raylsm": "-", "hicache_file": "-", "lru_model": "--", "lru_sharded_model": "-.", "belady_optimal": ":"}
     for name, data in series.items():
         hit_axis.plot(arrival_s, rolling(data["hit"], data["asked"], window), styles.get(name, "-"), label=name)
         ttft_axis.plot(arrival_s, rolling(data["ttft"], None, window), styles.get(name, "-"), label=name)

@@ -118,8 +118,9 @@ def _runs(plan):
     hicache = tr.SystemRun("hicache_file", True, l3_hit_pages=[0, 3], load_ms=[1.0, 9.0], exists_ms=[0.1],
                            get_ms=[8.0], put_ms=[3.0], get_bytes=3 * 1000)
     lru = tr.SystemRun("lru_model", False, l3_hit_pages=[0, 2])
+    lru_sharded = tr.SystemRun("lru_sharded_model", False, l3_hit_pages=[0, 1])
     belady = tr.SystemRun("belady_optimal", False, l3_hit_pages=[0, 4])
-    return [raylsm, hicache, lru, belady]
+    return [raylsm, hicache, lru, lru_sharded, belady]
 
 
 def test_summarize_defines_hit_ratio_over_l3_asks():
