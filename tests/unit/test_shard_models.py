@@ -50,7 +50,7 @@ def test_a_shard_evicts_only_its_own_pages():
                          for request in ([hot], [f"cold{i}-{j}".encode() for j in range(4)])]
     owners = [[1] if stream == [hot] else [0] * 4 for stream in streams]
     assert sum(shard_models.simulate_lru_sharded(streams, owners, 8, 2).per_request_hits) == 200
-    assert sum(cache_models.simulate_lru(streams, 4).per_request_hits) == 0  # one LRU: the flood evicts it
+    assert sum(cache_models.simulate_lru(streams, 4).per_request_hits) <= 1  # one LRU: each flood evicts it
 
 
 def test_segment_clock_keeps_pages_read_since_written():
