@@ -241,6 +241,7 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
     bench_subparsers.required = True
     _add_bench_store(bench_subparsers)
     _add_bench_tier(bench_subparsers)
+    _add_bench_workload(bench_subparsers)
     _add_bench_trace(bench_subparsers)
 
 
@@ -341,6 +342,32 @@ def _run_bench_tier(args: argparse.Namespace) -> int:
     return 0 if all(row["wrong_pages"] == 0 for row in report["results"]) else 1
 
 
+def _add_bench_workload(subparsers: argparse._SubParsersAction) -> None:
+    from raylsm.bench.workload import SHAPES  # stdlib only
+
+    parser = subparsers.add_parser(
+        "workload", help="write a Mooncake-format trace of another shape (agentic, multi-turn, doc Q&A, scan)",
+        description="Generate a request trace (one JSON object per request: timestamp ms, input_length, "
+                    "output_length, hash_ids of 512-token blocks) for `raylsm bench trace --trace PATH`.")
+    parser.add_argument("--shape", choices=SHAPES, default="agentic", help="workload shape (default agentic)")
+    parser.add_argument("--requests", type=WORKLOAD_REQUESTS, default=6000,
+                        help=f"requests, {WORKLOAD_REQUESTS.describe()} (default 6000)")
+    parser.add_argument("--seed", type=NumberRange(int, 0, 2**63 - 1), default=0, help="random seed (default 0)")
+    parser.add_argument("--rate", type=NumberRange(float, 0, 1e6, low_open=True), default=4.0,
+                        help="new sessions per second (default 4)")
+    parser.add_argument("--out", metavar="PATH", type=output_file, required=True, help="the trace file to write")
+    parser.set_defaults(handler=_run_bench_workload)
+
+
+def _run_bench_workload(args: argparse.Namespace) -> int:
+    from raylsm.bench.workload import WorkloadConfig, write_trace
+
+    count = write_trace(WorkloadConfig(shape=args.shape, requests=args.requests, seed=args.seed,
+                                       rate_per_s=args.rate), args.out)
+    print(f"wrote {count} {args.shape} requests to {args.out}")
+    return 0
+
+
 # ---- argument types, shared with the benchmarks' own argument builders -------------------------
 
 
@@ -398,6 +425,7 @@ SHARDS = NumberRange(int, 1, 256)  # shard actors on one Ray head; one per disk 
 CAPACITY_GB = NumberRange(float, 0, 1e6, low_open=True)  # per shard; a PB bounds typos, not disks
 SEGMENT_MB = NumberRange(int, 1, 16 * 1024)  # StoreConfig.segment_bytes: [1 MiB, 16 GiB]
 STORED_PAGES = NumberRange(int, 0, 100_000_000)
+WORKLOAD_REQUESTS = NumberRange(int, 1, 10_000_000)
 CHAIN_PAGES = NumberRange(int, 1, 1 << 20)  # ClientConfig.extent_pages' range
 THREADS = NumberRange(int, 1, 256)
 TIER_BATCHES = NumberRange(int, 1, 100_000)  # 32 MiB each; the disk check bounds a run further
