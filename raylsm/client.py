@@ -392,8 +392,9 @@ class TierClient:
                     orphans.setdefault(self._shard_of_slot(routed, slot), []).append(routed.keys[slot])
                 else:
                     results[slot] = outcome in ACCEPTED and slot < first_failed
-            if orphans:  # unreachable behind the failed prefix: give their space back now
-                self._submit({shard: ("delete_batch", (keys,)) for shard, keys in orphans.items()})
+            if orphans:  # unreachable behind the failed prefix: gone before the False is answered
+                self._collect(self._submit({shard: ("delete_batch", (keys,)) for shard, keys in orphans.items()}),
+                              deadline=max(deadline, time.monotonic() + 0.25 * timeout_s))
                 self._count(put_orphans_deleted=sum(len(keys) for keys in orphans.values()))
             declined = Counter(PutOutcome(outcome).name.lower() for outcome in outcomes.values()
                                if outcome not in (PutOutcome.STORED, PutOutcome.PRESENT))
