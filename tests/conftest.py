@@ -17,8 +17,10 @@ KiB = 1024
 MiB = 1024 * KiB
 
 # Small segments keep every test fast; RocksDB buffers at their minimum keep opens cheap.
+# Eviction runs inline (at the put that rolls a segment) so that tests see it at a known step;
+# tests/unit/test_background_reclaim.py covers the default, a background reclaimer.
 SMALL_CONFIG = dict(segment_bytes=1 * MiB, capacity_bytes=8 * MiB, block_cache_bytes=1 * MiB,
-                    write_buffer_bytes=1 * MiB)
+                    write_buffer_bytes=1 * MiB, background_reclaim=False)
 
 
 class Kit:
@@ -83,7 +85,10 @@ class Kit:
         for name in os.listdir(directory):
             segment_id = fmt.parse_segment_file_name(name)
             if segment_id is not None:
-                found[segment_id] = os.path.getsize(os.path.join(directory, name))
+                try:
+                    found[segment_id] = os.path.getsize(os.path.join(directory, name))
+                except FileNotFoundError:  # freed meanwhile (a background reclaimer)
+                    continue
         return found
 
     @staticmethod

@@ -62,6 +62,9 @@ class StoreConfig:
     # 0.25 -> 0.200, 0.5 -> 0.213, 1.0 -> 0.227 (LRU 0.220); 4 shards: 0.174, 0.165, 0.189.
     # Measured (`raylsm bench trace --quick`, 1 shard, 1.0): 0.234, HiCacheFile 0.211.
     reinsertion_budget_fraction: float = _knob(1.0, LIVE, "fraction of a segment re-appended per roll")
+    # Free segments on a background thread (evicting the oldest, re-appending what earned it) so
+    # that a put only writes into free space. Off: a put that rolls a segment evicts inline.
+    background_reclaim: bool = _knob(True, REOPEN, "evict on a background thread")
     # Neighbouring reads closer than this are merged into one preadv (the gap is read and dropped).
     merge_gap_bytes: int = _knob(64 * KiB, LIVE, "largest gap a merged read skips")
     # Keep an in-memory set of 64-bit digests of the live page keys (about 60 bytes of RAM per page):

@@ -42,6 +42,7 @@ from raylsm.store.page_reader import read_verified, writable_parts
 from raylsm.store.recovery import recover
 from raylsm.store.reinsertion import make_reinsertion_policy
 from raylsm.store.segment import Segment
+from raylsm.store.segment_reclaimer import SegmentReclaimer, drop_kept, evict_oldest, reappend
 from raylsm.store.stats import StoreStats
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class ShardStore:
         self._live = _LiveSpace(state.live_bytes, state.live_pages)
         self._next_segment_id = state.next_segment_id
         self._active: Segment | None = None
+        self._reclaimer: SegmentReclaimer | None = None  # started by open() when background_reclaim
         # Reads served per page since it was written, by segment then value offset (for reinsertion).
         self._reads_since_written: dict[int, dict[int, int]] = {}
         self._zero_pad = aligned_empty(fmt.BLOCK_BYTES)
@@ -109,6 +111,8 @@ class ShardStore:
         except BaseException:
             store.close()
             raise
+        if config.background_reclaim:
+            store._reclaimer = SegmentReclaimer(store)
         return store
 
     def _check_disk_room(self) -> None:
@@ -123,7 +127,11 @@ class ShardStore:
                 f"{(room - free) / 1e9:.1f} GB already used by the store); lower the capacity")
 
     def close(self) -> None:
-        """Seal the active segment, mark a clean shutdown, release the directory. Idempotent."""
+        """Stop the reclaimer, seal the active segment, mark a clean shutdown, release the directory.
+        Idempotent."""
+        reclaimer, self._reclaimer = self._reclaimer, None
+        if reclaimer is not None:
+            reclaimer.stop()  # outside the write lock: the reclaimer takes it to commit
         with self._write_lock:
             if self._closed:
                 return
@@ -255,25 +263,32 @@ class ShardStore:
         pointer = fmt.decode_pointer(raw)
         return pointer is not None and pointer.segment_id in self._segments
 
-    def _append_pages(self, keys: list[bytes], pages: list[tuple[memoryview, ...]], sizes: list[int]) -> list[bool]:
-        """Append pages as records into the active segment, rolling segments as needed, and commit
-        their pointers. Caller holds the write lock. An I/O error fails the pages not yet committed."""
+    def _append_pages(self, keys: Sequence[bytes], pages: Sequence[tuple[memoryview, ...]], sizes: Sequence[int],
+                      checksums: Sequence[int] | None = None, roll: bool = True) -> list[bool]:
+        """Append pages as records into the active segment, rolling segments as needed (unless
+        `roll` is False: then only what fits the active segment), and commit their pointers. Caller
+        holds the write lock. An I/O error fails the pages not yet committed."""
         results = [False] * len(keys)
         start = 0
         while start < len(keys):
+            if self._active is None and not roll:
+                return results
             try:
                 segment = self._active if self._active is not None else self._roll()
             except OSError:
                 return results  # no room for a new segment (ENOSPC): these pages are not stored
             end = _fit(sizes, start, segment.remaining_bytes())
             if end == start:
-                if segment.write_offset == 0:
-                    return results  # cannot happen for validated sizes; guard against a loop
+                if segment.write_offset == 0 or not roll:
+                    return results  # (a validated size always fits an empty segment)
                 self._seal_active()
                 continue
             try:
-                self._write_record(segment, keys[start:end], pages[start:end], sizes[start:end])
+                self._write_record(segment, keys[start:end], pages[start:end], sizes[start:end],
+                                   checksums[start:end] if checksums is not None else None)
             except OSError:
+                if not roll:
+                    logger.warning("store %s: re-appending %d kept pages failed; evicted", self.root, end - start)
                 return results
             results[start:end] = [True] * (end - start)
             start = end
@@ -325,133 +340,64 @@ class ShardStore:
             self._active = None
 
     def _roll(self) -> Segment:
-        """Seal the active segment, evict until a new one fits the budget, create it, and re-append
-        the pages eviction kept. Raises OSError if the new segment cannot be created."""
+        """Seal the active segment and start the next one. Raises OSError if it cannot be created.
+
+        With background reclaim (the default) the reclaimer keeps a segment of room ahead, so a put
+        only writes into free space; if it lags, the oldest segments are dropped whole here (counted
+        as evicted_segments_inline; nothing read or re-appended). Without it, the roll evicts with
+        reinsertion itself and re-appends what was kept into the new segment."""
         self._seal_active()
         config = self._config
-        # One budget for the whole roll, however many segments it frees, so what is kept always fits
-        # the new segment: each kept page is charged its aligned bytes plus its header entry, and
-        # two blocks are held back for the header's prefix and alignment.
-        budget = [min(int(config.segment_bytes * config.reinsertion_budget_fraction),
-                      config.segment_bytes - 2 * fmt.BLOCK_BYTES)]
-        reinsert: list[tuple[bytes, np.ndarray, int]] = []
-        while self._disk_bytes() + config.segment_bytes > config.capacity_bytes and self._segments:
-            reinsert.extend(self._evict_oldest(budget))
+        kept: list = []
+        if config.background_reclaim:
+            while self._needs_room() and self._has_sealed_segment():
+                evict_oldest(self, [0])
+                self._stats.add(evicted_segments_inline=1)
+        else:
+            # One budget for the whole roll, however many segments it frees, so what is kept always
+            # fits the new segment: each kept page is charged its aligned bytes plus its header
+            # entry, and two blocks are held back for the header's prefix and alignment.
+            budget = [min(int(config.segment_bytes * config.reinsertion_budget_fraction),
+                          config.segment_bytes - 2 * fmt.BLOCK_BYTES)]
+            while self._needs_room() and self._has_sealed_segment():
+                kept.extend(evict_oldest(self, budget))
         segment = Segment.create(self._segments_dir, self._next_segment_id, config.segment_bytes,
                                  config.preallocate_segments)
         self._next_segment_id += 1
         self._segments[segment.segment_id] = segment
         self._active = segment
-        if reinsert:
-            keys, buffers, checksums = zip(*reinsert)
-            pages = [(memoryview(buffer),) for buffer in buffers]
-            sizes = [buffer.nbytes for buffer in buffers]
-            fits = _fit(sizes, 0, segment.remaining_bytes())
-            if fits:
-                try:
-                    self._write_record(segment, keys[:fits], pages[:fits], sizes[:fits], checksums[:fits])
-                except OSError:  # e.g. ENOSPC: the kept pages are evicted after all; the put goes on
-                    logger.warning("store %s: re-appending %d kept pages failed; evicted", self.root, fits)
-                    fits = 0
-            self._stats.add(reinserted_pages=fits, reinserted_bytes=sum(b.nbytes for b in buffers[:fits]),
-                            evicted_pages=len(keys) - fits, evicted_bytes=sum(b.nbytes for b in buffers[fits:]))
+        if kept:
+            drop_kept(self, reappend(self, kept, into_room=False))
+        if self._reclaimer is not None:
+            self._reclaimer.wake()
         return segment
+
+    def _fits_active(self, sizes: Sequence[int]) -> bool:
+        return _fit(sizes, 0, self._active.remaining_bytes()) == len(sizes)
+
+    def _needs_room(self) -> bool:
+        """Whether one more segment would take the store past its budget."""
+        return self._disk_bytes() + self._config.segment_bytes > self._config.capacity_bytes
+
+    def _has_sealed_segment(self) -> bool:
+        active_id = self._active.segment_id if self._active is not None else None
+        return any(segment_id != active_id for segment_id in self._segments)
 
     def _enforce_capacity(self) -> None:
         """Evict oldest sealed segments until disk use is within the budget (after it was lowered)."""
-        active_id = self._active.segment_id if self._active is not None else None
-        while self._disk_bytes() > self._config.capacity_bytes and any(
-                segment_id != active_id for segment_id in self._segments):
-            self._evict_oldest([0])
+        while self._disk_bytes() > self._config.capacity_bytes and self._has_sealed_segment():
+            evict_oldest(self, [0])
+
+    def wait_reclaimed(self, timeout_s: float = 30.0) -> bool:
+        """Wait until the background reclaimer has made room (tests and benchmarks); True at once
+        without one."""
+        reclaimer = self._reclaimer
+        return reclaimer.wait_idle(timeout_s) if reclaimer is not None else True
 
     def _disk_bytes(self) -> int:
         """What the store holds on disk: segment files (the active one at its preallocated size) and
         the RocksDB index directory. This is what capacity_bytes bounds."""
         return sum(segment.file_bytes for segment in self._segments.values()) + self._index.disk_bytes()
-
-    def _evict_oldest(self, budget: list[int]) -> list[tuple[bytes, np.ndarray, int]]:
-        """Free the oldest sealed segment. Pages that earned it (by the reinsertion policy, within the
-        remaining byte budget `budget[0]`, which this spends) are read into memory and returned for
-        re-append; the rest lose their pointers.
-        The low watermark moves past the segment in the same WriteBatch, then the file is unlinked."""
-        active_id = self._active.segment_id if self._active is not None else None
-        segment_id = min(segment_id for segment_id in self._segments if segment_id != active_id)
-        segment = self._segments[segment_id]
-        reads = self._reads_since_written.pop(segment_id, {})
-        records = list(segment.walk())
-        entries = [(record_offset + entry.offset_in_batch, entry)
-                   for record_offset, entries in records for entry in entries]
-        current = self._index.get_many([entry.key for _, entry in entries]) if entries else []
-        batch = self._index.new_batch()
-        walked_to = (records[-1][0] + fmt.plan_batch([e.length for e in records[-1][1]]).batch_bytes) if records else 0
-        if walked_to < segment.write_offset:
-            # A damaged record header hid the rest of the segment from the walk: find the pointers
-            # into it in the index (rare, and a full scan) so that none outlives its bytes.
-            for key, raw in self._index.scan_pages():
-                pointer = fmt.decode_pointer(raw)
-                if pointer is not None and pointer.segment_id == segment_id and pointer.offset >= walked_to:
-                    batch.delete(key)
-                    self._forget(key)
-        candidates: list[fmt.Pointer] = []  # pages that earned reinsertion, within the budget
-        keys_of: list[bytes] = []
-        evicted_pages = evicted_bytes = 0
-        deepest: dict[bytes, int] = {}  # extent prefix -> depth of its deepest page in a newer segment
-        for (offset, entry), raw in zip(entries, current):
-            pointer = fmt.decode_pointer(raw) if raw is not None else None
-            if pointer is None or pointer.segment_id != segment_id or pointer.offset != offset:
-                continue  # deleted, or already moved elsewhere
-            batch.delete(entry.key)  # a kept page is re-put with its new location right after
-            self._forget(entry.key)
-            charge = fmt.align_up(entry.length) + fmt.ENTRY_BYTES
-            if charge <= budget[0] and self._reinsertion.should_reinsert(
-                    entry.key, reads.get(offset, 0),
-                    lambda key=entry.key: self._prefix_of_live(key, segment_id, deepest)):
-                budget[0] -= charge
-                candidates.append(pointer)
-                keys_of.append(entry.key)
-            else:
-                evicted_pages += 1
-                evicted_bytes += entry.length
-        kept: list[tuple[bytes, np.ndarray, int]] = []
-        if candidates:
-            # One merged, verified read of every kept page (neighbours in one preadv), into slices
-            # of one aligned buffer; a page that fails its checksum or its read is evicted instead.
-            ends = np.cumsum([fmt.align_up(pointer.length) for pointer in candidates])
-            buffer = aligned_empty(int(ends[-1]))
-            starts = [0, *ends[:-1].tolist()]
-            buffers = [buffer[start:start + pointer.length] for start, pointer in zip(starts, candidates)]
-            outcome = read_verified(list(enumerate(candidates)),
-                                    {slot: (memoryview(b),) for slot, b in enumerate(buffers)}, len(candidates),
-                                    self._config.merge_gap_bytes, self._config.direct_io,
-                                    lambda _: segment if segment.pin() else None)
-            for key, pointer, page, ok in zip(keys_of, candidates, buffers, outcome.results):
-                if ok:
-                    kept.append((key, page, pointer.checksum))
-                else:
-                    evicted_pages += 1
-                    evicted_bytes += pointer.length
-        batch.put(fmt.META_LOW_WATERMARK, fmt.encode_u32(segment_id + 1))
-        self._index.commit(batch)
-        del self._segments[segment_id]
-        self._live.drop(segment_id)
-        segment.retire()
-        self._stats.add(evicted_segments=1, evicted_pages=evicted_pages, evicted_bytes=evicted_bytes)
-        return kept
-
-    def _prefix_of_live(self, key: bytes, segment_id: int, deepest: dict[bytes, int]) -> bool:
-        """Whether a deeper page of this key's extent lives in a segment newer than `segment_id`
-        (one index seek per extent, cached in `deepest` for the eviction at hand)."""
-        prefix = page_key.extent_prefix(key)
-        depth = deepest.get(prefix)
-        if depth is None:
-            depth = -1
-            last = self._index.last_with_prefix(prefix)
-            if last is not None:
-                pointer = fmt.decode_pointer(last[1])
-                if pointer is not None and pointer.segment_id > segment_id:
-                    depth = page_key.decode(last[0]).depth
-            deepest[prefix] = depth
-        return page_key.decode(key).depth < depth
 
     def delete_batch(self, keys: Sequence[bytes]) -> int:
         """Remove pages; returns how many were present. Their bytes die with their segment."""

@@ -37,6 +37,7 @@ COUNTERS = (
     "probe_hits",
     "deleted_pages",
     "evicted_segments",
+    "evicted_segments_inline",  # dropped whole by a put that found no room (the reclaimer lagged)
     "evicted_pages",
     "evicted_bytes",
     "reinserted_pages",

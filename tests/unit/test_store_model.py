@@ -62,7 +62,7 @@ def cheap_full_collections():
 class StoreModel(RuleBasedStateMachine):
     EVICTING = False
     CONFIG = StoreConfig(segment_bytes=1 * MiB, capacity_bytes=64 * MiB, block_cache_bytes=1 * MiB,
-                         write_buffer_bytes=1 * MiB)
+                         write_buffer_bytes=1 * MiB, background_reclaim=False)
     MAX_PAGE = 24 * KiB
 
     def __init__(self):
@@ -173,7 +173,7 @@ class StoreModel(RuleBasedStateMachine):
 class EvictingStoreModel(StoreModel):
     EVICTING = True
     CONFIG = StoreConfig(segment_bytes=1 * MiB, capacity_bytes=4 * MiB, block_cache_bytes=1 * MiB,
-                         write_buffer_bytes=1 * MiB)
+                         write_buffer_bytes=1 * MiB, background_reclaim=False)
     MAX_PAGE = 64 * KiB
 
     @rule(keys=st.lists(st.sampled_from(POOL), min_size=1, max_size=8),
