@@ -36,11 +36,12 @@ from raylsm.store.config import StoreConfig
 from raylsm.store.outcomes import IN_STORE, PutOutcome
 from raylsm.store.io_buffers import aligned_empty, page_views, parts_nbytes
 from raylsm.store import page_key
-from raylsm.store.page_key import extent_prefix, key_digest, validate_keys
+from raylsm.store.page_key import key_digest, validate_keys
 from raylsm.store.pointer_index import IndexOptions, PointerIndex, read_format_version
 from raylsm.store.page_reader import read_verified, writable_parts
 from raylsm.store.recovery import recover
 from raylsm.store.reinsertion import make_reinsertion_policy
+from raylsm.store.prefix_probe import count_present_prefix
 from raylsm.store.segment import Segment
 from raylsm.store.segment_reclaimer import SegmentReclaimer, drop_kept, evict_oldest, reappend
 from raylsm.store.stats import StoreStats
@@ -587,43 +588,7 @@ class ShardStore:
         return count
 
     def _count_present_prefix(self, keys: Sequence[bytes]) -> int:
-        if self._resident is not None:
-            # NOTE: the resident set answers a 128-key probe in tens of microseconds; the RocksDB
-            # seek-and-scan below ran at ~240k keys/s (bench store), barely above HiCacheFile's
-            # stat() per page with a warm dentry cache.
-            resident = self._resident
-            for found, key in enumerate(keys):
-                if key_digest(key) not in resident:
-                    return found
-            return len(keys)
-        count = 0
-        for use_scan, group in _probe_groups(keys):
-            found = self._present_by_scan(group) if use_scan else self._present_by_multiget(group)
-            count += found
-            if found < len(group):
-                break
-        return count
-
-    def _present_by_multiget(self, keys: Sequence[bytes]) -> int:
-        for found, raw in enumerate(self._index.get_many(keys)):
-            if raw is None or not self._points_to_live_segment(raw):
-                return found
-        return len(keys)
-
-    def _present_by_scan(self, keys: Sequence[bytes]) -> int:
-        """Keys are ascending and share an extent prefix: one seek, then next() per key, with a
-        re-seek only where another chain's page of the same extent sits in between."""
-        scan = self._index.scan_from(keys[0])
-        found = 0
-        for key in keys:
-            entry = next(scan, None)
-            if entry is not None and entry[0] != key:
-                scan = self._index.scan_from(key)
-                entry = next(scan, None)
-            if entry is None or entry[0] != key or not self._points_to_live_segment(entry[1]):
-                return found
-            found += 1
-        return found
+        return count_present_prefix(self._index, keys, self._resident, self._segments)
 
     # ---- pointers for same-node readers --------------------------------------------------------
 
@@ -774,27 +739,3 @@ def _fit(sizes: Sequence[int], start: int, room: int) -> int:
         values = grown
         end += 1
     return end
-
-
-def _probe_groups(keys: Sequence[bytes]) -> list[tuple[bool, Sequence[bytes]]]:
-    """Split a probe batch, in order, into runs of ascending keys of one extent (answered by a scan)
-    and stretches of keys without such neighbours (answered together by one multi-get)."""
-    groups: list[tuple[bool, Sequence[bytes]]] = []
-    start = 0
-    lone_start = None
-    while start < len(keys):
-        end = start + 1
-        prefix = extent_prefix(keys[start])
-        while end < len(keys) and keys[end] > keys[end - 1] and extent_prefix(keys[end]) == prefix:
-            end += 1
-        if end - start == 1:
-            lone_start = start if lone_start is None else lone_start
-        else:
-            if lone_start is not None:
-                groups.append((False, keys[lone_start:start]))
-                lone_start = None
-            groups.append((True, keys[start:end]))
-        start = end
-    if lone_start is not None:
-        groups.append((False, keys[lone_start:]))
-    return groups
