@@ -97,16 +97,18 @@ def _one_line(error: BaseException) -> str:
 
 def _add_up(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "up", help="join or start Ray, start the controller and the shards",
-        description="Join the Ray cluster at --address (or a running local Ray, or start an embedded local head "
-                    "offering --shards units of the raylsm_shard resource), start the raylsm controller, and wait "
-                    "until every shard is serving.")
-    parser.add_argument("--address", type=non_empty, help="Ray address to join (default: a running local Ray, else "
-                                                           "start one)")
+        "up", help="start the controller and the shards on a Ray cluster (or on an embedded local head)",
+        description="Start the raylsm controller on a Ray cluster and wait until every shard is serving. The "
+                    "cluster: --address; else the cluster this host belongs to (RAY_ADDRESS, the head `raylsm up` "
+                    "started from this directory, or the cluster of this host's Ray node, which needs --data-dir); "
+                    "else an embedded local Ray head offering --shards units of the raylsm_shard resource, which "
+                    "`raylsm down` stops again. raylsm never starts a second Ray head on a Ray node.")
+    parser.add_argument("--address", type=non_empty, metavar="ADDR", help=_ADDRESS_HELP)
     parser.add_argument("--shards", type=SHARDS, default=1,
                         help=f"shard units of an embedded local Ray head, {SHARDS.describe()} (default 1)")
-    parser.add_argument("--data-dir", type=directory_path, help="node-local directory holding the shard directories "
-                                                                "(default ./.raylsm/data)")
+    parser.add_argument("--data-dir", type=directory_path,
+                        help="directory holding the shard directories on every node that offers raylsm_shard "
+                             "(default ./.raylsm/data, for an embedded head only)")
     parser.add_argument("--capacity-gb", type=CAPACITY_GB,
                         help=f"disk budget per shard in GB, {CAPACITY_GB.describe()} and at least two segments "
                              f"(default 64 GiB)")
@@ -117,6 +119,11 @@ def _add_up(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-wait", action="store_true",
                         help="return once the controller runs (shards join as nodes offering the resource come up)")
     parser.set_defaults(handler=_run_up)
+
+
+_ADDRESS_HELP = ("Ray cluster: host:port of its head, or auto (what Ray finds on this host); default: RAY_ADDRESS, "
+                 "else the head `raylsm up` started from this directory, else the cluster this host's Ray node "
+                 "belongs to")
 
 
 def tier_config_from_args(args: argparse.Namespace):
@@ -174,9 +181,11 @@ def _run_up(args: argparse.Namespace) -> int:
     # An embedded tier's capacity that does not fit the local disk is lowered if it is the default,
     # refused (CapacityError, a ConfigError: one line, status 2) if the user chose it.
     explicit = args.capacity_gb is not None or _config_file_sets_capacity(args.config)
+    # A cluster that cannot be found or joined is a RayNotFoundError: one line, status 1.
     result = lifecycle.up(config, shards=args.shards, wait_s=0 if args.no_wait else 120.0,
                           capacity_explicit=explicit)
-    where = "an embedded local Ray head" if result.started_ray else f"Ray at {result.ray_address}"
+    where = (f"an embedded local Ray head at {result.ray_address} (`raylsm down` stops it)" if result.started_ray
+             else f"Ray at {result.ray_address} ({result.found_by})")
     print(f"raylsm is up on {where}: ring version {result.ring['version']}, {len(result.ring['shards'])} shard(s)")
     print(lifecycle.format_status(lifecycle.status(config.ray_namespace)))
     return 0
@@ -193,7 +202,9 @@ def _config_file_sets_capacity(path: str | None) -> bool:
 
 
 def _add_status(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("status", help="a table of the shards: node, state, pages, bytes, hit rate")
+    parser = subparsers.add_parser("status", help="a table of the shards: node, state, pages, bytes, hit rate",
+                                   description="Print the shards of the raylsm tier on a Ray cluster.")
+    parser.add_argument("--address", type=non_empty, metavar="ADDR", help=_ADDRESS_HELP)
     parser.add_argument("--namespace", type=non_empty, default="raylsm",
                         help="Ray namespace of the tier (default raylsm)")
     parser.set_defaults(handler=_run_status)
@@ -202,22 +213,36 @@ def _add_status(subparsers: argparse._SubParsersAction) -> None:
 def _run_status(args: argparse.Namespace) -> int:
     from raylsm import lifecycle
 
-    if not lifecycle.ray_is_running():
-        print("raylsm: no Ray instance is running (start one with `raylsm up`)", file=sys.stderr)
+    try:
+        cluster = lifecycle.find_cluster(args.address)
+        if cluster is None:
+            print("raylsm status: no Ray cluster found on this host (no RAY_ADDRESS, no head `raylsm up` started "
+                  "from this directory, no Ray node started here with `ray start`); pass --address, or start one "
+                  "with `raylsm up`", file=sys.stderr)
+            return 1
+        lifecycle.connect(cluster, args.namespace)
+    except lifecycle.RayNotFoundError as error:
+        print(f"raylsm status: {error}", file=sys.stderr)
         return 1
     try:
         report = lifecycle.status(args.namespace)
     except ValueError:
-        print("raylsm: Ray is running but the raylsm controller is not (start it with `raylsm up`)",
-              file=sys.stderr)
+        print(f"raylsm status: Ray at {cluster.address} ({cluster.found_by}) is running, but no raylsm controller "
+              f"in namespace {args.namespace!r} (start it with `raylsm up --address {cluster.address} "
+              f"--data-dir DIR`)", file=sys.stderr)
         return 1
+    print(f"raylsm on Ray at {cluster.address} ({cluster.found_by}), namespace {args.namespace}")
     print(lifecycle.format_status(report))
     return 0
 
 
 def _add_down(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("down", help="close every store, stop the shards and the controller "
-                                                "(and the local Ray if `up` started it)")
+    parser = subparsers.add_parser(
+        "down", help="close every store, stop the shards and the controller (and the Ray head `up` started)",
+        description="Close every shard's store and stop the shards and the controller of the raylsm tier on a Ray "
+                    "cluster. Ray itself keeps running, unless it is the embedded head that `raylsm up` started "
+                    "from this directory: then that head's processes, and no other, are stopped.")
+    parser.add_argument("--address", type=non_empty, metavar="ADDR", help=_ADDRESS_HELP)
     parser.add_argument("--namespace", type=non_empty, default="raylsm",
                         help="Ray namespace of the tier (default raylsm)")
     parser.set_defaults(handler=_run_down)
@@ -226,8 +251,20 @@ def _add_down(subparsers: argparse._SubParsersAction) -> None:
 def _run_down(args: argparse.Namespace) -> int:
     from raylsm import lifecycle
 
-    stopped = lifecycle.down(args.namespace)
-    print(f"raylsm is down ({stopped} shard(s) closed)")
+    try:
+        result = lifecycle.down(args.namespace, address=args.address)
+    except lifecycle.RayNotFoundError as error:
+        print(f"raylsm down: {error}", file=sys.stderr)
+        return 1
+    where = f"Ray at {result.ray_address}" if result.ray_address else "the embedded Ray head (not answering)"
+    if result.controller_found:
+        print(f"raylsm is down on {where}: {result.shards_closed} shard(s) closed, controller stopped")
+    elif result.ray_address:
+        print(f"raylsm down: no raylsm controller on {where} in namespace {args.namespace!r}: no shard to close")
+    if result.stopped_pids:
+        print(f"stopped the embedded Ray head `raylsm up` started ({len(result.stopped_pids)} processes)")
+    elif result.ray_address:
+        print("Ray is still running (raylsm did not start it)")
     return 0
 
 
