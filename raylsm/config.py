@@ -60,8 +60,14 @@ class ClientConfig:
     shallow_extent_pages: int = 8
     # Virtual nodes per shard on the consistent-hash ring.
     virtual_nodes: int = 128
-    # A shard call that takes longer is a miss (the prefetch has a budget of about a second).
-    call_timeout_s: float = 2.0
+    # A shard call that takes longer is a miss (a put: not stored) and marks the shard stalled.
+    # Derived from SGLang's prefetch budget (0.5.23: prefetch_timeout_base 1.0 s + 0.25 s per 1,024
+    # tokens, set in the same extra config): a prefetch makes at least two calls one after the other
+    # (batch_exists, then batch_get_v1), and both must fit in the smallest budget, 1.0 s; a call
+    # allowed to outlive it blocks SGLang's prefetch thread after SGLang gave up. Raise it with
+    # prefetch_timeout_base, at most half of it (for pages of many MiB, whose 128-page batches take
+    # longer to move). Puts share it: a slow put fails rather than stalls the backup.
+    call_timeout_s: float = 0.5
     # How often the client asks the controller for a newer ring version.
     ring_refresh_s: float = 2.0
     # Read bytes of shards on this node straight from their segment files (no object store).
