@@ -35,5 +35,37 @@ bench: venv
 	$(BIN)/raylsm bench store --json .raylsm/bench-store.json
 	$(BIN)/raylsm bench tier --json .raylsm/bench-tier.json
 
+# The raylsm wheel, the one way raylsm gets onto Ray nodes (docs/install.md): built in a small venv
+# of its own (pip and setuptools only), into dist/ (older raylsm wheels removed first: the cluster
+# files and the Dockerfile install dist/raylsm-*.whl).
+DIST_VENV := build/dist-venv
+# The images of cluster/kuberay-raycluster.yaml: the pinned Ray on the pinned Python.
+RAY_VERSION := 2.60.0
+RAY_PYTHON := py311
+IMAGE_REPO ?= raylsm
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+
+.PHONY: dist image image-gpu check-cluster
+
+dist:
+	test -x $(DIST_VENV)/bin/pip || $(PYTHON) -m venv $(DIST_VENV)
+	rm -rf dist/raylsm-*.whl build/lib build/bdist.*
+	$(DIST_VENV)/bin/pip wheel --quiet --no-deps --wheel-dir dist .
+	@ls dist/raylsm-*.whl
+
+image: dist
+	docker build --build-arg RAY_IMAGE=rayproject/ray:$(RAY_VERSION)-$(RAY_PYTHON) \
+	  --build-arg RAY_VERSION=$(RAY_VERSION) -t $(IMAGE_REPO):$(VERSION) .
+
+image-gpu: dist
+	docker build --build-arg RAY_IMAGE=rayproject/ray:$(RAY_VERSION)-$(RAY_PYTHON)-gpu \
+	  --build-arg RAY_VERSION=$(RAY_VERSION) --build-arg SGLANG_VERSION=$(SGLANG_VERSION) \
+	  -t $(IMAGE_REPO)-sglang:$(VERSION) .
+
+# The cluster files against the schemas of the tools that read them, and every raylsm command the
+# files and docs use against the command line (also part of `make test`).
+check-cluster: venv
+	$(BIN)/python -m pytest -q tests/unit/test_cluster_files.py
+
 clean:
 	rm -rf $(VENV) .raylsm .pytest_cache

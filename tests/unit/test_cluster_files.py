@@ -1,0 +1,358 @@
+"""The cluster files are accepted by the tools that read them, and every `raylsm` command the files
+and docs show exists (issue 15, section 1).
+
+- cluster/ray-cluster.yaml against the cluster launcher's own JSON schema, shipped in the installed
+  Ray package (ray/autoscaler/ray-schema.json), and through the launcher's own config preparation and
+  validation in a subprocess (this test tier forbids importing Ray in-process);
+- cluster/kuberay-raycluster.yaml, each document against the schema of its kind in cluster/schemas/
+  (strict subsets of the RayCluster, PodMonitor and Kubernetes core APIs), plus the checks KubeRay
+  makes when it admits a RayCluster, and what raylsm needs of it: a per-node disk label, one kv pod
+  per disk node, a disk the image's user can write;
+- the pinned Ray, Python and SGLang versions agree across the Makefile, the Dockerfile and both
+  cluster files, and the SGLang launch line keeps raylsm's call timeout inside SGLang's prefetch
+  budget;
+- every `raylsm ...` command line in cluster/*, docs/*.md, README.md, the Makefile and the Dockerfile
+  names a command and flags that `raylsm.cli.build_parser()` has.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from referencing import Registry, Resource
+
+ROOT = Path(__file__).resolve().parents[2]
+CLUSTER = ROOT / "cluster"
+SCHEMAS = CLUSTER / "schemas"
+LAUNCHER = CLUSTER / "ray-cluster.yaml"
+KUBERAY = CLUSTER / "kuberay-raycluster.yaml"
+SCHEMA_OF_KIND = {("ray.io/v1", "RayCluster"): "raycluster.schema.yaml",
+                  ("monitoring.coreos.com/v1", "PodMonitor"): "podmonitor.schema.yaml"}
+# Kubernetes label syntax (what KubeRay checks group labels against, and Ray node labels follow).
+LABEL_NAME = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)$")
+LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+def load_yaml(path: Path):
+    with open(path, encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+def launcher() -> dict:
+    return load_yaml(LAUNCHER)
+
+
+def kuberay_documents() -> list[dict]:
+    with open(KUBERAY, encoding="utf-8") as handle:
+        return [doc for doc in yaml.safe_load_all(handle) if doc is not None]
+
+
+def raycluster() -> dict:
+    (cluster,) = [doc for doc in kuberay_documents() if doc["kind"] == "RayCluster"]
+    return cluster
+
+
+def worker_group(name: str) -> dict:
+    (group,) = [group for group in raycluster()["spec"]["workerGroupSpecs"] if group["groupName"] == name]
+    return group
+
+
+def ray_schema_path() -> Path:
+    try:
+        return Path(metadata.distribution("ray").locate_file("ray/autoscaler/ray-schema.json"))
+    except metadata.PackageNotFoundError:
+        pytest.skip("Ray is not installed here: the launcher's schema ships with it")
+
+
+def label_key_ok(key: str) -> bool:
+    prefix, _, name = key.rpartition("/")
+    return bool(LABEL_NAME.match(name)) and (not prefix or (len(prefix) <= 253 and bool(LABEL_PREFIX.match(prefix))))
+
+
+def label_value_ok(value: str) -> bool:
+    return len(value) <= 63 and bool(LABEL_VALUE.match(value))
+
+
+# ---- the cluster launcher --------------------------------------------------------------------------
+
+
+def test_launcher_config_matches_rays_schema():
+    with open(ray_schema_path(), encoding="utf-8") as handle:
+        schema = json.load(handle)
+    jsonschema.validate(launcher(), schema)
+
+
+def test_launcher_config_passes_rays_own_preparation_and_label_parsing(tmp_path):
+    """Ray's launcher fills in defaults, merges setup commands and validates the result; each node
+    type's setup commands write a labels file that `ray start --labels-file` accepts."""
+    ray_schema_path()  # skips without Ray
+    script = r"""
+import json, os, subprocess, sys, yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+from ray._private.label_utils import parse_node_labels_from_yaml_file
+raw = yaml.safe_load(open(sys.argv[1]))
+validate_config(prepare_config(raw))
+labels = {}
+types = dict(raw["available_node_types"], __default__={"worker_setup_commands": raw["setup_commands"]})
+for name, node_type in types.items():
+    commands = node_type.get("worker_setup_commands", raw["setup_commands"])
+    for command in commands:
+        if "labels.yaml" in command:
+            subprocess.run(["bash", "-c", command], check=True)
+    labels[name] = parse_node_labels_from_yaml_file(os.path.expanduser("~/raylsm-node/labels.yaml"))
+print(json.dumps(labels))
+"""
+    env = dict(os.environ, HOME=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", script, str(LAUNCHER)], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    labels = json.loads(done.stdout.strip().splitlines()[-1])
+    disk = labels["kv_node"]["raylsm-disk"]
+    assert disk.endswith("-nvme0") and label_value_ok(disk), labels
+    for name in ("head", "sglang_gpu", "__default__"):
+        assert "raylsm-disk" not in labels[name], labels
+
+
+def test_launcher_only_kv_nodes_offer_shards_and_they_mount_their_disk():
+    config = launcher()
+    types = config["available_node_types"]
+    offering = {name for name, node_type in types.items() if node_type["resources"].get("raylsm_shard")}
+    assert offering == {"kv_node"}
+    start = " ".join(config["head_start_ray_commands"] + config["worker_start_ray_commands"])
+    assert "raylsm_shard" not in start and "--resources" not in start, \
+        "start commands are shared by every worker type: resources belong to each node type"
+    assert "--labels-file=$HOME/raylsm-node/labels.yaml" in start
+    kv = types["kv_node"]
+    init = " ".join(kv["initialization_commands"])
+    assert "mount" in init and "/mnt/nvme" in init and "chown 1000:100 /mnt/nvme/raylsm" in init
+    assert "--volume=/mnt/nvme:/mnt/nvme" in kv["docker"]["worker_run_options"]
+    up = [command for command in config["head_start_ray_commands"] if command.startswith("raylsm up")]
+    assert up and "--data-dir /mnt/nvme/raylsm" in up[0] and "--address auto" in up[0]
+    for name, node_type in list(types.items()) + [("global", {"worker_setup_commands": config["setup_commands"]})]:
+        commands = node_type.get("worker_setup_commands")
+        if commands is None:
+            continue
+        installs = [command for command in commands if "raylsm-dist" in command]
+        assert installs, f"{name} does not install raylsm"
+        assert all("[" not in command for command in installs), f"{name}: raylsm goes in without extras"
+        assert any("labels.yaml" in command for command in commands), f"{name} writes no labels file"
+
+
+# ---- KubeRay ---------------------------------------------------------------------------------------
+
+
+def schema_registry() -> Registry:
+    resources = [(path.name, Resource.from_contents(load_yaml(path))) for path in SCHEMAS.glob("*.schema.yaml")]
+    return Registry().with_resources(resources)
+
+
+@pytest.mark.parametrize("document", range(len(kuberay_documents())))
+def test_kuberay_manifest_matches_the_schema_of_its_kind(document):
+    doc = kuberay_documents()[document]
+    key = (doc.get("apiVersion"), doc.get("kind"))
+    assert key in SCHEMA_OF_KIND, f"no schema for {key} in cluster/schemas/: add one for every kind the file uses"
+    schema = load_yaml(SCHEMAS / SCHEMA_OF_KIND[key])
+    validator = jsonschema.Draft7Validator(schema, registry=schema_registry())
+    errors = [f"{'/'.join(map(str, error.absolute_path))}: {error.message}" for error in validator.iter_errors(doc)]
+    assert not errors, "\n".join(errors)
+
+
+def test_schemas_are_strict():
+    """A misspelled field must fail: the schemas are no use if they accept anything."""
+    doc = raycluster()
+    doc["spec"]["workerGroupSpecs"][0]["template"]["spec"]["nodeSelectr"] = {}
+    doc["spec"]["headGroupSpec"]["rayStartParam"] = {}
+    validator = jsonschema.Draft7Validator(load_yaml(SCHEMAS / "raycluster.schema.yaml"), registry=schema_registry())
+    assert len(list(validator.iter_errors(doc))) == 2
+
+
+def test_kuberay_admits_the_raycluster():
+    """What KubeRay (1.5 and later) checks when it admits a RayCluster, beyond the schema
+    (ValidateRayClusterSpec): no `labels` in rayStartParams (the group's `labels` field instead), label
+    keys and values in Kubernetes syntax, resources either in rayStartParams or in `resources`, replica
+    bounds in order, unique group names."""
+    spec = raycluster()["spec"]
+    groups = [("head", spec["headGroupSpec"])] + [(group["groupName"], group) for group in spec["workerGroupSpecs"]]
+    assert len({name for name, _ in groups}) == len(groups)
+    for name, group in groups:
+        params = group.get("rayStartParams", {})
+        assert "labels" not in params, f"{name}: KubeRay rejects rayStartParams['labels']"
+        for key, value in group.get("labels", {}).items():
+            assert label_key_ok(key) and label_value_ok(value), (name, key, value)
+        in_params = any(params.get(key) for key in ("num-cpus", "num-gpus", "memory", "resources"))
+        assert not (in_params and group.get("resources")), f"{name}: resources in both places"
+        if name != "head":
+            assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"], name
+
+
+def test_kv_pods_name_their_disk_and_keep_one_pod_per_disk_node():
+    from raylsm.config import ShardConfig
+
+    kv = worker_group("kv")
+    assert kv["resources"] == {ShardConfig().resource_name: "1"}
+    assert kv["replicas"] == kv["minReplicas"] == kv["maxReplicas"], \
+        "one pod per disk node: the kv group must not scale away from the labelled nodes"
+    pod = kv["template"]["spec"]
+    assert pod["nodeSelector"]
+    (term,) = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"] == {"ray.io/cluster": raycluster()["metadata"]["name"],
+                                                    "ray.io/group": "kv"}
+    (volume,) = [volume for volume in pod["volumes"] if "hostPath" in volume]
+    assert volume["hostPath"]["type"] == "Directory", "a missing disk must fail the pod, not fill the root disk"
+    assert any("chown 1000:100 /mnt/nvme/raylsm" in " ".join(init["command"]) for init in pod["initContainers"])
+
+    (container,) = pod["containers"]
+    env = [entry["name"] for entry in container["env"]]
+    assert env.index("NODE_NAME") < env.index("RAY_OVERRIDE_LABELS"), "$(NODE_NAME) expands only if defined first"
+    node_name = next(entry for entry in container["env"] if entry["name"] == "NODE_NAME")
+    assert node_name["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    override = next(entry for entry in container["env"] if entry["name"] == "RAY_OVERRIDE_LABELS")["value"]
+    node = "ip-10-0-12-34.us-west-2.compute.internal"  # an EKS node name
+    labels = json.loads(override.replace("$(NODE_NAME)", node))
+    disk = labels[ShardConfig().disk_label]
+    # A Ray label value, and a disk name raylsm uses as is (else it names the shard after the node id).
+    assert label_value_ok(disk) and re.fullmatch(r"[A-Za-z0-9_.-]{1,63}", disk), disk
+    for group in raycluster()["spec"]["workerGroupSpecs"]:
+        if group["groupName"] != "kv":
+            assert "raylsm_shard" not in json.dumps(group), group["groupName"]
+
+
+def test_the_head_starts_the_controller_without_failing_its_hook():
+    (head,) = raycluster()["spec"]["headGroupSpec"]["template"]["spec"]["containers"]
+    command = " ".join(head["lifecycle"]["postStart"]["exec"]["command"])
+    assert "raylsm up --address auto --data-dir /mnt/nvme/raylsm" in command
+    assert command.rstrip().endswith("exit 0"), "a failing postStart hook kills the head"
+
+
+# ---- versions --------------------------------------------------------------------------------------
+
+
+def make_variable(name: str) -> str:
+    match = re.search(rf"^{name}\s*:?=\s*(\S+)", (ROOT / "Makefile").read_text(), re.M)
+    assert match, name
+    return match.group(1)
+
+
+def test_ray_python_and_sglang_versions_agree():
+    ray_version, python = make_variable("RAY_VERSION"), make_variable("RAY_PYTHON")
+    image = f"rayproject/ray:{ray_version}-{python}"
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert f"ARG RAY_IMAGE={image}\n" in dockerfile and f"ARG RAY_VERSION={ray_version}\n" in dockerfile
+    assert raycluster()["spec"]["rayVersion"] == ray_version
+    config = launcher()
+    assert config["docker"]["image"] == image
+    assert config["available_node_types"]["sglang_gpu"]["docker"]["worker_image"] == f"{image}-gpu"
+    sglang = make_variable("SGLANG_VERSION")
+    installs = " ".join(config["available_node_types"]["sglang_gpu"]["worker_setup_commands"])
+    assert f'"sglang=={sglang}"' in installs
+    try:
+        installed = metadata.version("ray")
+    except metadata.PackageNotFoundError:
+        return
+    assert installed == ray_version, "the venv's Ray is the cluster's: drivers must run the cluster's exact Ray"
+
+
+def test_sglang_launch_keeps_the_call_timeout_inside_the_prefetch_budget():
+    from raylsm.config import ClientConfig
+    from raylsm.sglang.extra_config import tier_config_from_extra
+
+    text = (CLUSTER / "sglang-launch.sh").read_text()
+    extra = json.loads(re.search(r"--hicache-storage-backend-extra-config '(\{.*?\})'", text, re.S).group(1))
+    client = tier_config_from_extra(extra).client
+    assert client.call_timeout_s <= extra["prefetch_timeout_base"] / 2
+    assert ClientConfig().call_timeout_s <= 1.0 / 2  # SGLang 0.5.23's default prefetch_timeout_base
+
+
+# ---- raylsm commands in files and docs -------------------------------------------------------------
+
+# `raylsm <word>` where a command starts: at a line's start (after indentation, "- ", "$ "), after an
+# install's bin directory (`.venv/bin/raylsm`, `$(BIN)/raylsm`), or after a backtick, quote, `(`, `;`,
+# `&&`, `||`, `|`. (So not in prose, which is why Markdown is searched in its code only.)
+COMMAND = re.compile(r"""(?:^[ \t]*(?:[-$][ \t]+)?|(?:bin|\))/|[`"'(;|&][ \t]*)"""
+                     r"""raylsm[ \t]+([a-z][-a-z]*)([^\n`;|&>"')]*)""", re.M)
+END_OF_COMMAND = re.compile(r"\s#")  # a shell comment after the command
+
+
+def command_text(path: Path) -> str:
+    """The parts of a file where commands are: all of it, or a Markdown file's code."""
+    text = path.read_text(encoding="utf-8").replace("\\\n", " ")
+    if path.suffix != ".md":
+        return text
+    blocks = re.findall(r"^```[^\n]*\n(.*?)^```", text, re.M | re.S)
+    spans = re.findall(r"`([^`\n]+)`", re.sub(r"^```.*?^```", "", text, flags=re.M | re.S))
+    return "\n".join(blocks + spans)
+
+
+def raylsm_commands(text: str) -> list[tuple[list[str], list[str]]]:
+    """(command path, flags) of every `raylsm ...` command line in `text`."""
+    found = []
+    for match in COMMAND.finditer(text):
+        words = [match.group(1)] + END_OF_COMMAND.split(match.group(2))[0].split()
+        words = [word.strip("[]") for word in words]
+        path = words[:2] if words[0] == "bench" and len(words) > 1 else words[:1]
+        flags = [word.split("=")[0] for word in words[len(path):] if word.startswith("--")]
+        found.append((path, flags))
+    return found
+
+
+def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def documented_files() -> list[Path]:
+    files = sorted(CLUSTER.glob("*.yaml")) + sorted(CLUSTER.glob("*.sh")) + sorted((ROOT / "docs").glob("*.md"))
+    return files + [ROOT / "README.md", ROOT / "Makefile", ROOT / "Dockerfile"]
+
+
+def unknown_commands(text: str) -> list[str]:
+    from raylsm.cli import build_parser
+
+    problems = []
+    for path, flags in raylsm_commands(text):
+        parser = build_parser()
+        for word in path:
+            parser = subparsers(parser).get(word)
+            if parser is None:
+                problems.append(f"raylsm {' '.join(path)}: no such command")
+                break
+        else:
+            problems += [f"raylsm {' '.join(path)} {flag}: no such flag" for flag in flags
+                         if flag not in parser._option_string_actions]
+    return problems
+
+
+def test_the_command_finder_finds_commands_and_skips_prose():
+    text = ("# a tier; see raylsm.sglang.backend and /mnt/nvme/raylsm to\n"
+            "  - raylsm up --address auto --data-dir /mnt/x --no-wait >> /tmp/log\n"
+            "$(BIN)/raylsm bench trace --quick --plot x.png; raylsm down\n"
+            "run `raylsm status --adress X` or `raylsm stop`\n")
+    assert raylsm_commands(text) == [(["up"], ["--address", "--data-dir", "--no-wait"]),
+                                     (["bench", "trace"], ["--quick", "--plot"]), (["down"], []),
+                                     (["status"], ["--adress"]), (["stop"], [])]
+    assert unknown_commands(text) == ["raylsm status --adress: no such flag", "raylsm stop: no such command"]
+
+
+@pytest.mark.parametrize("path", documented_files(), ids=lambda path: str(path.relative_to(ROOT)))
+def test_every_raylsm_command_shown_exists(path):
+    assert not unknown_commands(command_text(path))
+
+
+def test_the_docs_show_commands_at_all():
+    """The finder must see the commands the deploy guide is about (else the test above proves nothing)."""
+    shown = {" ".join(path) for file in documented_files() for path, _ in raylsm_commands(command_text(file))}
+    assert {"up", "status", "down", "bench trace"} <= shown, shown
