@@ -12,7 +12,10 @@ and docs show exists (issue 15, section 1).
   cluster files, and the SGLang launch line keeps raylsm's call timeout inside SGLang's prefetch
   budget;
 - every `raylsm ...` command line in cluster/*, docs/*.md, README.md, the Makefile and the Dockerfile
-  names a command and flags that `raylsm.cli.build_parser()` has.
+  names a command and flags that `raylsm.cli.build_parser()` has;
+- the Grafana dashboard and the Prometheus rules query metrics, labels and label values that raylsm
+  exports (raylsm/actors/metrics.py, as Ray 2.60 exports them: prefix `ray_`, counters keep their
+  `_total`, histograms add `_bucket`, `_sum`, `_count`).
 """
 
 from __future__ import annotations
@@ -36,8 +39,12 @@ CLUSTER = ROOT / "cluster"
 SCHEMAS = CLUSTER / "schemas"
 LAUNCHER = CLUSTER / "ray-cluster.yaml"
 KUBERAY = CLUSTER / "kuberay-raycluster.yaml"
+RULES = CLUSTER / "prometheus-rules.yaml"
+DASHBOARD = CLUSTER / "grafana-dashboard.json"
+KUBERNETES_MANIFESTS = (KUBERAY, RULES)
 SCHEMA_OF_KIND = {("ray.io/v1", "RayCluster"): "raycluster.schema.yaml",
-                  ("monitoring.coreos.com/v1", "PodMonitor"): "podmonitor.schema.yaml"}
+                  ("monitoring.coreos.com/v1", "PodMonitor"): "podmonitor.schema.yaml",
+                  ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule.schema.yaml"}
 # Kubernetes label syntax (what KubeRay checks group labels against, and Ray node labels follow).
 LABEL_NAME = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)$")
 LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -53,9 +60,13 @@ def launcher() -> dict:
     return load_yaml(LAUNCHER)
 
 
-def kuberay_documents() -> list[dict]:
-    with open(KUBERAY, encoding="utf-8") as handle:
+def manifest_documents(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as handle:
         return [doc for doc in yaml.safe_load_all(handle) if doc is not None]
+
+
+def kuberay_documents() -> list[dict]:
+    return manifest_documents(KUBERAY)
 
 
 def raycluster() -> dict:
@@ -157,9 +168,11 @@ def schema_registry() -> Registry:
     return Registry().with_resources(resources)
 
 
-@pytest.mark.parametrize("document", range(len(kuberay_documents())))
-def test_kuberay_manifest_matches_the_schema_of_its_kind(document):
-    doc = kuberay_documents()[document]
+@pytest.mark.parametrize("path,document", [(path, index) for path in KUBERNETES_MANIFESTS
+                                            for index in range(len(manifest_documents(path)))],
+                         ids=lambda value: value.name if isinstance(value, Path) else str(value))
+def test_kubernetes_manifests_match_the_schema_of_their_kind(path, document):
+    doc = manifest_documents(path)[document]
     key = (doc.get("apiVersion"), doc.get("kind"))
     assert key in SCHEMA_OF_KIND, f"no schema for {key} in cluster/schemas/: add one for every kind the file uses"
     schema = load_yaml(SCHEMAS / SCHEMA_OF_KIND[key])
@@ -356,3 +369,114 @@ def test_the_docs_show_commands_at_all():
     """The finder must see the commands the deploy guide is about (else the test above proves nothing)."""
     shown = {" ".join(path) for file in documented_files() for path, _ in raylsm_commands(command_text(file))}
     assert {"up", "status", "down", "bench trace"} <= shown, shown
+
+
+# ---- metrics in the dashboard and the alerts -------------------------------------------------------
+
+RAY_METRIC_LABELS = {"Component", "NodeAddress", "SessionName", "Version", "WorkerId", "instance", "job"}
+METRIC_DEFINITION = re.compile(r'\b(Counter|Gauge|Histogram)\(\s*f?"([^"]+)".*?tag_keys=\(([^)]*)\)', re.S)
+
+
+def exported_metrics() -> dict[str, set[str]]:
+    """{exported metric name: its tag keys}, from the definitions in raylsm/actors/metrics.py (read as
+    text: importing it needs Ray)."""
+    source = (ROOT / "raylsm" / "actors" / "metrics.py").read_text()
+    exported: dict[str, set[str]] = {}
+    for match in METRIC_DEFINITION.finditer(source):
+        kind, name, tags = match.groups()
+        names = [name]
+        variable = re.search(r"\{(\w+)\}", name)
+        if variable:  # a name built in a comprehension: `for <variable> in ("gets", "puts")`
+            values = re.search(rf"for {variable.group(1)} in \(([^)]*)\)", source[match.end():])
+            names = [name.replace(variable.group(0), value)
+                     for value in re.findall(r'"([^"]+)"', values.group(1))]
+        tag_keys = set(re.findall(r'"([^"]+)"', tags))
+        for base in names:
+            base = "ray_" + base
+            if kind == "Counter":
+                exported[base if base.endswith("_total") else base + "_total"] = tag_keys
+            elif kind == "Gauge":
+                exported[base] = tag_keys
+            else:
+                exported.update({base + "_bucket": tag_keys | {"le"}, base + "_sum": tag_keys,
+                                 base + "_count": tag_keys})
+    return exported
+
+
+def queries() -> list[tuple[str, str]]:
+    """(where, PromQL expression) of every query in the dashboard and the rules."""
+    with open(DASHBOARD, encoding="utf-8") as handle:
+        dashboard = json.load(handle)
+    found = [(f"panel {panel['title']!r}", target["expr"]) for panel in dashboard["panels"]
+             for target in panel["targets"]]
+    found += [(f"variable {variable['name']}", variable["definition"])
+              for variable in dashboard["templating"]["list"] if variable["type"] == "query"]
+    for doc in manifest_documents(RULES):
+        found += [(f"rule {rule.get('alert') or rule.get('record')}", str(rule["expr"]))
+                  for group in doc["spec"]["groups"] for rule in group["rules"]]
+    return found
+
+
+def query_problems(expr: str, exported: dict[str, set[str]], sources: str) -> list[str]:
+    problems = []
+    depth = []
+    for char in expr:  # brackets balance (no PromQL parser is light enough for CI)
+        if char in "([{":
+            depth.append(")]}"["([{".index(char)])
+        elif char in ")]}" and (not depth or depth.pop() != char):
+            problems.append("unbalanced brackets")
+            break
+    if depth:
+        problems.append("unbalanced brackets")
+    used = re.findall(r"\b(ray_[A-Za-z0-9_]+)(\{[^}]*\})?", expr)
+    if not used:
+        problems.append("names no ray_ metric")
+    tag_keys = set(RAY_METRIC_LABELS)
+    for name, selector in used:
+        if name not in exported:
+            problems.append(f"{name}: no such metric (raylsm exports {sorted(exported)})")
+            continue
+        tag_keys |= exported[name]
+        for key, operator, value in re.findall(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"', selector):
+            if key not in exported[name] | RAY_METRIC_LABELS:
+                problems.append(f"{name}: no label {key!r}")
+            elif operator == "=" and not value.startswith("$") and f'"{value}"' not in sources:
+                problems.append(f"{name}{{{key}={value!r}}}: raylsm never sets that value")
+    for labels in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr):
+        problems += [f"by ({label}): no such label" for label in re.findall(r"\w+", labels) if label not in tag_keys]
+    for label in re.findall(r"label_values\(\s*\w+\s*,\s*(\w+)\s*\)", expr):
+        if label not in tag_keys:
+            problems.append(f"label_values(..., {label}): no such label")
+    return problems
+
+
+def test_dashboard_and_alerts_query_metrics_raylsm_exports():
+    exported = exported_metrics()
+    assert {"ray_raylsm_gets_total", "ray_raylsm_capacity_bytes", "ray_raylsm_call_latency_ms_bucket",
+            "ray_raylsm_client_failed_pages_total"} <= set(exported), exported
+    sources = "\n".join(path.read_text() for path in (ROOT / "raylsm").rglob("*.py"))
+    problems = [f"{where}: {problem}" for where, expr in queries()
+                for problem in query_problems(expr, exported, sources)]
+    assert not problems, "\n".join(problems)
+    assert len(queries()) >= 10
+
+
+def test_the_metrics_check_catches_a_wrong_name_label_or_value():
+    exported = exported_metrics()
+    sources = '"hit" "get"'
+    assert query_problems('rate(ray_raylsm_get_total[5m])', exported, sources) != []
+    assert query_problems('sum by (shrd) (rate(ray_raylsm_gets_total[5m]))', exported, sources) != []
+    assert query_problems('rate(ray_raylsm_gets_total{outcome="hits"}[5m])', exported, sources) != []
+    assert query_problems('rate(ray_raylsm_gets_total{outcome="hit"}[5m]', exported, sources) != []
+    assert query_problems('rate(ray_raylsm_gets_total{outcome="hit"}[5m])', exported, sources) == []
+
+
+def test_dashboard_is_a_grafana_dashboard():
+    with open(DASHBOARD, encoding="utf-8") as handle:
+        dashboard = json.load(handle)
+    assert dashboard["title"] and dashboard["uid"] and isinstance(dashboard["schemaVersion"], int)
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in dashboard["panels"]:
+        assert {"type", "title", "gridPos", "targets", "datasource"} <= set(panel), panel.get("title")
+        assert all(target["expr"] and target["refId"] for target in panel["targets"])
