@@ -483,11 +483,12 @@ def down(namespace: str = "raylsm", state_dir: str = EMBEDDED_DIR, address: str 
             raise RayNotFoundError("no Ray cluster found on this host (no RAY_ADDRESS, no head `raylsm up` "
                                    f"started from {state_dir}, no Ray node started here with `ray start`); "
                                    "pass --address")
+    ours = not connected and (cluster is None or cluster.embedded)
     controller_found, closed = False, 0
     if connected or cluster is not None:
-        if not connected:
-            connect(cluster, namespace)
         try:
+            if not connected:
+                connect(cluster, namespace)
             try:
                 controller = get_controller(namespace)
             except ValueError:
@@ -496,11 +497,13 @@ def down(namespace: str = "raylsm", state_dir: str = EMBEDDED_DIR, address: str 
                 controller_found = True
                 closed = ray.get(controller.shutdown.remote())
                 ray.kill(controller, no_restart=True)
+        except Exception as error:  # noqa: BLE001 (our own head is stopped all the same)
+            if not ours:
+                raise
+            print(f"raylsm: could not close the shards before stopping the embedded head: {error}", file=sys.stderr)
         finally:
             ray.shutdown()
-    stopped: tuple[int, ...] = ()
-    if not connected and (cluster is None or cluster.embedded):
-        stopped = stop_embedded_ray(state_dir)
+    stopped = stop_embedded_ray(state_dir) if ours else ()
     return DownResult(cluster.address if cluster else None, controller_found, closed, stopped)
 
 

@@ -5,12 +5,14 @@ one `raylsm_shard` unit under its own disk label, on free ports, in a Ray temp d
 own), and the commands are driven through the command line in subprocesses, as an operator would.
 They must find the cluster by --address and by this host's Ray node record, print what they did,
 refuse to start a second head next to it, and leave both `ray start` nodes running after
-`raylsm down`. Only the processes this module started are ever signalled: each `ray start` runs in a
+`raylsm down`; an embedded head that `raylsm up` starts beside them (where this host is no Ray node)
+is stopped by `raylsm down`, and nothing else is. Only the processes this module started are ever signalled: each `ray start` runs in a
 session of its own, and teardown stops the members of those sessions.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -93,6 +95,7 @@ class Cluster:
         self.env.update(RAY_TMPDIR=self.ray_tmpdir, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=uuid.uuid4().hex,
                         RAY_USAGE_STATS_ENABLED="0")
         self.sessions: list[int] = []
+        self.scratch: list[str] = [root]  # removed at teardown
         self.address = ""
 
     def start_node(self, disk: str, head: bool) -> None:
@@ -116,8 +119,8 @@ class Cluster:
                 self.address = record.read().strip()
             assert self.address.endswith(f":{port}"), self.address
 
-    def raylsm(self, *argv: str, cwd: str | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "raylsm.cli", *argv], env=self.env, cwd=cwd or self.root,
+    def raylsm(self, *argv: str, cwd: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "raylsm.cli", *argv], env=env or self.env, cwd=cwd or self.root,
                               capture_output=True, text=True, timeout=180)
 
     def node_processes(self) -> list[set[str]]:
@@ -135,7 +138,7 @@ def cluster():
         yield made
     finally:
         stop_sessions(made.sessions)
-        subprocess.run(["rm", "-rf", root], check=False)
+        subprocess.run(["rm", "-rf", *made.scratch], check=False)
 
 
 def test_up_without_address_on_a_ray_node_refuses_to_start_a_second_head(cluster):
@@ -187,3 +190,33 @@ def test_up_status_down_by_address_leave_ray_running(cluster):
     again = cluster.raylsm("down", "--address", cluster.address)
     assert again.returncode == 0 and "no raylsm controller" in again.stdout, again.stdout + again.stderr
     assert all("raylet" in alive for alive in cluster.node_processes())
+
+
+def test_down_stops_the_embedded_head_it_started_and_nothing_else(cluster):
+    """Where this host is no Ray node (another RAY_TMPDIR: no record of the cluster), `raylsm up`
+    starts an embedded head; `raylsm down` stops that head's processes, and the two `ray start` nodes
+    beside it keep running (the old `ray stop --force` took them all)."""
+    workdir = os.path.join(cluster.root, "embedded")
+    os.makedirs(workdir)
+    env = dict(cluster.env, RAY_TMPDIR=os.path.join(cluster.root, "e"))
+    os.makedirs(env["RAY_TMPDIR"])
+    up = cluster.raylsm("up", "--shards", "1", "--segment-mb", "8", "--capacity-gb", "0.05", cwd=workdir, env=env)
+    marker_path = os.path.join(workdir, ".raylsm", "embedded-ray.json")
+    if os.path.exists(marker_path):
+        with open(marker_path) as marker:
+            record = json.load(marker)
+        cluster.sessions.append(record["session_id"])  # teardown stops it if the test fails
+        cluster.scratch.append(record["temp_dir"])  # the embedded head's Ray temp dir (its logs)
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert f"raylsm is up on an embedded local Ray head at {record['address']}" in up.stdout, up.stdout
+    assert "shard-local-0" in up.stdout
+    assert "raylet" in executables(session_members(record["session_id"]))
+
+    down = cluster.raylsm("down", cwd=workdir, env=env)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert f"raylsm is down on Ray at {record['address']}: 1 shard(s) closed" in down.stdout, down.stdout
+    assert "stopped the embedded Ray head `raylsm up` started" in down.stdout, down.stdout
+    assert not session_members(record["session_id"]), executables(session_members(record["session_id"]))
+    assert not os.path.exists(marker_path)
+    for alive in cluster.node_processes()[:2]:
+        assert "raylet" in alive, cluster.node_processes()
