@@ -270,11 +270,6 @@ def test_ray_python_and_sglang_versions_agree():
     sglang = make_variable("SGLANG_VERSION")
     installs = " ".join(config["available_node_types"]["sglang_gpu"]["worker_setup_commands"])
     assert f'"sglang=={sglang}"' in installs
-    try:
-        installed = metadata.version("ray")
-    except metadata.PackageNotFoundError:
-        return
-    assert installed == ray_version, "the venv's Ray is the cluster's: drivers must run the cluster's exact Ray"
 
 
 def test_sglang_launch_keeps_the_call_timeout_inside_the_prefetch_budget():
