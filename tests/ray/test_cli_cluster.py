@@ -6,8 +6,9 @@ own), and the commands are driven through the command line in subprocesses, as a
 They must find the cluster by --address and by this host's Ray node record, print what they did,
 refuse to start a second head next to it, and leave both `ray start` nodes running after
 `raylsm down`; an embedded head that `raylsm up` starts beside them (where this host is no Ray node)
-is stopped by `raylsm down`, and nothing else is. Only the processes this module started are ever signalled: each `ray start` runs in a
-session of its own, and teardown stops the members of those sessions.
+is stopped by `raylsm down`, and nothing else is. Only the processes this module started are ever
+signalled: each `ray start` runs in a session of its own, and teardown stops the members of those
+sessions.
 """
 
 from __future__ import annotations
