@@ -240,16 +240,18 @@ class TierClient:
                  out_buffers: Sequence[Any]) -> list[bool]:
         """Fill out_buffers[i] (a buffer, or a list of buffers for the page's parts) with page i;
         True per verified hit. Same-node shards are read from their segment files directly, within
-        the same deadline as the calls (call_timeout_s)."""
+        the same deadline as the calls (call_timeout_s, plus get_seconds_per_gb per GB moved)."""
         results = [False] * len(page_hashes)
         if not page_hashes:
             return results
-        deadline = time.monotonic() + self._config.client.call_timeout_s
+        started = time.monotonic()
         try:
             routed = self._route(namespace_id, page_hashes, prefix_hashes)
             local, remote = self._split_local(routed.groups)
             page_parts = [page_views(buffer) for buffer in out_buffers]  # once per page, shared below
             page_bytes = [parts_nbytes(parts) for parts in page_parts]
+            client = self._config.client
+            deadline = started + client.call_timeout_s + sum(page_bytes) / 1e9 * client.get_seconds_per_gb
             calls: dict[str | _Chunk, tuple[str, tuple]] = {}
             chunks = {}  # remote shards' slots, in calls of at most object_chunk_bytes each
             for shard, slots in remote.items():
@@ -357,7 +359,7 @@ class TierClient:
         results = [False] * len(page_hashes)
         if not page_hashes:
             return results
-        timeout_s = self._config.client.call_timeout_s
+        timeout_s = self._config.client.put_timeout_s
         deadline = time.monotonic() + timeout_s
         wall_deadline = time.time() + timeout_s
         try:
@@ -545,8 +547,9 @@ class TierClient:
         return results
 
     def _check_stalled(self) -> None:
-        """Clear stalled shards that answer their health check with no call stuck past the timeout."""
-        timeout_s = self._config.client.call_timeout_s
+        """Clear stalled shards that answer their health check with no call stuck longer than the
+        longest a call may legitimately run (put_timeout_s or call_timeout_s)."""
+        timeout_s = max(self._config.client.call_timeout_s, self._config.client.put_timeout_s)
 
         def ask(shards: dict[str, None]) -> dict[str, Any]:
             refs = {}

@@ -68,6 +68,13 @@ class ClientConfig:
     # prefetch_timeout_base, at most half of it (for pages of many MiB, whose 128-page batches take
     # longer to move). Puts share it: a slow put fails rather than stalls the backup.
     call_timeout_s: float = 0.5
+    # A get may take one more second per GB it moves, on top of call_timeout_s: SGLang's budget
+    # grows with the tokens too (0.25 s per 1,024), and a 128-page batch of 8 MiB pages is 1 GiB.
+    get_seconds_per_gb: float = 1.0
+    # Puts run on SGLang's backup thread, which has no deadline of its own: a put may take this
+    # long (a 128-page batch of 8 MiB pages at ~1.5 GB/s takes 0.7 s) before it fails, and what it
+    # stored after that is undone when it lands.
+    put_timeout_s: float = 5.0
     # How often the client asks the controller for a newer ring version.
     ring_refresh_s: float = 2.0
     # Read bytes of shards on this node straight from their segment files (no object store).
@@ -98,6 +105,8 @@ class ClientConfig:
                  ">= 1 and a divisor of shallow_depth_pages")
         _require(self, "virtual_nodes", 1 <= self.virtual_nodes <= 4096, "in [1, 4096]")
         _require(self, "call_timeout_s", 0.01 <= self.call_timeout_s <= 600, "in [0.01, 600]")
+        _require(self, "get_seconds_per_gb", 0 <= self.get_seconds_per_gb <= 600, "in [0, 600]")
+        _require(self, "put_timeout_s", 0.01 <= self.put_timeout_s <= 600, "in [0.01, 600]")
         _require(self, "ring_refresh_s", 0.1 <= self.ring_refresh_s <= 3600, "in [0.1, 3600]")
         _require(self, "located_pointer_ttl_s", 0 <= self.located_pointer_ttl_s <= 60, "in [0, 60]")
         _require(self, "located_pointer_entries", 1 <= self.located_pointer_entries <= 1 << 24, "in [1, 2**24]")

@@ -27,6 +27,7 @@ FLAT_KEYS = {
     "shallow_depth_pages": ("client", "shallow_depth_pages"),
     "shallow_extent_pages": ("client", "shallow_extent_pages"),
     "call_timeout_s": ("client", "call_timeout_s"),
+    "put_timeout_s": ("client", "put_timeout_s"),
     "ring_refresh_s": ("client", "ring_refresh_s"),
     "same_node_fast_path": ("client", "same_node_fast_path"),
     "local_read_direct_io": ("client", "local_read_direct_io"),

@@ -99,7 +99,7 @@ def test_a_malformed_page_key_fails_its_page_and_the_ones_behind_it_only(tier, p
 
 
 def test_a_put_whose_first_extent_times_out_stores_nothing_behind_it(tier, pages, tools):
-    client = tier.client(call_timeout_s=1.0, same_node_fast_path=False)
+    client = tier.client(call_timeout_s=1.0, put_timeout_s=1.0, same_node_fast_path=False)
     chain = _split_chain(tier, pages, "failed prefix")
     routed = tier.router().route_pages(pages.namespace, chain, [])
     first, second = routed[0], routed[-1]
