@@ -65,6 +65,9 @@ class StoreConfig:
     # Free segments on a background thread (evicting the oldest, re-appending what earned it) so
     # that a put only writes into free space. Off: a put that rolls a segment evicts inline.
     background_reclaim: bool = _knob(True, REOPEN, "evict on a background thread")
+    # A put that needs a new segment while the reclaimer has not made room waits this long for it
+    # (the write lock is released meanwhile) before it drops the oldest segment whole.
+    roll_wait_s: float = _knob(1.0, LIVE, "seconds a roll waits for the reclaimer")
     # Neighbouring reads closer than this are merged into one preadv (the gap is read and dropped).
     merge_gap_bytes: int = _knob(64 * KiB, LIVE, "largest gap a merged read skips")
     # Keep an in-memory set of 64-bit digests of the live page keys (about 60 bytes of RAM per page):
@@ -98,6 +101,7 @@ class StoreConfig:
         _require(self, "reinsertion_policy", self.reinsertion_policy in REINSERTION_POLICIES,
                  f"one of {sorted(REINSERTION_POLICIES)}")
         _require(self, "reinsertion_budget_fraction", 0.0 <= self.reinsertion_budget_fraction <= 1.0, "in [0, 1]")
+        _require(self, "roll_wait_s", 0.0 <= self.roll_wait_s <= 60.0, "in [0, 60]")
         _require(self, "merge_gap_bytes", 0 <= self.merge_gap_bytes <= 16 * MiB, "in [0, 16 MiB]")
         _require(self, "block_cache_bytes", 1 * MiB <= self.block_cache_bytes <= 64 * GiB, "in [1 MiB, 64 GiB]")
         _require(self, "write_buffer_bytes", 1 * MiB <= self.write_buffer_bytes <= 4 * GiB, "in [1 MiB, 4 GiB]")

@@ -144,6 +144,7 @@ def _commit(store: "ShardStore", segment, segment_id: int, plan: _Plan) -> list[
         del store._segments[segment_id]
         store._live.drop(segment_id)
         segment.retire()
+        store._room.notify_all()  # a put waiting for room in a roll
     kept_bytes = sum(page.value.nbytes for page in kept)
     store._stats.add(evicted_segments=1, evicted_pages=evicted_pages - len(kept),
                      evicted_bytes=evicted_bytes - kept_bytes)

@@ -83,3 +83,14 @@ def test_a_writer_that_outruns_the_reclaimer_drops_whole_segments_and_stays_in_b
     counters = kit.counters(store)
     assert counters["evicted_segments_inline"] > 0
     assert counters["reinserted_pages"] == 0  # nothing read or re-appended by a put
+
+
+def test_a_writer_ahead_of_the_reclaimer_waits_for_room_rather_than_dropping(background_store, kit):
+    store = background_store
+    keys = _fill(store, kit, "read", 2)
+    assert all(v is not None for v in store.get_batch(keys))
+    for step in range(25):  # back to back: no pause lets the reclaimer catch up between puts
+        _fill(store, kit, ("burst", step), 3, wait=False)
+    counters = kit.counters(store)
+    assert counters["evicted_segments"] > 5 and counters["evicted_segments_inline"] == 0
+    assert counters["reinserted_pages"] >= len(keys)
