@@ -6,6 +6,12 @@ STAMP := $(VENV)/.installed
 SGLANG_VERSION := 0.5.23
 # NOTE: torch 2.13.0 is a CPU build; a newer torch from PyPI is a multi-GB CUDA build.
 TORCH_SPEC := torch==2.13.0
+# The torchvision release built for TORCH_SPEC (change them together). SGLang's host pools import it;
+# it lives outside site-packages because on a CPU torch its import fails unless two op schemas are
+# declared first, and transformers imports it from `import sglang` wherever it is installed
+# (docs/install.md). Only tests/sglang/test_real_host_pools.py puts it on sys.path.
+TORCHVISION_SPEC := torchvision==0.28.0
+TORCHVISION_DIR := $(VENV)/cpu-torchvision
 
 .PHONY: venv demo test bench clean
 
@@ -16,8 +22,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/pip install --quiet -e ".[ray,sglang,bench,test]" "$(TORCH_SPEC)"
-	# sglang's storage classes without its GPU stack (see docs/install.md); they import triton.
+	# sglang's storage classes and host pools without its GPU stack (see docs/install.md); they import triton.
 	$(BIN)/pip install --quiet --no-deps "sglang==$(SGLANG_VERSION)" triton
+	$(BIN)/pip install --quiet --no-deps --upgrade --target "$(TORCHVISION_DIR)" "$(TORCHVISION_SPEC)"
 	touch $(STAMP)
 
 # The main job on the embedded default: a local Ray tier (one shard per disk, data under ./.raylsm),
