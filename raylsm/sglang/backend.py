@@ -18,6 +18,7 @@ which makes SGLang roll the attach back.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -56,8 +57,10 @@ class RayLSMStorage(HiCacheStorage):
         model_fingerprint_from_extra(extra)  # a malformed fingerprint fails the attach too
         self._storage_config = storage_config
         # NOTE: SGLang strips `hicache_storage_pass_prefix_keys` from the extra config before the
-        # backend sees it; whether prefix keys come is only known from the calls themselves.
+        # backend sees it: read it from the server's arguments where they are published, else learn
+        # it from the first call that carries prefix keys.
         self._warned_no_prefix_keys = False
+        self._prefix_keys_on = prefix_keys_configured(current_server_args())
         self._is_writer = bool(getattr(storage_config, "is_storage_writer", True))
         self._is_mla = bool(getattr(storage_config, "is_mla_model", False))
         self._client = TierClient(self._tier_config)
@@ -222,9 +225,17 @@ class RayLSMStorage(HiCacheStorage):
     # ---- helpers ------------------------------------------------------------------------------
 
     def _hashes(self, keys: List[str], extra_info: Optional[HiCacheStorageExtraInfo]):
+        """Page hashes and the chain before them. SGLang 0.5.23's HybridCacheController passes
+        prefix_keys=None for a prefetch from the sequence start (and [] for a backup from it): once
+        prefix keys are on (the server's extra config says so, or any call carried a list), None
+        means "no page before these", or a prompt's first pages would be looked up by the wrong key."""
         hashes = [bytes.fromhex(key) for key in keys]
-        if extra_info is not None and extra_info.prefix_keys is not None:
-            return hashes, [bytes.fromhex(key) for key in extra_info.prefix_keys]
+        prefix = extra_info.prefix_keys if extra_info is not None else None
+        if prefix is not None:
+            self._prefix_keys_on = True
+            return hashes, [bytes.fromhex(key) for key in prefix]
+        if self._prefix_keys_on:
+            return hashes, []
         if not self._warned_no_prefix_keys:
             self._warned_no_prefix_keys = True
             logger.warning("raylsm: SGLang passes no prefix keys; pages are routed one by one (correct, but "
@@ -249,6 +260,23 @@ class RayLSMStorage(HiCacheStorage):
         logger.exception("raylsm: %s failed; reported as a miss", op)
         with self._lock:
             self._counters[f"{op}_errors"] += 1
+
+
+def prefix_keys_configured(server_args: Any) -> bool:
+    """Whether the server's --hicache-storage-backend-extra-config turns prefix keys on (JSON or
+    @file.json; False when unknown)."""
+    raw = getattr(server_args, "hicache_storage_backend_extra_config", None) if server_args is not None else None
+    if not raw:
+        return False
+    try:
+        if raw.startswith("@"):
+            with open(raw[1:]) as handle:
+                config = json.load(handle) if raw.endswith(".json") else {}
+        else:
+            config = json.loads(raw)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(config, dict) and config.get("hicache_storage_pass_prefix_keys") is True
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> memoryview:

@@ -315,11 +315,7 @@ CONTROLLED = [("mha", "page_first", "hybrid"), ("mha", "layer_first", "hybrid"),
 # NOTE: SGLang 0.5.23's HybridCacheController._storage_hit_query sends `prefix_keys=None` to
 # batch_exists when the request's prefix is empty (`operation.prefix_keys.copy() if
 # operation.prefix_keys else None`), while its backup and read paths send `[]`. RayLSMStorage takes
-# None as "SGLang passes no prefix keys" and looks pages up without their depth, so only the first
-# page of a sequence is found. The base HiCacheController passes `[]` and hits.
-EMPTY_PREFIX_TO_NONE = pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "adapter bug: HybridCacheController's hit query sends prefix_keys=None for a sequence start; "
-    "RayLSMStorage.batch_exists then finds only its first page"))
+# None as [] once prefix keys are on (found by these tests: before, only a sequence's first page hit).
 
 
 def backed_up_sequence(under_test: ControllerUnderTest) -> tuple[list[int], list[str], list[bytes]]:
@@ -358,7 +354,7 @@ def test_sglang_controller_backs_up_pages_and_prefetches_the_continuation_of_a_h
 
 
 @pytest.mark.parametrize("kind, layout, controller", [
-    pytest.param(*case, marks=EMPTY_PREFIX_TO_NONE) if case[2] == "hybrid" else case for case in CONTROLLED])
+    case for case in CONTROLLED])
 def test_sglang_controller_prefetches_a_sequence_from_its_start(tier, controllers, request, kind, layout,
                                                                 controller):
     under_test = controllers(kind, layout, controller, model_name=f"tests/{request.node.name}")

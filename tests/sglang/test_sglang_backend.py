@@ -356,8 +356,12 @@ def test_prefix_keys_are_used_with_the_extra_config_sglang_actually_passes(make_
     client = TierClient(tier_config_from_extra(delivered))
     try:
         namespace = namespace_id(backend.raylsm_stats()["namespace"])
+        client.route_namespace_as(namespace, namespace_id(backend.raylsm_stats()["routing_namespace"]))
         hashes = [bytes.fromhex(key) for key in keys]
         assert client.exists(namespace, hashes, []) == 8, "pages should be indexed by their chain position"
+        # SGLang's controller probes a sequence start with prefix_keys=None: once prefix keys are
+        # on, that is the same chain position, not a lookup by each page's own hash.
+        assert backend.batch_exists(keys, HiCacheStorageExtraInfo(prefix_keys=None)) == 8
     finally:
         client.close()
 
