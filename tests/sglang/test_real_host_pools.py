@@ -353,8 +353,7 @@ def test_sglang_controller_backs_up_pages_and_prefetches_the_continuation_of_a_h
     assert backend.raylsm_stats()["adapter_errors"] == {}
 
 
-@pytest.mark.parametrize("kind, layout, controller", [
-    case for case in CONTROLLED])
+@pytest.mark.parametrize("kind, layout, controller", CONTROLLED)
 def test_sglang_controller_prefetches_a_sequence_from_its_start(tier, controllers, request, kind, layout,
                                                                 controller):
     under_test = controllers(kind, layout, controller, model_name=f"tests/{request.node.name}")
