@@ -380,8 +380,10 @@ class TierClient:
                         self._handles.pop(shard, None)
                 answers.update(self._collect(self._submit(calls_for(retry)), deadline=deadline, settle_late=True))
                 self._count(put_retries=len(retry))
+            shard_of_slot = {}
             for shard, value in answers.items():
                 slots = routed.groups[shard]
+                shard_of_slot.update(dict.fromkeys(slots, shard))
                 if isinstance(value, list):
                     outcomes.update(zip(slots, value))
                     failed_slots.extend(slot for slot, outcome in zip(slots, value) if outcome not in ACCEPTED)
@@ -391,7 +393,7 @@ class TierClient:
             orphans: dict[str, list[bytes]] = {}
             for slot, outcome in outcomes.items():
                 if slot > first_failed and outcome == PutOutcome.STORED:
-                    orphans.setdefault(self._shard_of_slot(routed, slot), []).append(routed.keys[slot])
+                    orphans.setdefault(shard_of_slot[slot], []).append(routed.keys[slot])
                 else:
                     results[slot] = outcome in ACCEPTED and slot < first_failed
             if orphans:  # unreachable behind the failed prefix: gone before the False is answered
@@ -410,10 +412,6 @@ class TierClient:
             logger.exception("raylsm: put failed")
             self._count(put_failed_error=len(page_hashes))
             return [False] * len(page_hashes)
-
-    @staticmethod
-    def _shard_of_slot(routed: _Routed, slot: int) -> str:
-        return next(shard for shard, slots in routed.groups.items() if slot in slots)
 
     def _settle_puts(self) -> None:
         """Delete what timed-out put calls stored when they landed after the client answered False."""

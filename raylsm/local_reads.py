@@ -106,9 +106,12 @@ class BoundedLocalReader:
         time, `failed_slots` are pages whose bytes failed their checksum or read."""
         outcome = ReadOutcome(results=[False] * len(pointers))
         wanted = []
+        parts_of: dict[int, tuple[memoryview, ...]] = {}  # the caller's buffers, checked once
         for slot, pointer in enumerate(pointers):
-            if pointer is not None and writable_parts(page_parts[slot], pointer.length) is not None:
+            parts = writable_parts(page_parts[slot], pointer.length) if pointer is not None else None
+            if parts is not None:
                 wanted.append((slot, pointer))
+                parts_of[slot] = parts
         wanted.sort(key=lambda item: (item[1].segment_id, item[1].offset))
         groups = deque(self._groups(wanted))
         running: deque[tuple[list, Future]] = deque()
@@ -126,7 +129,7 @@ class BoundedLocalReader:
                     abandoned.add_done_callback(lambda done: self._abandoned_done(shard, done))
                 return outcome, True
             self._submit_next(groups, running, segments_dir)
-            self._merge(outcome, group, group_outcome, views, page_parts)
+            self._merge(outcome, group, group_outcome, views, parts_of)
             self._release(staging)
         return outcome, False
 
@@ -162,12 +165,13 @@ class BoundedLocalReader:
         return self._reader.read_into(segments_dir, [pointer for _, pointer in group], views), staging, views
 
     def _merge(self, outcome: ReadOutcome, group: list, group_outcome: ReadOutcome, views: list,
-               page_parts: Sequence[Any]) -> None:
-        for index, ((slot, pointer), hit) in enumerate(zip(group, group_outcome.results)):
+               parts_of: dict[int, tuple[memoryview, ...]]) -> None:
+        """Copy a group's verified pages from staging into the caller's parts; merge its counts."""
+        for index, ((slot, _), hit) in enumerate(zip(group, group_outcome.results)):
             if not hit:
                 continue
             source, offset = views[index], 0
-            for part in writable_parts(page_parts[slot], pointer.length):
+            for part in parts_of[slot]:
                 np.copyto(np.frombuffer(part, dtype=np.uint8), source[offset:offset + part.nbytes])
                 offset += part.nbytes
             outcome.results[slot] = True
