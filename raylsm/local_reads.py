@@ -13,7 +13,8 @@ would write a stale page into a reused host slot whenever a hung disk recovered.
 micro-benchmark: 24 cold batches of 128 x 256 KiB from one store, page cache dropped, four paired
 runs): LocalSegmentReader in place 1.03-1.14 GB/s (mean 1.10), staged in 4 MiB groups, three in
 flight, 0.95-1.09 GB/s (mean 1.02): about 7% of the fast path's throughput. `raylsm bench tier`:
-tier_fast 68% of store_direct (75-85% before, in place; the same VM swings 10 points run to run).
+tier_fast 68% and 70% of store_direct in two runs (75-85% before, in place; the same VM swings
+10 points run to run).
 
 Called by TierClient from SGLang's prefetch and prefetch-I/O threads; thread-safe.
 """
