@@ -74,7 +74,11 @@ class TierClient:
     def __init__(self, config: TierConfig | None = None, controller: Any = None):
         self._config = (config or TierConfig()).validate()
         client = self._config.client
-        self._extents = ExtentConfig(client.extent_pages, client.shallow_depth_pages, client.shallow_extent_pages)
+        self._extents = ExtentConfig(client.extent_pages, client.shallow_depth_pages, client.shallow_extent_pages,
+                                     client.split_extent_pages)
+        # Extent ids of the regular extents the controller split (hot shared prefixes; router.page_anchors).
+        self._split_extents: frozenset[bytes] = frozenset()
+        self._splits_version = -1
         if not ray.is_initialized():
             ray.init(address=self._config.ray_address or "auto", namespace=self._config.ray_namespace,
                      log_to_driver=False)
@@ -119,11 +123,13 @@ class TierClient:
         """Fetch the controller's ring (and namespace generations); True if the ring changed.
         Failures keep the current ring."""
         try:
-            info = ray.get(self._controller.ring.remote(), timeout=self._config.client.call_timeout_s)
+            info = ray.get(self._controller.ring.remote(self._splits_version),
+                           timeout=self._config.client.call_timeout_s)
         except (ray.exceptions.RayError, TimeoutError) as error:
             logger.warning("raylsm: ring refresh failed (%s); keeping version %s", error, self.ring_version)
             return False
         self._adopt_generations(info.get("generations", {}))
+        self._adopt_splits(info.get("splits"))
         if info["version"] == self._ring_info["version"] and info["shards"] == self._ring_info["shards"]:
             return False  # (a restarted controller may reuse a version number: compare members too)
         previous = self._ring_info["shards"]
@@ -135,6 +141,18 @@ class TierClient:
         self._health.forget(set(info["shards"]))
         logger.info("raylsm: ring version %d with %d shards", info["version"], len(info["shards"]))
         return True
+
+    def _adopt_splits(self, splits: dict | None) -> None:
+        """Take the controller's split extents (sent only when their version is not ours)."""
+        if not splits or splits.get("version", -1) == self._splits_version:
+            return
+        self._split_extents = frozenset(bytes(extent) for extent in splits.get("extents", ()))
+        self._splits_version = splits["version"]
+        logger.info("raylsm: %d split extents (version %d)", len(self._split_extents), self._splits_version)
+
+    @property
+    def split_extents(self) -> frozenset[bytes]:
+        return self._split_extents
 
     def _adopt_generations(self, generations: dict[str, int]) -> None:
         merged = dict(self._generations)
@@ -184,7 +202,7 @@ class TierClient:
         shard_of_anchor: dict[bytes, str] = {}
         first_bad = len(page_hashes)
         try:
-            anchors = page_anchors(page_hashes, prefix_hashes, self._extents)
+            anchors = page_anchors(page_hashes, prefix_hashes, self._extents, self._split_extents)
         except (ValueError, IndexError, TypeError):
             anchors = [(0, page) for page in page_hashes]  # a malformed prefix: no locality, still correct
         for slot, (page, (depth, anchor)) in enumerate(zip(page_hashes, anchors)):
@@ -580,7 +598,8 @@ class TierClient:
     def stats(self) -> dict:
         with self._counters_lock:
             counters = dict(self._counters)
-        return {"ring_version": self.ring_version, "shards": len(self._ring_info["shards"]), "counters": counters,
+        return {"ring_version": self.ring_version, "shards": len(self._ring_info["shards"]),
+                "split_extents": len(self._split_extents), "counters": counters,
                 "stalled_shards": self._health.stalled()}
 
     def close(self) -> None:

@@ -58,6 +58,9 @@ class ClientConfig:
     # every prompt shares. 0 turns the split off. Defaults assume 64-token pages (a 512-token head).
     shallow_depth_pages: int = 8
     shallow_extent_pages: int = 8
+    # Pages per sub-extent of a regular extent the controller split (a hot shared prefix that many
+    # chains continue inside one extent; docs/placement.md). Capped at extent_pages.
+    split_extent_pages: int = 16
     # Virtual nodes per shard on the consistent-hash ring.
     virtual_nodes: int = 128
     # A shard call that takes longer is a miss (a put: not stored) and marks the shard stalled.
@@ -103,6 +106,7 @@ class ClientConfig:
         _require(self, "shallow_extent_pages",
                  self.shallow_extent_pages >= 1 and self.shallow_depth_pages % self.shallow_extent_pages == 0,
                  ">= 1 and a divisor of shallow_depth_pages")
+        _require(self, "split_extent_pages", 1 <= self.split_extent_pages <= 1 << 20, "in [1, 2**20]")
         _require(self, "virtual_nodes", 1 <= self.virtual_nodes <= 4096, "in [1, 4096]")
         _require(self, "call_timeout_s", 0.01 <= self.call_timeout_s <= 600, "in [0.01, 600]")
         _require(self, "get_seconds_per_gb", 0 <= self.get_seconds_per_gb <= 600, "in [0, 600]")
@@ -119,10 +123,20 @@ class ControllerConfig:
     reconcile_period_s: float = 2.0
     # A shard that does not answer a health ping within this is reported unhealthy.
     ping_timeout_s: float = 5.0
+    # Hot-extent splitting (docs/placement.md): an extent that received more than this many distinct
+    # pages in a shard's recent window is split (0: twice the client's extent_pages, i.e. at least
+    # three chains diverged inside it). A split is published with the ring and kept until no shard
+    # has reported the extent hot for split_ttl_s; at most max_split_extents are kept (oldest go).
+    split_threshold_pages: int = 0
+    split_ttl_s: float = 3600.0
+    max_split_extents: int = 4096
 
     def validate(self) -> "ControllerConfig":
         _require(self, "reconcile_period_s", 0.05 <= self.reconcile_period_s <= 3600, "in [0.05, 3600]")
         _require(self, "ping_timeout_s", 0.05 <= self.ping_timeout_s <= 600, "in [0.05, 600]")
+        _require(self, "split_threshold_pages", 0 <= self.split_threshold_pages <= 1 << 30, "in [0, 2**30]")
+        _require(self, "split_ttl_s", 0 < self.split_ttl_s <= 30 * 86400, "in (0, 30 days]")
+        _require(self, "max_split_extents", 0 <= self.max_split_extents <= 1 << 20, "in [0, 2**20]")
         return self
 
 

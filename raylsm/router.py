@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import AbstractSet, Any, Mapping, Sequence
 
 import xxhash
 
@@ -175,6 +175,8 @@ def extent_of(depth: int, extent_pages: int) -> int:
 DEFAULT_EXTENT_PAGES = 128
 DEFAULT_SHALLOW_DEPTH_PAGES = 8
 DEFAULT_SHALLOW_EXTENT_PAGES = 8
+# Pages per sub-extent of a split (hot) extent: see `page_anchors` and docs/placement.md.
+DEFAULT_SPLIT_EXTENT_PAGES = 16
 
 
 @dataclass(frozen=True)
@@ -193,6 +195,10 @@ class ExtentConfig:
     shallow_depth_pages: int = DEFAULT_SHALLOW_DEPTH_PAGES
     # Pages per shallow extent; must divide shallow_depth_pages. Default 8 (the head is one extent).
     shallow_extent_pages: int = DEFAULT_SHALLOW_EXTENT_PAGES
+    # Pages per sub-extent when a regular extent is split because many chains diverge inside it
+    # (a hot shared prefix): each sub-extent is anchored on its own first page and routed alone.
+    # Capped at extent_pages.
+    split_extent_pages: int = DEFAULT_SPLIT_EXTENT_PAGES
 
     def __post_init__(self) -> None:
         self.validate()
@@ -206,6 +212,8 @@ class ExtentConfig:
             )
         if not isinstance(self.shallow_extent_pages, int) or self.shallow_extent_pages < 1:
             raise ConfigError(f"shallow_extent_pages must be an int >= 1, got {self.shallow_extent_pages!r}")
+        if not isinstance(self.split_extent_pages, int) or not 1 <= self.split_extent_pages <= 1 << 20:
+            raise ConfigError(f"split_extent_pages must be an int in [1, 2**20], got {self.split_extent_pages!r}")
         if self.shallow_depth_pages % self.shallow_extent_pages:
             raise ConfigError(
                 f"shallow_extent_pages ({self.shallow_extent_pages}) must divide "
@@ -234,7 +242,8 @@ class ExtentConfig:
 
         shallow_depth = pages(shallow_depth_tokens)
         shallow_extent = shallow_depth if shallow_extent_tokens is None else pages(shallow_extent_tokens)
-        return cls(max(1, pages(extent_tokens)), shallow_depth, max(1, shallow_extent) if shallow_depth else 1)
+        return cls(max(1, pages(extent_tokens)), shallow_depth, max(1, shallow_extent) if shallow_depth else 1,
+                   max(1, pages(DEFAULT_SPLIT_EXTENT_PAGES * 64)))
 
     def anchor_depth(self, depth: int) -> int:
         """Depth of the page that anchors (starts) the extent holding the page at `depth`."""
@@ -248,12 +257,14 @@ class ExtentConfig:
             "extent_pages": self.extent_pages,
             "shallow_depth_pages": self.shallow_depth_pages,
             "shallow_extent_pages": self.shallow_extent_pages,
+            "split_extent_pages": self.split_extent_pages,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ExtentConfig":
         try:
-            return cls(**{name: int(data[name]) for name in cls().to_dict()})
+            fields = {name: int(data[name]) for name in cls().to_dict() if name != "split_extent_pages"}
+            return cls(**fields, split_extent_pages=int(data.get("split_extent_pages", DEFAULT_SPLIT_EXTENT_PAGES)))
         except (KeyError, TypeError) as error:
             raise ConfigError(f"not an extent config: {error!r}") from error
 
@@ -264,25 +275,39 @@ def routing_key(namespace_id: bytes, anchor_hash: bytes) -> bytes:
 
 
 def page_anchors(
-    page_hashes: Sequence[bytes], prefix_hashes: Sequence[bytes] | None, extents: ExtentConfig
+    page_hashes: Sequence[bytes], prefix_hashes: Sequence[bytes] | None, extents: ExtentConfig,
+    split_extents: AbstractSet[bytes] = frozenset(),
 ) -> list[tuple[int, bytes]]:
     """(depth, anchor hash) of every page of a batch.
 
     With `prefix_hashes` (the chain before the batch, from the sequence start) page i is at depth
     len(prefix_hashes) + i and its anchor is the chain's page at `extents.anchor_depth(depth)`.
     With None the depth is unknown: every page is depth 0 and anchors itself (correct, no locality).
+
+    `split_extents` holds extent ids (an anchor hash's first EXTENT_ID_BYTES) of regular extents
+    that are split: a page in one is anchored on the first page of its sub-extent of
+    `extents.split_extent_pages` pages instead. A shared prefix ending inside an extent makes every
+    chain that continues it write its own pages under the shared anchor, all to one shard (the agentic
+    workload put 2.7x the mean of the distinct pages on one shard of 8); splitting the extent sends
+    each chain's continuation to its own sub-extents. Which extents are split the controller learns
+    from the shards and publishes with the ring (docs/placement.md).
     """
     if prefix_hashes is None:
         return [(0, page) for page in page_hashes]
     base = len(prefix_hashes)
+    shallow = extents.shallow_depth_pages
+    step = min(extents.split_extent_pages, extents.extent_pages)
     anchors: list[tuple[int, bytes]] = []
-    for index, page in enumerate(page_hashes):
+
+    def at(depth: int) -> bytes:
+        return page_hashes[depth - base] if depth >= base else prefix_hashes[depth]
+
+    for index in range(len(page_hashes)):
         depth = base + index
         anchor = extents.anchor_depth(depth)
-        if anchor >= base:
-            anchor_hash = page_hashes[anchor - base]
-        else:
-            anchor_hash = prefix_hashes[anchor]
+        anchor_hash = at(anchor)
+        if split_extents and depth >= shallow and anchor_hash[: page_key.EXTENT_ID_BYTES] in split_extents:
+            anchor_hash = at(anchor + (depth - anchor) // step * step)
         anchors.append((depth, anchor_hash))
     return anchors
 
@@ -292,6 +317,7 @@ def page_keys(
     page_hashes: Sequence[bytes],
     prefix_hashes: Sequence[bytes] | None,
     extent_pages: int | ExtentConfig,
+    split_extents: AbstractSet[bytes] = frozenset(),
 ) -> list[bytes]:
     """The encoded store keys (raylsm.store.page_key) of a batch, in order; they agree with routing.
 
@@ -301,20 +327,23 @@ def page_keys(
     extents = extent_pages if isinstance(extent_pages, ExtentConfig) else ExtentConfig.plain(extent_pages)
     return [
         page_key.encode(namespace_id, anchor_hash, depth, page)
-        for page, (depth, anchor_hash) in zip(page_hashes, page_anchors(page_hashes, prefix_hashes, extents))
+        for page, (depth, anchor_hash) in zip(
+            page_hashes, page_anchors(page_hashes, prefix_hashes, extents, split_extents))
     ]
 
 
 class ExtentRouter:
     """Routes page batches: ring + extent rule. Immutable; a new ring version means a new router."""
 
-    __slots__ = ("ring", "extents")
+    __slots__ = ("ring", "extents", "split_extents")
 
-    def __init__(self, ring: HashRing, extent_pages: int | ExtentConfig = ExtentConfig()) -> None:
+    def __init__(self, ring: HashRing, extent_pages: int | ExtentConfig = ExtentConfig(),
+                 split_extents: AbstractSet[bytes] = frozenset()) -> None:
         self.ring = ring
         self.extents = (
             extent_pages if isinstance(extent_pages, ExtentConfig) else ExtentConfig.plain(extent_pages)
         )
+        self.split_extents = frozenset(split_extents)
 
     def shard_of_anchor(self, namespace_id: bytes, anchor_hash: bytes) -> str:
         return self.ring.shard_for(routing_key(namespace_id, anchor_hash))
@@ -330,7 +359,7 @@ class ExtentRouter:
         """The shard of every page of a batch, in order. EmptyRingError if the ring has no shards."""
         shard_of: dict[bytes, str] = {}  # consecutive pages mostly share an anchor: hash it once
         shards: list[str] = []
-        for _, anchor_hash in page_anchors(page_hashes, prefix_hashes, self.extents):
+        for _, anchor_hash in page_anchors(page_hashes, prefix_hashes, self.extents, self.split_extents):
             shard = shard_of.get(anchor_hash)
             if shard is None:
                 shard = shard_of[anchor_hash] = self.shard_of_anchor(namespace_id, anchor_hash)
@@ -353,5 +382,5 @@ class ExtentRouter:
     def page_keys(
         self, namespace_id: bytes, page_hashes: Sequence[bytes], prefix_hashes: Sequence[bytes] | None
     ) -> list[bytes]:
-        return page_keys(namespace_id, page_hashes, prefix_hashes, self.extents)
+        return page_keys(namespace_id, page_hashes, prefix_hashes, self.extents, self.split_extents)
 

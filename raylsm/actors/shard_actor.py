@@ -28,6 +28,8 @@ from raylsm.actors.metrics import ShardMetrics
 from raylsm.config import ShardConfig
 from raylsm.errors import StoreLockedError
 from raylsm.store import ShardStore
+from raylsm.store.hot_extents import HotExtents
+from raylsm.store.outcomes import PutOutcome
 from raylsm.store.io_buffers import aligned_empty
 
 logger = logging.getLogger(__name__)
@@ -44,6 +46,9 @@ class ShardServer:
             warnings.simplefilter("ignore")
             self._restarted = context.was_current_actor_reconstructed
         self._metrics = ShardMetrics(shard_name)
+        # Extents that receive the most distinct pages (a hot shared prefix; docs/placement.md).
+        self._hot_extents = HotExtents()
+        self._hot_lock = threading.Lock()
         self._thread_buffers = threading.local()
         self._in_flight: dict[int, float] = {}  # data call id -> start (monotonic)
         self._in_flight_lock = threading.Lock()
@@ -74,6 +79,12 @@ class ShardServer:
         with self._in_flight_lock:
             oldest = min(self._in_flight.values(), default=now)
         return {"stalled_s": now - oldest}
+
+    def hot_extents(self, threshold_pages: int, limit: int = 64) -> list[bytes]:
+        """Extent ids (16 B) that received more than `threshold_pages` distinct pages in this shard's
+        recent window, hottest first, at most `limit` (raylsm.store.hot_extents)."""
+        with self._hot_lock:
+            return self._hot_extents.hot(threshold_pages)[:limit]
 
     def stats(self) -> dict:
         stats = self._store.stats()
@@ -122,7 +133,12 @@ class ShardServer:
         """Store pages; a PutOutcome code per page (raylsm.store.outcomes). Pages not written by
         `deadline_s` (wall clock of the caller, who gives up then) are EXPIRED, not written."""
         with self._data_call("put"):
-            return [int(outcome) for outcome in self._store.put_batch_outcomes(keys, values, deadline_s)]
+            outcomes = [int(outcome) for outcome in self._store.put_batch_outcomes(keys, values, deadline_s)]
+        stored = [key for key, outcome in zip(keys, outcomes) if outcome == PutOutcome.STORED]
+        if stored:
+            with self._hot_lock:
+                self._hot_extents.add(stored)
+        return outcomes
 
     def get_batch(self, keys: Sequence[bytes], page_bytes: Sequence[int]) -> tuple[list[bool], np.ndarray]:
         """Read pages into one new array (page i at sum(page_bytes[:i])); hits per page."""

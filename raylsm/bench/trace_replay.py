@@ -47,7 +47,7 @@ import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
 from raylsm.bench import cache_models, disk_budget, interrupts, shard_models
 from raylsm.bench.trace import (MODEL_PROFILES, TRACE_BLOCK_TOKENS, PageKeyCache, load_trace,
@@ -551,6 +551,10 @@ class RaylsmSystem:
 
         return namespace_id(self.storage.raylsm_stats()["routing_namespace"])
 
+    def split_extents(self) -> frozenset:
+        """The extents the tier split (hot shared prefixes), as this replay's client routes them."""
+        return self.storage._client.split_extents
+
     def stats(self) -> dict:
         return self.storage.raylsm_stats()
 
@@ -771,19 +775,28 @@ def _embedded_ray_address() -> str | None:
 
 
 class ShardCounter:
-    """Shards a raylsm call touches, by the router with the client's extent config and ring."""
+    """Shards a raylsm call touches, by the router with the client's extent config, ring and split
+    extents (`split_extents()`: the client's current set, which the controller changes during a run)."""
 
-    def __init__(self, shard_names: Sequence[str], namespace_id: bytes) -> None:
+    def __init__(self, shard_names: Sequence[str], namespace_id: bytes,
+                 split_extents: Callable[[], frozenset] = frozenset) -> None:
         from raylsm.config import ClientConfig
         from raylsm.router import ExtentConfig, ExtentRouter, HashRing
 
         client = ClientConfig()
-        self._router = ExtentRouter(HashRing(sorted(shard_names), client.virtual_nodes),
-                                    ExtentConfig(client.extent_pages, client.shallow_depth_pages,
-                                                 client.shallow_extent_pages))
+        self._ring = HashRing(sorted(shard_names), client.virtual_nodes)
+        self._extents = ExtentConfig(client.extent_pages, client.shallow_depth_pages, client.shallow_extent_pages,
+                                     client.split_extent_pages)
+        self._router = ExtentRouter(self._ring, self._extents)
+        self._split_extents = split_extents
         self._namespace_id = namespace_id
 
     def shards(self, chain: Sequence[bytes], start: int, end: int) -> int:
+        from raylsm.router import ExtentRouter
+
+        splits = self._split_extents()
+        if splits != self._router.split_extents:
+            self._router = ExtentRouter(self._ring, self._extents, splits)
         return len(set(self._router.route_pages(self._namespace_id, chain[start:end], chain[:start])))
 
 
@@ -1076,7 +1089,7 @@ def _run_measured(config: ReplayConfig, plan: ReplayPlan, shape: PoolShape, capa
             raylsm_system = RaylsmSystem(pool, model_name, extra)
             raylsm_system.clear()  # this namespace's pages from an earlier run
             systems.append(raylsm_system)
-            counter = ShardCounter(tier.shard_names, raylsm_system.routing_id())
+            counter = ShardCounter(tier.shard_names, raylsm_system.routing_id(), raylsm_system.split_extents)
             details.update(shard_names=list(tier.shard_names), routing_id=raylsm_system.routing_id())
             details.update(shards=len(tier.shard_names), segment_bytes=tier.segment_bytes,
                            per_shard_capacity_bytes=tier.per_shard_capacity)
@@ -1097,6 +1110,8 @@ def _run_measured(config: ReplayConfig, plan: ReplayPlan, shape: PoolShape, capa
             progress.update(1)
         progress.close()
         details["replay_s"] = round(time.perf_counter() - phase, 1)
+        if counter is not None:
+            details["split_extents"] = len(raylsm_system.split_extents())
         for system in systems:
             runs[system.name].extra["backend_stats"] = _jsonable(system.stats())
         if tier is not None:

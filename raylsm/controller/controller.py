@@ -54,12 +54,16 @@ class Controller:
         self._errors: dict[str, str] = {}
         # The namespace table (raylsm.namespaces); rebuilt from the shards after a restart.
         self._namespaces: dict = dict(namespaces.EMPTY_TABLE)
+        # Split extents (docs/placement.md): extent id -> when a shard last reported it hot. Rebuilt
+        # from the shards after a restart (their sketches outlive the controller).
+        self._splits: dict[bytes, float] = {}
+        self._splits_version = self._ring_version
 
     # ---- the loop -----------------------------------------------------------------------------
 
     def reconcile_once(self) -> None:
         for step in (self._reconcile_membership, self._reconcile_health, self._reconcile_namespaces,
-                     self._publish_ring):
+                     self._reconcile_splits, self._publish_ring):
             try:
                 step()
                 self._errors.pop(step.__name__, None)
@@ -176,6 +180,36 @@ class Controller:
                     unconfirmed or "none")
         return {"ok": not unconfirmed, "generation": generation, "unconfirmed": unconfirmed}
 
+    def split_threshold_pages(self) -> int:
+        configured = self._config.controller.split_threshold_pages
+        return configured or 2 * self._config.client.extent_pages
+
+    def _reconcile_splits(self) -> None:
+        """Split the extents a serving shard reports hot; forget splits no shard reported for
+        split_ttl_s. A shard that fails or times out is skipped this round (its splits stay)."""
+        controller = self._config.controller
+        with self._lock:
+            handles = {name: record.handle for name, record in self._shards.items() if record.state == SERVING}
+        answers = self._api.call_all(handles, "hot_extents", controller.ping_timeout_s,
+                                     self.split_threshold_pages()) if handles else {}
+        now = time.time()
+        with self._lock:
+            before = set(self._splits)
+            for answer in answers.values():
+                if isinstance(answer, (list, tuple)):
+                    for extent in answer:
+                        self._splits[bytes(extent)] = now
+            for extent, seen in list(self._splits.items()):
+                if now - seen > controller.split_ttl_s:
+                    del self._splits[extent]
+            if len(self._splits) > controller.max_split_extents:
+                keep = sorted(self._splits.items(), key=lambda item: item[1], reverse=True)
+                self._splits = dict(keep[:controller.max_split_extents])
+            if set(self._splits) != before:
+                self._splits_version += 1
+                logger.info("split extents version %d: %d extents (%d new)", self._splits_version,
+                            len(self._splits), len(set(self._splits) - before))
+
     def _publish_ring(self) -> None:
         with self._lock:
             # A shard joins the ring once it has served; an unreachable one stays (Ray restarts it on
@@ -191,10 +225,15 @@ class Controller:
 
     # ---- queries ------------------------------------------------------------------------------
 
-    def ring(self) -> dict:
-        """The published ring: version and member shards, with what a client needs to reach them."""
+    def ring(self, splits_version: int = -1) -> dict:
+        """The published ring: version and member shards, with what a client needs to reach them.
+        The split extents ("splits": version and extent ids) come only when `splits_version` (the
+        caller's) is not the current one."""
         with self._lock:
+            splits = None if splits_version == self._splits_version else {
+                "version": self._splits_version, "extents": sorted(self._splits)}
             return {
+                "splits": splits,
                 "version": self._ring_version,
                 "shards": {name: {"node_id": self._shards[name].node_id} for name in self._ring_members
                            if name in self._shards},

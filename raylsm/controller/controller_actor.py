@@ -34,8 +34,8 @@ class ControllerServer:
         self._controller.reconcile_once()
         return self._controller.ring()
 
-    def ring(self) -> dict:
-        return self._controller.ring()
+    def ring(self, splits_version: int = -1) -> dict:
+        return self._controller.ring(splits_version)
 
     def status(self) -> dict:
         return self._controller.status()

@@ -40,7 +40,8 @@ CALL_TIMEOUT_S = 10.0
 def extent_config(client_config) -> ExtentConfig:
     """The extents a TierClient with this ClientConfig uses."""
     return ExtentConfig(client_config.extent_pages, getattr(client_config, "shallow_depth_pages", 0),
-                        getattr(client_config, "shallow_extent_pages", 1))
+                        getattr(client_config, "shallow_extent_pages", 1),
+                        getattr(client_config, "split_extent_pages", 16))
 
 
 def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.25) -> Any:
@@ -268,7 +269,8 @@ def tier_factory(data_dir):
         raw = {
             "shard": {"data_dir": data_dir, "store": dict(SMALL_STORE), **(shard or {})},
             "client": {"call_timeout_s": CALL_TIMEOUT_S, "ring_refresh_s": 0.5, **(client or {})},
-            "controller": {"reconcile_period_s": 1.0, **(controller or {})},
+            # Hot-extent splitting off unless a test turns it on: it re-routes pages mid-test.
+            "controller": {"reconcile_period_s": 1.0, "split_threshold_pages": 1 << 30, **(controller or {})},
         }
         tier = Tier(TierConfig.from_dict(raw))
         made.append(tier)

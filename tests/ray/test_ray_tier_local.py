@@ -364,7 +364,7 @@ class FixedRing:
     def __init__(self, ring: dict):
         self._ring = ring
 
-    def ring(self) -> dict:
+    def ring(self, splits_version: int = -1) -> dict:
         return self._ring
 
 

@@ -150,7 +150,7 @@ def test_anchor_depth_with_a_shallow_head():
     plain = ExtentConfig.plain(4)
     assert [plain.anchor_depth(depth) for depth in range(9)] == [0, 0, 0, 0, 4, 4, 4, 4, 8]
     assert ExtentConfig.from_tokens(64) == ExtentConfig()
-    assert ExtentConfig.from_tokens(512) == ExtentConfig(16, 1, 1)
+    assert ExtentConfig.from_tokens(512) == ExtentConfig(16, 1, 1, 2)
     assert ExtentConfig.from_dict(head.to_dict()) == head
 
 
