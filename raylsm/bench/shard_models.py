@@ -24,16 +24,18 @@ ShardOf = Sequence[Sequence[int]]  # per request, the shard index of each page o
 
 
 def shard_assignment(chains: Sequence[Sequence[bytes]], starts: Sequence[int], shard_names: Sequence[str],
-                     namespace_id: bytes, extents=None, virtual_nodes: int | None = None) -> list[list[int]]:
+                     namespace_id: bytes, extents=None, virtual_nodes: int | None = None,
+                     split_extents: frozenset = frozenset()) -> list[list[int]]:
     """The shard (index into sorted `shard_names`) of every page of every request's L3 stream
-    (`chain[start:]`), as a TierClient with `extents` routes it."""
+    (`chain[start:]`), as a TierClient with `extents` and these split extents routes it."""
     from raylsm.config import ClientConfig
     from raylsm.router import ExtentConfig, ExtentRouter, HashRing
 
     client = ClientConfig()
-    extents = extents or ExtentConfig(client.extent_pages, client.shallow_depth_pages, client.shallow_extent_pages)
+    extents = extents or ExtentConfig(client.extent_pages, client.shallow_depth_pages, client.shallow_extent_pages,
+                                      client.split_extent_pages)
     names = sorted(shard_names)
-    router = ExtentRouter(HashRing(names, virtual_nodes or client.virtual_nodes), extents)
+    router = ExtentRouter(HashRing(names, virtual_nodes or client.virtual_nodes), extents, split_extents)
     index = {name: i for i, name in enumerate(names)}
     return [[index[shard] for shard in router.route_pages(namespace_id, chain[start:], chain[:start])]
             for chain, start in zip(chains, starts)]

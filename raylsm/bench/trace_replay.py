@@ -947,11 +947,13 @@ def run(config: ReplayConfig) -> dict:
     shard_count = config.shards
     shard_names = [f"shard-model-{index}" for index in range(config.shards)]
     routing_id = namespace_id(f"trace-replay-{config.profile}")
+    split_extents: frozenset = frozenset()
     if measured:
         measured_runs, tier_details = _run_measured(config, plan, shape, capacity_bytes, measured)
         runs.extend(measured_runs)
         shard_names = tier_details.pop("shard_names", shard_names)  # the tier's own ring, when it ran
         routing_id = tier_details.pop("routing_id", routing_id)
+        split_extents = frozenset(tier_details.pop("split_extent_ids", ()))
         balance = tier_details.pop("balance_max_over_mean", None)
         shards_per_batch = tier_details.pop("shards_per_batch_mean", None)
         shard_count = tier_details.pop("shards", shard_count)
@@ -965,7 +967,10 @@ def run(config: ReplayConfig) -> dict:
             if "segment_bytes" in details else "") + (
             "; hicache_file: LRUFileEvictor max_size, eviction_ratio 0.9" if "hicache_file" in measured else ""))
     if "lru_sharded_model" in config.systems:
-        owners = shard_models.shard_assignment(plan.chains, plan.host_hit_pages, shard_names, routing_id)
+        # Split extents as the tier's client had them at the end of the run (from the start: the
+        # model pays no transition; docs/placement.md).
+        owners = shard_models.shard_assignment(plan.chains, plan.host_hit_pages, shard_names, routing_id,
+                                               split_extents=split_extents)
         result = shard_models.simulate_lru_sharded(plan.l3_streams(), owners, capacity_pages, len(shard_names))
         runs.append(SystemRun("lru_sharded_model", measured=False, l3_hit_pages=list(result.per_request_hits),
                               extra={"capacity_pages": capacity_pages, "shards": len(shard_names)}))
@@ -1111,7 +1116,8 @@ def _run_measured(config: ReplayConfig, plan: ReplayPlan, shape: PoolShape, capa
         progress.close()
         details["replay_s"] = round(time.perf_counter() - phase, 1)
         if counter is not None:
-            details["split_extents"] = len(raylsm_system.split_extents())
+            details["split_extent_ids"] = sorted(raylsm_system.split_extents())
+            details["split_extents"] = len(details["split_extent_ids"])
         for system in systems:
             runs[system.name].extra["backend_stats"] = _jsonable(system.stats())
         if tier is not None:

@@ -181,13 +181,17 @@ class Controller:
         return {"ok": not unconfirmed, "generation": generation, "unconfirmed": unconfirmed}
 
     def split_threshold_pages(self) -> int:
+        """Distinct pages above which a shard reports an extent hot: the configured value, else
+        twice the client's extent_pages, capped at what a shard counts (HotExtents' limit - 1)."""
         configured = self._config.controller.split_threshold_pages
-        return configured or 2 * self._config.client.extent_pages
+        return configured or min(2 * self._config.client.extent_pages, 511)
 
     def _reconcile_splits(self) -> None:
         """Split the extents a serving shard reports hot; forget splits no shard reported for
         split_ttl_s. A shard that fails or times out is skipped this round (its splits stay)."""
         controller = self._config.controller
+        if not controller.split_extents:
+            return
         with self._lock:
             handles = {name: record.handle for name, record in self._shards.items() if record.state == SERVING}
         answers = self._api.call_all(handles, "hot_extents", controller.ping_timeout_s,

@@ -1,64 +1,73 @@
-"""Which extents receive the most distinct pages: a bounded heavy-hitter sketch over a shard's puts.
+"""Which extents many chains diverge inside: a bounded count of distinct pages per extent over a
+shard's recent puts.
 
-Owned here: `HotExtents`, a Misra-Gries summary (Misra and Gries, "Finding repeated elements",
-Science of Computer Programming 2(2), 1982) of the pages a shard newly stored, by extent id, halved
-every `window_pages` pages so that it follows the workload. A regular extent holds at most
-`extent_pages` pages of any one chain; one that received many more has many chains diverging inside
-it (a hot shared prefix that ends mid-extent), all written to this shard. The controller asks every
-shard for these (`ShardActor.hot_extents`) and splits them (raylsm.router.page_anchors,
+Owned here: `HotExtents`. A regular extent holds at most `extent_pages` pages of any one chain (one
+page per depth); one that holds many more distinct pages has several chains diverging inside it (a
+hot shared prefix that ends mid-extent), and all of them are written to this shard. The controller
+asks every shard for these (`ShardActor.hot_extents`) and splits them (raylsm.router.page_anchors,
 docs/placement.md). Called by the shard actor after each put; not thread-safe (the actor holds a
 lock around it). Imports no Ray.
 
-Cost: at most `capacity` counters (extent id, 16 B, and an int), one dict update per stored page.
-Guarantee (Misra-Gries): an extent's count undercounts its pages in the window by at most
-window_pages / capacity, so an extent over the threshold by more than that is always reported.
+Counting distinct pages, not puts: a small cache evicts and re-stores one chain's pages many times
+(a first version counted puts and split 248 extents of the agentic workload at 8 shards, nearly all
+single chains stored again). Each tracked extent keeps the fingerprints (8 bytes of the page hash) of
+its pages, up to `limit` of them; namespaces share fingerprints, so TP ranks' copies count once.
+
+Cost: at most `capacity` extents per window, two windows (the current and the previous, so an extent
+is forgotten one to two windows after it cools), `limit` fingerprints each: with the defaults
+(256 extents, limit 512) at most about 2 x 256 x 512 fingerprints, a few MiB in the worst case. When
+the table is full a new extent replaces the one with the fewest pages (Space-Saving's rule, Metwally
+et al., ICDT 2005), so an extent that is really hot is not crowded out by many cold ones.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Iterable
 
 from raylsm.store import page_key
 
+_PAGE_HASH_AT = page_key.EXTENT_PREFIX_BYTES + 4
+_EXTENT_AT = 1 + page_key.NAMESPACE_ID_BYTES
+
 
 class HotExtents:
-    def __init__(self, capacity: int = 256, window_pages: int = 1 << 16) -> None:
-        if capacity < 1 or window_pages < 1:
-            raise ValueError(f"capacity and window_pages must be >= 1, got {capacity} and {window_pages}")
+    def __init__(self, capacity: int = 256, window_pages: int = 1 << 16, limit: int = 512) -> None:
+        if capacity < 1 or window_pages < 1 or limit < 1:
+            raise ValueError(f"capacity, window_pages and limit must be >= 1, got {capacity}, {window_pages}, {limit}")
         self._capacity = capacity
         self._window_pages = window_pages
-        self._counts: Counter[bytes] = Counter()
-        self._since_decay = 0
+        self._limit = limit
+        self._current: dict[bytes, set[bytes]] = {}
+        self._previous: dict[bytes, set[bytes]] = {}
+        self._in_window = 0
 
     def add(self, keys: Iterable[bytes]) -> None:
         """Count pages just stored (encoded page keys); malformed keys are skipped."""
+        current = self._current
         for key in keys:
             if not page_key.is_page_key(key):
                 continue
-            extent = page_key.extent_prefix(key)[1 + page_key.NAMESPACE_ID_BYTES:]
-            counts = self._counts
-            if extent in counts or len(counts) < self._capacity:
-                counts[extent] += 1
-            else:  # Misra-Gries: one decrement for every tracked extent, dropping those at zero
-                for other in list(counts):
-                    counts[other] -= 1
-                    if counts[other] <= 0:
-                        del counts[other]
-            self._since_decay += 1
-            if self._since_decay >= self._window_pages:
-                self._decay()
+            extent = key[_EXTENT_AT:page_key.EXTENT_PREFIX_BYTES]
+            pages = current.get(extent)
+            if pages is None:
+                if len(current) >= self._capacity:
+                    coldest = min(current, key=lambda other: len(current[other]))
+                    del current[coldest]
+                pages = current[extent] = set()
+            if len(pages) < self._limit:
+                pages.add(key[_PAGE_HASH_AT:_PAGE_HASH_AT + 8])
+            self._in_window += 1
+            if self._in_window >= self._window_pages:
+                self._previous, self._current, self._in_window = current, {}, 0
+                current = self._current
 
-    def _decay(self) -> None:
-        self._since_decay = 0
-        for extent in list(self._counts):
-            self._counts[extent] //= 2
-            if self._counts[extent] <= 0:
-                del self._counts[extent]
+    def distinct_pages(self, extent: bytes) -> int:
+        """Distinct pages seen under `extent` in the current or the previous window (capped)."""
+        return max(len(self._current.get(extent, ())), len(self._previous.get(extent, ())))
 
     def hot(self, threshold_pages: int) -> list[bytes]:
-        """Extent ids (16 B) counted above `threshold_pages`, hottest first."""
-        return [extent for extent, count in self._counts.most_common() if count > threshold_pages]
-
-    def counts(self) -> dict[bytes, int]:
-        return dict(self._counts)
+        """Extent ids (16 B) with more than `threshold_pages` distinct pages in the current or the
+        previous window, most pages first."""
+        extents = set(self._current) | set(self._previous)
+        counted = [(self.distinct_pages(extent), extent) for extent in extents]
+        return [extent for count, extent in sorted(counted, reverse=True) if count > threshold_pages]

@@ -97,25 +97,35 @@ def keys_under(anchor: bytes, count: int, salt: str) -> list[bytes]:
             for i in range(count)]
 
 
-def test_the_sketch_reports_an_extent_that_received_many_more_pages_than_one_chain_holds():
+def test_the_sketch_reports_an_extent_that_many_chains_diverge_inside():
     sketch = HotExtents(capacity=8, window_pages=1 << 20)
     hot, cold = chain("hot", 1)[0], [chain(f"cold{i}", 1)[0] for i in range(50)]
     for session in range(40):
-        sketch.add(keys_under(hot, 5, f"s{session}"))
+        sketch.add(keys_under(hot, 5, f"s{session}"))  # 40 chains below one anchor
         sketch.add(keys_under(cold[session], 5, f"c{session}"))
     assert sketch.hot(threshold_pages=32) == [extent_id(hot)]
-    assert len(sketch.counts()) <= 8  # bounded, whatever the number of extents
+    assert sketch.distinct_pages(extent_id(hot)) == 200
     sketch.add([b"not a key", b""])  # skipped, not raised
 
 
-def test_the_sketch_forgets_an_extent_that_cooled():
-    sketch = HotExtents(capacity=8, window_pages=64)
+def test_one_chain_stored_again_and_again_is_not_hot():
+    sketch = HotExtents(capacity=8, window_pages=1 << 20)
+    anchor = chain("single", 1)[0]
+    for _ in range(20):  # evicted and re-stored: the same 16 pages each time
+        sketch.add(keys_under(anchor, 16, "same chain"))
+    assert sketch.distinct_pages(extent_id(anchor)) == 16
+    assert sketch.hot(threshold_pages=32) == []
+
+
+def test_a_full_table_keeps_the_hot_extent_and_forgets_it_once_it_cooled():
+    sketch = HotExtents(capacity=4, window_pages=100)
     hot = chain("hot", 1)[0]
     sketch.add(keys_under(hot, 60, "burst"))
+    for i in range(10):  # many cold extents do not crowd it out of a full table
+        sketch.add(keys_under(chain(f"cold{i}", 1)[0], 3, f"c{i}"))
     assert sketch.hot(threshold_pages=32) == [extent_id(hot)]
-    for i in range(8):  # eight windows of other (cool) traffic halve it away
-        for j in range(16):
-            sketch.add(keys_under(chain(f"other{i}.{j}", 1)[0], 4, f"o{i}.{j}"))
+    for i in range(80):  # two windows of cool traffic
+        sketch.add(keys_under(chain(f"other{i}", 1)[0], 3, f"o{i}"))
     assert sketch.hot(threshold_pages=32) == []
 
 
