@@ -130,6 +130,9 @@ class ControllerConfig:
     # max_split_extents are kept (oldest go). split_extents False turns splitting off.
     split_extents: bool = True
     split_threshold_pages: int = 0
+    # ...and that took at least this share of the pages its shard stored in the window (a smaller
+    # extent does not unbalance its shard; splitting it only spreads its chains; hot_extents.py).
+    split_min_share: float = 1 / 64
     split_ttl_s: float = 3600.0
     max_split_extents: int = 4096
 
@@ -137,6 +140,7 @@ class ControllerConfig:
         _require(self, "reconcile_period_s", 0.05 <= self.reconcile_period_s <= 3600, "in [0.05, 3600]")
         _require(self, "ping_timeout_s", 0.05 <= self.ping_timeout_s <= 600, "in [0.05, 600]")
         _require(self, "split_threshold_pages", 0 <= self.split_threshold_pages <= 511, "in [0, 511]")
+        _require(self, "split_min_share", 0.0 <= self.split_min_share <= 1.0, "in [0, 1]")
         _require(self, "split_ttl_s", 0 < self.split_ttl_s <= 30 * 86400, "in (0, 30 days]")
         _require(self, "max_split_extents", 0 <= self.max_split_extents <= 1 << 20, "in [0, 2**20]")
         return self

@@ -80,11 +80,12 @@ class ShardServer:
             oldest = min(self._in_flight.values(), default=now)
         return {"stalled_s": now - oldest}
 
-    def hot_extents(self, threshold_pages: int, limit: int = 64) -> list[bytes]:
-        """Extent ids (16 B) that received more than `threshold_pages` distinct pages in this shard's
-        recent window, hottest first, at most `limit` (raylsm.store.hot_extents)."""
+    def hot_extents(self, threshold_pages: int, min_share: float = 0.0, limit: int = 64) -> list[bytes]:
+        """Extent ids (16 B) that received more than `threshold_pages` distinct pages, and at least
+        `min_share` of the pages this shard stored, in its recent window; hottest first, at most
+        `limit` (raylsm.store.hot_extents)."""
         with self._hot_lock:
-            return self._hot_extents.hot(threshold_pages)[:limit]
+            return self._hot_extents.hot(threshold_pages, min_share)[:limit]
 
     def stats(self) -> dict:
         stats = self._store.stats()

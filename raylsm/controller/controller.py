@@ -195,7 +195,7 @@ class Controller:
         with self._lock:
             handles = {name: record.handle for name, record in self._shards.items() if record.state == SERVING}
         answers = self._api.call_all(handles, "hot_extents", controller.ping_timeout_s,
-                                     self.split_threshold_pages()) if handles else {}
+                                     self.split_threshold_pages(), controller.split_min_share) if handles else {}
         now = time.time()
         with self._lock:
             before = set(self._splits)

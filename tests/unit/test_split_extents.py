@@ -105,6 +105,8 @@ def test_the_sketch_reports_an_extent_that_many_chains_diverge_inside():
         sketch.add(keys_under(cold[session], 5, f"c{session}"))
     assert sketch.hot(threshold_pages=32) == [extent_id(hot)]
     assert sketch.distinct_pages(extent_id(hot)) == 200
+    assert sketch.hot(threshold_pages=32, min_share=0.4) == [extent_id(hot)]  # 200 of 400 stored
+    assert sketch.hot(threshold_pages=32, min_share=0.6) == []  # not a big enough share of the shard
     sketch.add([b"not a key", b""])  # skipped, not raised
 
 
