@@ -70,7 +70,7 @@ class StoreConfig:
     roll_wait_s: float = _knob(1.0, LIVE, "seconds a roll waits for the reclaimer")
     # Neighbouring reads closer than this are merged into one preadv (the gap is read and dropped).
     merge_gap_bytes: int = _knob(64 * KiB, LIVE, "largest gap a merged read skips")
-    # Keep an in-memory set of 64-bit digests of the live page keys (about 60 bytes of RAM per page):
+    # Keep an in-memory set of 64-bit digests of the live page keys (about 9 bytes of RAM per page):
     # probes and put's duplicate check never touch RocksDB. Off: they use multi-get / seek-and-scan.
     resident_index: bool = _knob(True, REOPEN, "in-memory digest set of live keys")
     # RocksDB block cache for index and filter blocks of the pointer index.

@@ -201,6 +201,11 @@ META_CLEAN_SHUTDOWN = b"\x00clean_shutdown"
 # The tier's namespace table as this shard last applied it (msgpack; raylsm.namespaces): which
 # namespace ids were cleared (retired), so a restarted controller can rebuild it from the shards.
 META_NAMESPACE_TABLE = b"\x00namespace_table"
+# Written by a clean close, deleted by the next open (msgpack: the live bytes and pages per segment,
+# and the count and xxh64 of RESIDENT_SNAPSHOT_FILE, the sorted resident digests as raw uint64):
+# a clean reopen loads these instead of scanning every pointer (raylsm.store.recovery).
+META_OPEN_SNAPSHOT = b"\x00open_snapshot"
+RESIDENT_SNAPSHOT_FILE = "resident.u64"
 _U32 = struct.Struct("<I")
 
 

@@ -7,14 +7,26 @@ a kill -9 at any moment it leaves:
   - no pointer to a missing segment or past a segment's end (such pointers are deleted);
   - per-segment live byte counts for the store's accounting.
 Pointers to bytes that were written but later damaged are caught by the value checksum on read.
+
+A clean close leaves a snapshot (`write_open_snapshot`: live counts per segment, and the resident
+digests in a file); the next open loads it instead of scanning every pointer, and deletes its meta
+key first, so an open after a crash always scans. NOTE: the scan costs about 3.7 s per million pages
+on this 2-core VM (one Python step per pointer); loading the snapshot of 2 million pages is one read
+of 16 MB (docs/memory.md).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 
+import msgpack
+import numpy as np
+import xxhash
+
 from raylsm.store import format as fmt
+from raylsm.store.digest_set import DigestSet
 from raylsm.store.page_key import key_digest
 from raylsm.store.pointer_index import PointerIndex
 from raylsm.store.segment import Segment
@@ -29,11 +41,17 @@ class RecoveredState:
     dropped_pointers: int = 0
     truncated_bytes: int = 0
     clean_shutdown: bool = False
-    digests: set[int] | None = None  # 64-bit digests of every live page key, if asked for
+    digests: DigestSet | None = None  # 64-bit digests of every live page key, if asked for
+    from_snapshot: bool = False  # loaded from a clean close's snapshot, no pointer scanned
+
+
+logger = logging.getLogger(__name__)
 
 
 def recover(segments_dir: str, index: PointerIndex, with_digests: bool = False) -> RecoveredState:
     clean_shutdown = index.get_meta(fmt.META_CLEAN_SHUTDOWN) is not None
+    raw_snapshot = index.get_meta(fmt.META_OPEN_SNAPSHOT)
+    index.delete_meta(fmt.META_OPEN_SNAPSHOT)  # first: a crash after this open must scan
     index.delete_meta(fmt.META_CLEAN_SHUTDOWN)
     raw_watermark = index.get_meta(fmt.META_LOW_WATERMARK)
     low_watermark = fmt.decode_u32(raw_watermark) if raw_watermark else 0
@@ -59,10 +77,17 @@ def recover(segments_dir: str, index: PointerIndex, with_digests: bool = False) 
             truncated = newest.file_bytes - end
             newest.truncate(end)
 
+    next_id = max(segment_ids[-1] + 1 if segment_ids else 0, low_watermark)
+    if clean_shutdown and raw_snapshot is not None and not truncated:
+        loaded = _load_snapshot(segments_dir, raw_snapshot, set(segment_ids), with_digests)
+        if loaded is not None:
+            live_bytes, live_pages, digests = loaded
+            return RecoveredState(segments, next_id, live_bytes, live_pages, 0, 0, True, digests, from_snapshot=True)
+
     live_bytes = {segment_id: 0 for segment_id in segment_ids}
     live_pages = dict(live_bytes)
     dropped = 0
-    digests: set[int] | None = set() if with_digests else None
+    digest_list: list[int] | None = [] if with_digests else None
     batch = index.new_batch()
     for key, raw in index.scan_pages():
         pointer = fmt.decode_pointer(raw)
@@ -73,9 +98,55 @@ def recover(segments_dir: str, index: PointerIndex, with_digests: bool = False) 
             continue
         live_bytes[pointer.segment_id] += pointer.length
         live_pages[pointer.segment_id] += 1
-        if digests is not None:
-            digests.add(key_digest(key))
+        if digest_list is not None:
+            digest_list.append(key_digest(key))
     index.commit(batch)
-
-    next_id = max(segment_ids[-1] + 1 if segment_ids else 0, low_watermark)
+    digests = None
+    if digest_list is not None:
+        digests = DigestSet(np.unique(np.array(digest_list, dtype=np.uint64)))
     return RecoveredState(segments, next_id, live_bytes, live_pages, dropped, truncated, clean_shutdown, digests)
+
+
+def _snapshot_path(segments_dir: str) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(segments_dir)), fmt.RESIDENT_SNAPSHOT_FILE)
+
+
+def write_open_snapshot(segments_dir: str, index: PointerIndex, live_bytes: dict[int, int],
+                        live_pages: dict[int, int], digests: DigestSet | None) -> None:
+    """At a clean close (no write after it): what the next open needs instead of a pointer scan.
+    The digest file is written and fsynced before the meta key that vouches for it."""
+    meta = {"live_bytes": live_bytes, "live_pages": live_pages}
+    if digests is not None:
+        array = digests.sorted_array()
+        path = _snapshot_path(segments_dir)
+        with open(path + ".tmp", "wb") as out:
+            out.write(array.tobytes())
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(path + ".tmp", path)
+        meta.update(count=int(len(array)), checksum=xxhash.xxh64_intdigest(array.tobytes()))
+    index.put_meta(fmt.META_OPEN_SNAPSHOT, msgpack.packb(meta, use_bin_type=True))
+
+
+def _load_snapshot(segments_dir: str, raw: bytes, segment_ids: set[int], with_digests: bool):
+    """(live bytes, live pages, digests) from a clean close's snapshot, or None if it does not
+    match this directory (then the caller scans)."""
+    try:
+        meta = msgpack.unpackb(raw, strict_map_key=False)
+        live_bytes = {int(k): int(v) for k, v in meta["live_bytes"].items()}
+        live_pages = {int(k): int(v) for k, v in meta["live_pages"].items()}
+        if set(live_bytes) != segment_ids or set(live_pages) != segment_ids:
+            return None
+        digests = None
+        if with_digests:
+            if "count" not in meta:
+                return None
+            with open(_snapshot_path(segments_dir), "rb") as source:
+                data = source.read()
+            if len(data) != 8 * meta["count"] or xxhash.xxh64_intdigest(data) != meta["checksum"]:
+                return None
+            digests = DigestSet(np.frombuffer(data, dtype=np.uint64).copy())
+        return live_bytes, live_pages, digests
+    except (OSError, ValueError, KeyError, TypeError, msgpack.exceptions.ExtraData) as error:
+        logger.warning("open snapshot of %s unusable (%r): scanning the index", segments_dir, error)
+        return None

@@ -39,7 +39,8 @@ from raylsm.store import page_key
 from raylsm.store.page_key import key_digest, validate_keys
 from raylsm.store.pointer_index import IndexOptions, PointerIndex, read_format_version
 from raylsm.store.page_reader import read_verified, writable_parts
-from raylsm.store.recovery import recover
+from raylsm.store.digest_set import DigestSet
+from raylsm.store.recovery import recover, write_open_snapshot
 from raylsm.store.reinsertion import make_reinsertion_policy
 from raylsm.store.prefix_probe import count_present_prefix
 from raylsm.store.segment import Segment
@@ -64,7 +65,7 @@ class ShardStore:
         self._admission = make_admission_policy(config)
         self._reinsertion = make_reinsertion_policy(config)
         state = recover(self._segments_dir, index, with_digests=config.resident_index)
-        self._resident: set[int] | None = state.digests
+        self._resident: DigestSet | None = state.digests
         self._checksum_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raylsm-checksum")
         self._segments: dict[int, Segment] = state.segments
         self._live = _LiveSpace(state.live_bytes, state.live_pages)
@@ -141,6 +142,11 @@ class ShardStore:
             if self._active is not None:
                 self._active.seal()
                 self._active = None
+            try:
+                live_bytes, live_pages = self._live.per_segment(self._segments)
+                write_open_snapshot(self._segments_dir, self._index, live_bytes, live_pages, self._resident)
+            except OSError as error:  # the next open scans the index instead
+                logger.warning("raylsm: no open snapshot for %s (%r)", self.root, error)
             self._index.put_meta(fmt.META_CLEAN_SHUTDOWN, b"1")
             self._checksum_pool.shutdown(wait=True)
             self._index.close()
@@ -257,8 +263,7 @@ class ShardStore:
         """Whether each key has a pointer into a live segment: from the resident set if kept, else
         one multi-get."""
         if self._resident is not None:
-            resident = self._resident
-            return [key_digest(key) in resident for key in keys]
+            return self._resident.contains_many([key_digest(key) for key in keys])
         return [raw is not None and self._points_to_live_segment(raw) for raw in self._index.get_many(keys)]
 
     def _points_to_live_segment(self, raw: bytes) -> bool:
@@ -727,6 +732,11 @@ class _LiveSpace:
 
     def totals(self) -> tuple[int, int]:
         return sum(self._bytes.values()), sum(self._pages.values())
+
+    def per_segment(self, segment_ids) -> tuple[dict[int, int], dict[int, int]]:
+        """Live bytes and pages of each of `segment_ids` (0 for one without live pages)."""
+        return ({segment_id: self._bytes.get(segment_id, 0) for segment_id in segment_ids},
+                {segment_id: self._pages.get(segment_id, 0) for segment_id in segment_ids})
 
 
 def _pointer_batch(index: PointerIndex, segment_id: int, keys: Sequence[bytes], pages: Sequence[tuple[memoryview, ...]],

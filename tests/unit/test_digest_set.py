@@ -1,0 +1,46 @@
+"""The resident digest set against a plain Python set, under random adds, discards, merges and
+snapshots (raylsm.store.digest_set)."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from raylsm.store.digest_set import DigestSet
+
+DIGESTS = st.integers(0, 2**64 - 1)
+OPS = st.lists(st.tuples(st.sampled_from(["add", "discard", "merge", "snapshot"]), st.lists(DIGESTS, max_size=8)),
+               max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops=OPS, probes=st.lists(DIGESTS, max_size=20), small_merge=st.booleans())
+def test_the_digest_set_answers_as_a_python_set_does(ops, probes, small_merge):
+    min_merge = 3 if small_merge else 1 << 16
+    mine, truth = DigestSet(min_merge=min_merge), set()
+    for op, digests in ops:
+        if op == "add":
+            mine.update(digests)
+            truth.update(digests)
+        elif op == "discard":
+            for digest in digests:
+                mine.discard(digest)
+                truth.discard(digest)
+        elif op == "merge":
+            mine.merge()
+        else:
+            mine = DigestSet(mine.sorted_array().copy(), min_merge)  # a snapshot reloaded
+        everything = list(truth) + probes + [d for _, ds in ops for d in ds]
+        assert mine.contains_many(everything) == [d in truth for d in everything]
+        assert all((d in mine) == (d in truth) for d in everything[:10])
+    assert list(mine.sorted_array()) == sorted(truth)
+    assert len(mine) == len(truth)
+
+
+def test_it_holds_about_eight_bytes_per_digest_once_merged():
+    digests = DigestSet()
+    digests.update(range(1, 300_001))
+    digests.merge()
+    assert digests.nbytes() == 8 * 300_000
+    digests.clear()
+    assert len(digests) == 0 and 5 not in digests
