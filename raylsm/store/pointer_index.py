@@ -98,10 +98,18 @@ class PointerIndex:
         return None
 
     def scan_pages(self) -> Iterator[tuple[bytes, bytes]]:
-        for key, value in self.scan_from(FIRST_PAGE_KEY):
+        """Every page pointer in key order. A full scan does not fill the block cache (it would
+        evict the index and filter blocks the data path needs, and keep RSS at the cache's size)."""
+        options = ReadOptions()
+        options.fill_cache(False)
+        iterator = self._db.iter(options)
+        iterator.seek(FIRST_PAGE_KEY)
+        while iterator.valid():
+            key = iterator.key()
             if key >= END_OF_PAGE_KEYS:
                 return
-            yield key, value
+            yield key, iterator.value()
+            iterator.next()
 
     def delete_all_pages(self) -> None:
         self._db.delete_range(FIRST_PAGE_KEY, END_OF_PAGE_KEYS)
