@@ -116,6 +116,10 @@ class PointerIndex:
 
     # ---- meta ---------------------------------------------------------------------------------
 
+    def sequence_number(self) -> int:
+        """RocksDB's latest sequence number: moves on with every key written."""
+        return self._db.latest_sequence_number()
+
     def get_meta(self, key: bytes) -> bytes | None:
         return self._db.get(key)
 

@@ -142,12 +142,13 @@ class ShardStore:
             if self._active is not None:
                 self._active.seal()
                 self._active = None
-            try:
+            try:  # with the clean-shutdown mark
                 live_bytes, live_pages = self._live.per_segment(self._segments)
-                write_open_snapshot(self._segments_dir, self._index, live_bytes, live_pages, self._resident)
+                write_open_snapshot(self._segments_dir, self._index, live_bytes, live_pages, self._resident,
+                                    {segment_id: segment.file_bytes for segment_id, segment in self._segments.items()})
             except OSError as error:  # the next open scans the index instead
                 logger.warning("raylsm: no open snapshot for %s (%r)", self.root, error)
-            self._index.put_meta(fmt.META_CLEAN_SHUTDOWN, b"1")
+                self._index.put_meta(fmt.META_CLEAN_SHUTDOWN, b"1")
             self._checksum_pool.shutdown(wait=True)
             self._index.close()
             for segment in self._segments.values():
