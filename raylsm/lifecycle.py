@@ -526,7 +526,9 @@ def format_status(report: dict) -> str:
     for shard in report["shards"]:
         if shard.get("error"):
             lines.append(f"{shard['shard']} failed: {shard['error']}")
-    lines.append(f"ring version {report['ring_version']}")
+    lines.append(f"ring version {report['ring_version']}"
+                 + (f"; {report['split_extents']} hot extents split (docs/placement.md)" if report.get("split_extents")
+                    else ""))
     if report.get("errors"):
         lines.append(f"controller errors: {report['errors']}")
     return "\n".join(lines)

@@ -259,8 +259,8 @@ class Controller:
             shards.append({"shard": name, "node_id": record.node_id, "state": "failed" if record.error else record.state,
                            "error": record.error, "stats": shard_stats or record.last_stats})
         with self._lock:
-            version = self._ring_version
-        return {"ring_version": version, "shards": shards, "errors": dict(self._errors)}
+            version, splits = self._ring_version, len(self._splits)
+        return {"ring_version": version, "split_extents": splits, "shards": shards, "errors": dict(self._errors)}
 
     def shard_handles(self) -> dict[str, Any]:
         with self._lock:

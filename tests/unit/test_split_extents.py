@@ -177,6 +177,8 @@ def test_the_controller_publishes_reported_hot_extents_with_the_ring_and_expires
     controller.reconcile_once()
     ring = controller.ring(known)
     assert ring["splits"]["extents"] == [b"A" * 16, b"B" * 16] and ring["splits"]["version"] > known
+    status = controller.status()
+    assert status["split_extents"] == 2
 
     cluster.hot, cluster.fail = {}, {"shard-n1-0"}  # cooled, and one shard errors: no stall, no loss
     controller.reconcile_once()
