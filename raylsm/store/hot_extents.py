@@ -14,7 +14,7 @@ single chains stored again). Each tracked extent keeps the fingerprints (8 bytes
 its pages, up to `limit` of them; namespaces share fingerprints, so TP ranks' copies count once.
 
 Only extents that matter for balance are reported: besides the distinct-page threshold, an extent
-must take at least `min_share` of the pages its shard stored in the window. NOTE: measured on the
+must take at least `min_share` of a window's pages (the previous window: of the pages it held). NOTE: measured on the
 generator's workloads at 8 shards, capacity 0.05 (first-seen distinct pages over the whole run): the
 agentic workload's hot extents hold 1,845 to 19,148 pages against 12,483 per shard (15% to 150%);
 the conversation trace's largest shared extent 666 against 42,010 (1.6%, and under 1% of the pages
@@ -82,7 +82,10 @@ class HotExtents:
         `min_share` of all the pages this shard stored, in the current or the previous window;
         most pages first."""
         found: dict[bytes, int] = {}
-        for table, stored in ((self._current, self._in_window), (self._previous, self._previous_window)):
+        # The current window's share is taken of a whole window: early in a window a few hundred
+        # pages of one extent are a large share of the little stored so far (the conversation
+        # trace had 3 to 8 extents split that way at 4 and 8 shards).
+        for table, stored in ((self._current, self._window_pages), (self._previous, self._previous_window)):
             floor = max(threshold_pages + 1, min_share * stored)
             for extent, pages in table.items():
                 if len(pages) >= floor:

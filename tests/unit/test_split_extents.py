@@ -105,8 +105,13 @@ def test_the_sketch_reports_an_extent_that_many_chains_diverge_inside():
         sketch.add(keys_under(cold[session], 5, f"c{session}"))
     assert sketch.hot(threshold_pages=32) == [extent_id(hot)]
     assert sketch.distinct_pages(extent_id(hot)) == 200
-    assert sketch.hot(threshold_pages=32, min_share=0.4) == [extent_id(hot)]  # 200 of 400 stored
-    assert sketch.hot(threshold_pages=32, min_share=0.6) == []  # not a big enough share of the shard
+    assert sketch.hot(threshold_pages=32, min_share=0.4) == []  # the window is not full: 200 of 2**20
+    windowed = HotExtents(capacity=8, window_pages=400)
+    for session in range(40):
+        windowed.add(keys_under(hot, 5, f"s{session}"))
+        windowed.add(keys_under(cold[session], 5, f"c{session}"))
+    assert windowed.hot(threshold_pages=32, min_share=0.4) == [extent_id(hot)]  # 200 of a 400-page window
+    assert windowed.hot(threshold_pages=32, min_share=0.6) == []  # not a big enough share of the shard
     sketch.add([b"not a key", b""])  # skipped, not raised
 
 
