@@ -43,6 +43,24 @@ def test_pages_are_placed_as_the_tier_routes_them():
     assert len({shard for placed in owners for shard in placed}) == 4
 
 
+def test_split_extents_are_placed_as_the_tier_routes_them():
+    chains = _chains(30, 40)
+    starts = [3] * len(chains)
+    names = [f"shard-n{i}-0" for i in range(4)]
+    ns = namespace_id("tests/shard-models")
+    extents = ExtentConfig(16, 4, 4, 4)
+    splits = frozenset(chain[4][:16] for chain in chains[:10])  # the first regular extent of ten chains
+    owners = shard_models.shard_assignment(chains, starts, names, ns, extents=extents, split_extents=splits)
+    router = ExtentRouter(HashRing(sorted(names), 128), extents, splits)
+    plain = ExtentRouter(HashRing(sorted(names), 128), extents)
+    moved = 0
+    for chain, start, placed in zip(chains, starts, owners):
+        routed = router.route_pages(ns, chain[start:], chain[:start])
+        assert [sorted(names)[i] for i in placed] == routed
+        moved += routed != plain.route_pages(ns, chain[start:], chain[:start])
+    assert moved > 0  # the splits did change some placements
+
+
 def test_a_shard_evicts_only_its_own_pages():
     # Shard 1 holds one page asked for every other request; shard 0 is flooded with one-off pages.
     hot = b"hot"
