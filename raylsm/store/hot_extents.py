@@ -23,6 +23,9 @@ sharded LRU model from 0.832 to 0.814 of one shard (mean of 5 rings), splitting 
 workload's 7 raised it from 0.572 to 0.760: a split spreads the chains that share the extent over
 more shards, which pays only where one extent is a real share of a shard.
 
+Windows of 16,384 stored pages: 1/64 of one is 256 pages, twice a default extent, so the share and
+the distinct-page threshold agree at the defaults.
+
 Cost: at most `capacity` extents per window, two windows (the current and the previous, so an extent
 is forgotten one to two windows after it cools), `limit` fingerprints each: with the defaults
 (256 extents, limit 512) at most about 2 x 256 x 512 fingerprints, a few MiB in the worst case. When
@@ -41,7 +44,7 @@ _EXTENT_AT = 1 + page_key.NAMESPACE_ID_BYTES
 
 
 class HotExtents:
-    def __init__(self, capacity: int = 256, window_pages: int = 1 << 16, limit: int = 512) -> None:
+    def __init__(self, capacity: int = 256, window_pages: int = 1 << 14, limit: int = 512) -> None:
         if capacity < 1 or window_pages < 1 or limit < 1:
             raise ValueError(f"capacity, window_pages and limit must be >= 1, got {capacity}, {window_pages}, {limit}")
         self._capacity = capacity
@@ -86,7 +89,9 @@ class HotExtents:
         # pages of one extent are a large share of the little stored so far (the conversation
         # trace had 3 to 8 extents split that way at 4 and 8 shards).
         for table, stored in ((self._current, self._window_pages), (self._previous, self._previous_window)):
-            floor = max(threshold_pages + 1, min_share * stored)
+            # A set stops growing at `limit`: a full one meets any share (else a share above
+            # limit / window could never be met; the agentic run at 4 shards split nothing so).
+            floor = min(max(threshold_pages + 1, min_share * stored), self._limit)
             for extent, pages in table.items():
                 if len(pages) >= floor:
                     found[extent] = max(found.get(extent, 0), len(pages))

@@ -115,6 +115,15 @@ def test_the_sketch_reports_an_extent_that_many_chains_diverge_inside():
     sketch.add([b"not a key", b""])  # skipped, not raised
 
 
+def test_an_extent_at_the_count_limit_meets_any_share():
+    sketch = HotExtents(capacity=4, window_pages=1 << 16, limit=64)
+    hot = chain("hot", 1)[0]
+    for session in range(30):
+        sketch.add(keys_under(hot, 5, f"s{session}"))  # 150 distinct pages, counted up to 64
+    assert sketch.distinct_pages(extent_id(hot)) == 64
+    assert sketch.hot(threshold_pages=32, min_share=1 / 64) == [extent_id(hot)]  # 1/64 of 2**16 = 1024 > 64
+
+
 def test_one_chain_stored_again_and_again_is_not_hot():
     sketch = HotExtents(capacity=8, window_pages=1 << 20)
     anchor = chain("single", 1)[0]
