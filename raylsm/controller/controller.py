@@ -194,6 +194,8 @@ class Controller:
             return
         with self._lock:
             handles = {name: record.handle for name, record in self._shards.items() if record.state == SERVING}
+        if len(handles) < 2:
+            return  # one shard holds every extent anyway: a split would only re-key pages
         answers = self._api.call_all(handles, "hot_extents", controller.ping_timeout_s,
                                      self.split_threshold_pages(), controller.split_min_share) if handles else {}
         now = time.time()
