@@ -47,7 +47,7 @@ class ShardServer:
             self._restarted = context.was_current_actor_reconstructed
         self._metrics = ShardMetrics(shard_name)
         # Extents that receive the most distinct pages (a hot shared prefix; docs/placement.md).
-        self._hot_extents = HotExtents()
+        self._hot_extents = HotExtents(window_pages=config.hot_extent_window_pages)
         self._hot_lock = threading.Lock()
         self._thread_buffers = threading.local()
         self._in_flight: dict[int, float] = {}  # data call id -> start (monotonic)

@@ -97,44 +97,38 @@ def keys_under(anchor: bytes, count: int, salt: str) -> list[bytes]:
             for i in range(count)]
 
 
+def exact(capacity=8, window_pages=1 << 20, limit=512):
+    """A sketch that keeps every fingerprint (no sampling): exact counts for small tests."""
+    return HotExtents(capacity, window_pages, limit, extent_sample=1, shard_sample=1)
+
+
 def test_the_sketch_reports_an_extent_that_many_chains_diverge_inside():
-    sketch = HotExtents(capacity=8, window_pages=1 << 20)
+    sketch = exact(window_pages=802)
     hot, cold = chain("hot", 1)[0], [chain(f"cold{i}", 1)[0] for i in range(50)]
     for session in range(40):
         sketch.add(keys_under(hot, 5, f"s{session}"))  # 40 chains below one anchor
         sketch.add(keys_under(cold[session], 5, f"c{session}"))
-    assert sketch.hot(threshold_pages=32) == [extent_id(hot)]
     assert sketch.distinct_pages(extent_id(hot)) == 200
-    assert sketch.hot(threshold_pages=32, min_share=0.4) == []  # the window is not full: 200 of 2**20
-    windowed = HotExtents(capacity=8, window_pages=400)
-    for session in range(40):
-        windowed.add(keys_under(hot, 5, f"s{session}"))
-        windowed.add(keys_under(cold[session], 5, f"c{session}"))
-    assert windowed.hot(threshold_pages=32, min_share=0.4) == [extent_id(hot)]  # 200 of a 400-page window
-    assert windowed.hot(threshold_pages=32, min_share=0.6) == []  # not a big enough share of the shard
+    assert sketch.hot(threshold_pages=32) == []  # the window is not half full yet (400 of 802)
+    sketch.add(keys_under(cold[45], 1, "one more"))
+    assert sketch.hot(threshold_pages=32) == [extent_id(hot)]
+    assert sketch.hot(threshold_pages=32, min_share=0.4) == [extent_id(hot)]  # 200 of 401 distinct
+    assert sketch.hot(threshold_pages=32, min_share=0.6) == []  # not a big enough share of the shard
     sketch.add([b"not a key", b""])  # skipped, not raised
 
 
-def test_an_extent_at_the_count_limit_meets_any_share():
-    sketch = HotExtents(capacity=4, window_pages=1 << 16, limit=64)
-    hot = chain("hot", 1)[0]
-    for session in range(30):
-        sketch.add(keys_under(hot, 5, f"s{session}"))  # 150 distinct pages, counted up to 64
-    assert sketch.distinct_pages(extent_id(hot)) == 64
-    assert sketch.hot(threshold_pages=32, min_share=1 / 64) == [extent_id(hot)]  # 1/64 of 2**16 = 1024 > 64
-
-
 def test_one_chain_stored_again_and_again_is_not_hot():
-    sketch = HotExtents(capacity=8, window_pages=1 << 20)
+    sketch = exact(window_pages=64)
     anchor = chain("single", 1)[0]
     for _ in range(20):  # evicted and re-stored: the same 16 pages each time
         sketch.add(keys_under(anchor, 16, "same chain"))
     assert sketch.distinct_pages(extent_id(anchor)) == 16
+    assert sketch.hot(threshold_pages=8) == [extent_id(anchor)]  # over a tiny threshold only
     assert sketch.hot(threshold_pages=32) == []
 
 
 def test_a_full_table_keeps_the_hot_extent_and_forgets_it_once_it_cooled():
-    sketch = HotExtents(capacity=4, window_pages=100)
+    sketch = exact(capacity=4, window_pages=100)
     hot = chain("hot", 1)[0]
     sketch.add(keys_under(hot, 60, "burst"))
     for i in range(10):  # many cold extents do not crowd it out of a full table
@@ -143,6 +137,19 @@ def test_a_full_table_keeps_the_hot_extent_and_forgets_it_once_it_cooled():
     for i in range(80):  # two windows of cool traffic
         sketch.add(keys_under(chain(f"other{i}", 1)[0], 3, f"o{i}"))
     assert sketch.hot(threshold_pages=32) == []
+
+
+def test_sampled_counts_estimate_the_distinct_pages():
+    sketch = HotExtents(window_pages=1 << 16)  # 1 in 8 per extent, 1 in 64 for the shard
+    hot = chain("hot", 1)[0]
+    for session in range(400):
+        sketch.add(keys_under(hot, 10, f"s{session}"))  # 4,000 distinct pages
+        sketch.add(keys_under(chain(f"cold{session}", 1)[0], 10, f"c{session}"))
+    assert 3000 <= sketch.distinct_pages(extent_id(hot)) <= 4096
+    for filler in range(400):  # to half a window: 32,800 distinct pages in all
+        sketch.add(keys_under(chain(f"filler{filler}", 1)[0], 62, f"f{filler}"))
+    assert sketch.hot(threshold_pages=256, min_share=0.05) == [extent_id(hot)]  # about 12%
+    assert sketch.hot(threshold_pages=256, min_share=0.25) == []
 
 
 # ---- the controller ------------------------------------------------------------------------------
