@@ -58,6 +58,9 @@ class Controller:
         # from the shards after a restart (their sketches outlive the controller).
         self._splits: dict[bytes, float] = {}
         self._splits_version = self._ring_version
+        # Not published until one round asked the shards: a restarted controller must not tell
+        # clients "no splits" and make them re-key the hot extents twice.
+        self._splits_known = False
 
     # ---- the loop -----------------------------------------------------------------------------
 
@@ -191,10 +194,14 @@ class Controller:
         split_ttl_s. A shard that fails or times out is skipped this round (its splits stay)."""
         controller = self._config.controller
         if not controller.split_extents:
+            with self._lock:
+                self._splits_known = True
             return
         with self._lock:
             handles = {name: record.handle for name, record in self._shards.items() if record.state == SERVING}
         if len(handles) < 2:
+            with self._lock:
+                self._splits_known = True
             return  # one shard holds every extent anyway: a split would only re-key pages
         answers = self._api.call_all(handles, "hot_extents", controller.ping_timeout_s,
                                      self.split_threshold_pages(), controller.split_min_share) if handles else {}
@@ -211,6 +218,7 @@ class Controller:
             if len(self._splits) > controller.max_split_extents:
                 keep = sorted(self._splits.items(), key=lambda item: item[1], reverse=True)
                 self._splits = dict(keep[:controller.max_split_extents])
+            self._splits_known = True
             if set(self._splits) != before:
                 self._splits_version += 1
                 logger.info("split extents version %d: %d extents (%d new)", self._splits_version,
@@ -236,7 +244,7 @@ class Controller:
         The split extents ("splits": version and extent ids) come only when `splits_version` (the
         caller's) is not the current one."""
         with self._lock:
-            splits = None if splits_version == self._splits_version else {
+            splits = None if splits_version == self._splits_version or not self._splits_known else {
                 "version": self._splits_version, "extents": sorted(self._splits)}
             return {
                 "splits": splits,

@@ -187,6 +187,7 @@ def test_the_controller_publishes_reported_hot_extents_with_the_ring_and_expires
     cluster = HotCluster()
     config = TierConfig.from_dict({"controller": {"split_ttl_s": 60.0}})
     controller = Controller(config, api=cluster)
+    assert controller.ring()["splits"] is None  # not asked the shards yet: nothing published
     controller.reconcile_once()
     controller.reconcile_once()  # shards serving
     empty = controller.ring()
@@ -222,3 +223,17 @@ def test_the_controller_keeps_at_most_max_split_extents_the_newest_first():
     assert len(controller.ring()["splits"]["extents"]) == 3
     assert {bytes([4]) * 16, bytes([5]) * 16} <= set(controller.ring()["splits"]["extents"])
     assert controller.split_threshold_pages() == 2 * TierConfig().client.extent_pages
+
+
+def test_a_restarted_controller_rebuilds_the_split_set_from_the_shards():
+    cluster = HotCluster()
+    cluster.hot = {"shard-n0-0": [b"A" * 16]}
+    first = Controller(TierConfig(), api=cluster)
+    for _ in range(3):
+        first.reconcile_once()
+    published = first.ring()["splits"]
+    restarted = Controller(TierConfig(), api=cluster)  # its state is gone; the shards' sketches are not
+    assert restarted.ring()["splits"] is None  # clients keep their set meanwhile
+    for _ in range(3):
+        restarted.reconcile_once()
+    assert restarted.ring()["splits"]["extents"] == published["extents"] == [b"A" * 16]
