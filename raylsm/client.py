@@ -189,7 +189,7 @@ class TierClient:
         self._routing_ids[namespace_id] = routing_id
 
     def _route(self, namespace_id: bytes, page_hashes: Sequence[bytes],
-               prefix_hashes: Sequence[bytes] | None) -> _Routed:
+               prefix_hashes: Sequence[bytes] | None, split_extents: frozenset[bytes] | None = None) -> _Routed:
         """Keys and shard groups of a batch. A malformed page hash fails only its own page (and,
         under prefix semantics, the pages behind it): it is left out of every group. Pages are
         routed by the namespace's routing id (route_namespace_as) and keyed by the id of its current
@@ -202,7 +202,8 @@ class TierClient:
         shard_of_anchor: dict[bytes, str] = {}
         first_bad = len(page_hashes)
         try:
-            anchors = page_anchors(page_hashes, prefix_hashes, self._extents, self._split_extents)
+            anchors = page_anchors(page_hashes, prefix_hashes, self._extents,
+                                   self._split_extents if split_extents is None else split_extents)
         except (ValueError, IndexError, TypeError):
             anchors = [(0, page) for page in page_hashes]  # a malformed prefix: no locality, still correct
         for slot, (page, (depth, anchor)) in enumerate(zip(page_hashes, anchors)):
@@ -220,7 +221,44 @@ class TierClient:
             self._count(bad_keys=sum(key is None for key in keys))
         return _Routed(keys, groups, first_bad)
 
+    def _unsplit_fallback(self, namespace_id: bytes, page_hashes: Sequence[bytes],
+                          prefix_hashes: Sequence[bytes] | None, routed: _Routed,
+                          slots: Sequence[int]) -> _Routed | None:
+        """Where `slots` of a batch were before their extents were split: the routing without the
+        split set, its groups cut to those slots whose key it changes (None if none). A split
+        re-keys the pages already stored under the old anchor; reads look there for what they miss
+        (one more call per shard involved, and only for misses), so a split costs no hits."""
+        if not self._split_extents or not slots:
+            return None
+        old = self._route(namespace_id, page_hashes, prefix_hashes, frozenset())
+        moved = {slot for slot in slots if old.keys[slot] is not None and old.keys[slot] != routed.keys[slot]}
+        if not moved:
+            return None
+        groups = {}
+        for shard, group in old.groups.items():
+            kept = [slot for slot in group if slot in moved]
+            if kept:
+                groups[shard] = kept
+        return _Routed(old.keys, groups, old.first_bad)
+
     # ---- data path ----------------------------------------------------------------------------
+
+    def _probe_into(self, routed: _Routed, present: list[bool]) -> None:
+        """Probe every shard group of `routed` at once; mark the slots each shard holds (its group's
+        leading run) in `present`. Same-node shards answer with pointers, kept for the get."""
+        local = self._split_local(routed.groups)[0] if self._located.enabled else {}
+        calls = {shard: (("probe_located", ([routed.keys[s] for s in slots], self._take_unreported(shard)))
+                         if shard in local else ("probe", ([routed.keys[s] for s in slots],)))
+                 for shard, slots in routed.groups.items()}
+        for shard, value in self._fan_out(calls).items():
+            if shard in local and isinstance(value, tuple):
+                segments_dir, low_watermark, pointers = value
+                keys = [routed.keys[s] for s in routed.groups[shard][:len(pointers)]]
+                self._located.add(shard, keys, segments_dir, low_watermark, pointers)
+                value = len(pointers)
+            if isinstance(value, int):
+                for slot in routed.groups[shard][:value]:
+                    present[slot] = True
 
     def exists(self, namespace_id: bytes, page_hashes: Sequence[bytes],
                prefix_hashes: Sequence[bytes] | None = None) -> int:
@@ -230,19 +268,14 @@ class TierClient:
         try:
             routed = self._route(namespace_id, page_hashes, prefix_hashes)
             present = [False] * len(page_hashes)
-            local = self._split_local(routed.groups)[0] if self._located.enabled else {}
-            calls = {shard: (("probe_located", ([routed.keys[s] for s in slots], self._take_unreported(shard)))
-                             if shard in local else ("probe", ([routed.keys[s] for s in slots],)))
-                     for shard, slots in routed.groups.items()}
-            for shard, value in self._fan_out(calls).items():
-                if shard in local and isinstance(value, tuple):
-                    segments_dir, low_watermark, pointers = value
-                    keys = [routed.keys[s] for s in routed.groups[shard][:len(pointers)]]
-                    self._located.add(shard, keys, segments_dir, low_watermark, pointers)
-                    value = len(pointers)
-                if isinstance(value, int):
-                    for slot in routed.groups[shard][:value]:
-                        present[slot] = True
+            self._probe_into(routed, present)
+            first_miss = present.index(False) if False in present else len(present)
+            if first_miss < routed.first_bad:
+                fallback = self._unsplit_fallback(namespace_id, page_hashes, prefix_hashes, routed,
+                                                  [slot for slot in range(first_miss, len(present)) if not present[slot]])
+                if fallback is not None:
+                    self._probe_into(fallback, present)
+                    self._count(exists_unsplit_probes=1)
             count = min(present.index(False) if False in present else len(present), routed.first_bad)
             self._count(exists_calls=1, exists_pages=len(page_hashes), exists_hits=count)
             return count
@@ -253,6 +286,47 @@ class TierClient:
             logger.exception("raylsm: exists failed")
             self._count(miss_error=len(page_hashes))
             return 0
+
+    def _get_pass(self, routed: _Routed, page_parts: Sequence[Any], page_bytes: Sequence[int], results: list[bool],
+                  deadline: float) -> None:
+        """Read every shard group of `routed` into its pages' parts, by `deadline`; set results[slot]
+        for each verified hit. Remote shards answer through the object store in chunks; same-node
+        shards are read from their segment files (pointers kept from exists(), or located now)."""
+        local, remote = self._split_local(routed.groups)
+        calls: dict[str | _Chunk, tuple[str, tuple]] = {}
+        chunks = {}  # remote shards' slots, in calls of at most object_chunk_bytes each
+        for shard, slots in remote.items():
+            for start, chunk in _chunked(slots, page_bytes, self._config.client.object_chunk_bytes):
+                chunks[_Chunk(shard, start)] = chunk
+                calls[_Chunk(shard, start)] = ("get_batch", ([routed.keys[s] for s in chunk],
+                                                             [page_bytes[s] for s in chunk]))
+        located = {}
+        for shard, slots in local.items():
+            keys = [routed.keys[s] for s in slots]
+            located[shard] = self._located.take(shard, keys) if self._located.enabled else None
+            if located[shard] is None:
+                calls[shard] = ("locate_batch", (keys,))
+
+        def on_answer(call_key: str | _Chunk, value: Any) -> None:
+            """As each answer arrives: copy a remote chunk's pages out of the object store, or
+            read the pages a same-node shard located (a stalled shard delays no other)."""
+            if isinstance(value, BaseException) or value is None:
+                return
+            if isinstance(call_key, _Chunk):
+                hits, data = value
+                slots = chunks[call_key]
+                _scatter(data, hits, [page_parts[s] for s in slots])
+                for slot, hit in zip(slots, hits):
+                    results[slot] = bool(hit)
+            else:
+                self._read_local(call_key, value, routed, page_parts, results, deadline)
+
+        pending = self._submit(calls)
+        for shard, value in located.items():  # read what exists() located while the calls run
+            if value is not None:
+                self._read_local(shard, value, routed, page_parts, results, deadline)
+                self._count(local_reads_without_call=len(routed.groups[shard]))
+        self._collect(pending, on_result=on_answer, deadline=deadline)
 
     def get_into(self, namespace_id: bytes, page_hashes: Sequence[bytes], prefix_hashes: Sequence[bytes] | None,
                  out_buffers: Sequence[Any]) -> list[bool]:
@@ -265,45 +339,16 @@ class TierClient:
         started = time.monotonic()
         try:
             routed = self._route(namespace_id, page_hashes, prefix_hashes)
-            local, remote = self._split_local(routed.groups)
             page_parts = [page_views(buffer) for buffer in out_buffers]  # once per page, shared below
             page_bytes = [parts_nbytes(parts) for parts in page_parts]
             client = self._config.client
             deadline = started + client.call_timeout_s + sum(page_bytes) / 1e9 * client.get_seconds_per_gb
-            calls: dict[str | _Chunk, tuple[str, tuple]] = {}
-            chunks = {}  # remote shards' slots, in calls of at most object_chunk_bytes each
-            for shard, slots in remote.items():
-                for start, chunk in _chunked(slots, page_bytes, self._config.client.object_chunk_bytes):
-                    chunks[_Chunk(shard, start)] = chunk
-                    calls[_Chunk(shard, start)] = ("get_batch", ([routed.keys[s] for s in chunk],
-                                                                 [page_bytes[s] for s in chunk]))
-            located = {}
-            for shard, slots in local.items():
-                keys = [routed.keys[s] for s in slots]
-                located[shard] = self._located.take(shard, keys) if self._located.enabled else None
-                if located[shard] is None:
-                    calls[shard] = ("locate_batch", (keys,))
-
-            def on_answer(call_key: str | _Chunk, value: Any) -> None:
-                """As each answer arrives: copy a remote chunk's pages out of the object store, or
-                read the pages a same-node shard located (a stalled shard delays no other)."""
-                if isinstance(value, BaseException) or value is None:
-                    return
-                if isinstance(call_key, _Chunk):
-                    hits, data = value
-                    slots = chunks[call_key]
-                    _scatter(data, hits, [page_parts[s] for s in slots])
-                    for slot, hit in zip(slots, hits):
-                        results[slot] = bool(hit)
-                else:
-                    self._read_local(call_key, value, routed, page_parts, results, deadline)
-
-            pending = self._submit(calls)
-            for shard, value in located.items():  # read what exists() located while the calls run
-                if value is not None:
-                    self._read_local(shard, value, routed, page_parts, results, deadline)
-                    self._count(local_reads_without_call=len(routed.groups[shard]))
-            self._collect(pending, on_result=on_answer, deadline=deadline)
+            self._get_pass(routed, page_parts, page_bytes, results, deadline)
+            missed = [slot for slot, hit in enumerate(results) if not hit]
+            fallback = self._unsplit_fallback(namespace_id, page_hashes, prefix_hashes, routed, missed) if missed else None
+            if fallback is not None and time.monotonic() < deadline:
+                self._get_pass(fallback, page_parts, page_bytes, results, deadline)
+                self._count(get_unsplit_reads=1)
             hits = sum(results)
             self._count(get_calls=1, get_pages=len(results), get_hits=hits)
             return results

@@ -1,7 +1,8 @@
 """Hot-extent splitting end to end on one Ray node with four shards: sessions that continue one shared
 prefix inside one extent all land on its shard; the shard reports the extent hot, the controller
 splits it and publishes the split with the ring, the client routes later sessions' pages to their own
-sub-extents (other shards), and every page so written reads back (docs/placement.md)."""
+sub-extents (other shards), and every page reads back: those written after the split where they
+now route, those written before where they were stored (docs/placement.md)."""
 
 from __future__ import annotations
 
@@ -49,9 +50,12 @@ def test_sessions_continuing_a_hot_shared_prefix_spread_once_its_extent_is_split
     assert len(own_shards) >= 2  # the sessions' own pages no longer all go to the prefix's shard
     for chain in after:
         assert all(client.put(pages.namespace, chain, [], pages.values(chain)))
-    for chain in after:
+    for chain in after + before:  # the early sessions' pages, stored before the split, too
         assert client.exists(pages.namespace, chain, []) == len(chain)
         out = pages.buffers(len(chain))
         assert all(client.get_into(pages.namespace, chain, [], out))
         assert all(np.array_equal(got, want) for got, want in zip(out, pages.values(chain)))
+    counters = client.stats()["counters"]
+    assert counters.get("exists_unsplit_probes", 0) >= len(before)  # found where they were stored
+    assert counters.get("get_unsplit_reads", 0) >= len(before)
     assert len(out[0]) == PAGE_BYTES
