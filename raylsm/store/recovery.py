@@ -96,47 +96,77 @@ _POINTER_DTYPE = np.dtype({"names": ["version", "segment_id", "offset", "length"
                            "itemsize": fmt.POINTER_BYTES})
 
 
+_SCAN_CHUNK = 1 << 18  # pointers decoded at once: bounds the scan's transient memory (6.5 MB)
+
+
 def _scan_pointers(index: PointerIndex, segments: dict[int, Segment], with_digests: bool):
     """Live bytes and pages per segment, the pointers dropped (to a missing segment or past a
     segment's end) and the resident digests, from one pass over the index.
     NOTE: one Python step per pointer cost 3.4 s per million pages (2 million 512-byte pages on this
     2-core VM); the loop now only gathers the raw pointers and key digests, and decodes and checks
-    them with numpy; a pointer that fails the check is rare (a crash's torn tail) and handled in a
+    them with numpy, a chunk at a time (gathering every raw pointer first left 63 B of RSS per page
+    after the open); a pointer that fails the check is rare (a crash's torn tail) and handled in a
     second pass over the index."""
-    raw_pointers = bytearray()
-    digest_list = array("Q")
-    odd = False
-    for key, raw in index.scan_pages():
-        if len(raw) != fmt.POINTER_BYTES:
-            odd = True
-            continue
-        raw_pointers += raw
-        digest_list.append(key_digest(key))
-    pointers = np.frombuffer(bytes(raw_pointers), dtype=_POINTER_DTYPE)
     segment_ids = np.array(sorted(segments), dtype=np.int64)
     file_bytes = np.array([segments[segment_id].file_bytes for segment_id in sorted(segments)], dtype=np.int64)
-    at = np.searchsorted(segment_ids, pointers["segment_id"].astype(np.int64))
-    known = at < len(segment_ids)
-    known[known] = segment_ids[at[known]] == pointers["segment_id"][known]
-    ends = pointers["offset"].astype(np.int64) + pointers["length"].astype(np.int64)
-    valid = known & (pointers["version"] == fmt.POINTER_VERSION)
-    valid[valid] = ends[valid] <= file_bytes[at[valid]]
-    if odd or not valid.all():
+    pages_of = np.zeros(len(segment_ids), dtype=np.int64)
+    bytes_of = np.zeros(len(segment_ids), dtype=np.int64)
+    digest_list = array("Q")
+    chunk = bytearray()
+    bad = False
+
+    def decode(raw_chunk: bytearray) -> bool:
+        """Add one chunk of raw pointers to the counts; False if one of them is not valid."""
+        pointers = np.frombuffer(raw_chunk, dtype=_POINTER_DTYPE)
+        ids = pointers["segment_id"].astype(np.int64)
+        at = np.minimum(np.searchsorted(segment_ids, ids), max(len(segment_ids) - 1, 0))
+        if not len(segment_ids):
+            return not len(pointers)
+        ends = pointers["offset"].astype(np.int64) + pointers["length"].astype(np.int64)
+        if not (np.all(segment_ids[at] == ids) and np.all(pointers["version"] == fmt.POINTER_VERSION)
+                and np.all(ends <= file_bytes[at])):
+            return False
+        np.add.at(pages_of, at, 1)
+        np.add.at(bytes_of, at, pointers["length"].astype(np.int64))
+        return True
+
+    for key, raw in index.scan_pages():
+        if len(raw) != fmt.POINTER_BYTES:
+            bad = True
+            break
+        chunk += raw
+        if with_digests:
+            digest_list.append(key_digest(key))
+        if len(chunk) >= _SCAN_CHUNK * fmt.POINTER_BYTES:
+            if not decode(chunk):
+                bad = True
+                break
+            chunk = bytearray()
+    if not bad and chunk and not decode(chunk):
+        bad = True
+    if bad:
         dropped = _drop_bad_pointers(index, segments)
         live_bytes, live_pages, _, digests = _scan_pointers(index, segments, with_digests)  # all valid now
         return live_bytes, live_pages, dropped, digests
-    dropped = 0
-    live_bytes = {segment_id: 0 for segment_id in segments}
-    live_pages = dict(live_bytes)
-    if len(pointers):
-        ids, counts = np.unique(pointers["segment_id"], return_counts=True)
-        sums = np.bincount(np.searchsorted(ids, pointers["segment_id"]), weights=pointers["length"].astype(np.float64))
-        # (float64 sums are exact below 2**53 bytes per segment)
-        for segment_id, pages, nbytes in zip(ids.tolist(), counts.tolist(), sums.tolist()):
-            live_pages[segment_id] = pages
-            live_bytes[segment_id] = int(nbytes)
-    digests = DigestSet(np.unique(np.frombuffer(digest_list, dtype=np.uint64))) if with_digests else None
-    return live_bytes, live_pages, dropped, digests
+    live_bytes = {int(segment_id): int(nbytes) for segment_id, nbytes in zip(segment_ids, bytes_of)}
+    live_pages = {int(segment_id): int(pages) for segment_id, pages in zip(segment_ids, pages_of)}
+    digests = None
+    if with_digests:
+        digests = DigestSet(np.unique(np.frombuffer(digest_list, dtype=np.uint64)))
+        del digest_list
+    _return_freed_memory()
+    return live_bytes, live_pages, 0, digests
+
+
+def _return_freed_memory() -> None:
+    """Hand the heap the scan freed back to the OS (glibc keeps it in its arenas otherwise: the
+    scan's block reads and buffers left about 36 B per page of RSS behind). No-op elsewhere."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _drop_bad_pointers(index: PointerIndex, segments: dict[int, Segment]) -> int:
