@@ -189,7 +189,8 @@ class TierClient:
         self._routing_ids[namespace_id] = routing_id
 
     def _route(self, namespace_id: bytes, page_hashes: Sequence[bytes],
-               prefix_hashes: Sequence[bytes] | None, split_extents: frozenset[bytes] | None = None) -> _Routed:
+               prefix_hashes: Sequence[bytes] | None, split_extents: frozenset[bytes] | None = None,
+               count_bad: bool = True) -> _Routed:
         """Keys and shard groups of a batch. A malformed page hash fails only its own page (and,
         under prefix semantics, the pages behind it): it is left out of every group. Pages are
         routed by the namespace's routing id (route_namespace_as) and keyed by the id of its current
@@ -217,7 +218,7 @@ class TierClient:
             if shard is None:
                 shard = shard_of_anchor[anchor] = ring.shard_for(routing_key(routing_id, anchor))
             groups.setdefault(shard, []).append(slot)
-        if first_bad < len(page_hashes):
+        if first_bad < len(page_hashes) and count_bad:
             self._count(bad_keys=sum(key is None for key in keys))
         return _Routed(keys, groups, first_bad)
 
@@ -230,7 +231,7 @@ class TierClient:
         (one more call per shard involved, and only for misses), so a split costs no hits."""
         if not self._split_extents or not slots:
             return None
-        old = self._route(namespace_id, page_hashes, prefix_hashes, frozenset())
+        old = self._route(namespace_id, page_hashes, prefix_hashes, frozenset(), count_bad=False)  # counted once
         moved = {slot for slot in slots if old.keys[slot] is not None and old.keys[slot] != routed.keys[slot]}
         if not moved:
             return None

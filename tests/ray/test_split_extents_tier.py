@@ -58,4 +58,12 @@ def test_sessions_continuing_a_hot_shared_prefix_spread_once_its_extent_is_split
     counters = client.stats()["counters"]
     assert counters.get("exists_unsplit_probes", 0) >= len(before)  # found where they were stored
     assert counters.get("get_unsplit_reads", 0) >= len(before)
+
+    # A miss inside a split extent, in a batch with a malformed page hash: the look under the old
+    # anchor routes the batch again, and the malformed page is still counted once.
+    fresh = session(pages, shared, "never-stored") + [b"not a page hash"]
+    assert client.exists(pages.namespace, fresh, []) < len(fresh) - 1
+    after_counters = client.stats()["counters"]
+    assert after_counters["exists_unsplit_probes"] == counters["exists_unsplit_probes"] + 1
+    assert after_counters["bad_keys"] == counters.get("bad_keys", 0) + 1
     assert len(out[0]) == PAGE_BYTES
