@@ -129,7 +129,7 @@ class ControllerConfig:
     ping_timeout_s: float = 5.0
     # Hot-extent splitting (docs/placement.md): an extent that received more than this many distinct
     # pages in a shard's recent window is split (0: twice the client's extent_pages, i.e. at least
-    # three chains diverged inside it; at most 511, what a shard counts up to). A split is published
+    # three chains diverged inside it; at most 4,095, what a shard's sampled count reaches). A split is published
     # with the ring and kept until no shard has reported the extent hot for split_ttl_s; at most
     # max_split_extents are kept (oldest go). split_extents False turns splitting off.
     split_extents: bool = True
@@ -145,7 +145,7 @@ class ControllerConfig:
     def validate(self) -> "ControllerConfig":
         _require(self, "reconcile_period_s", 0.05 <= self.reconcile_period_s <= 3600, "in [0.05, 3600]")
         _require(self, "ping_timeout_s", 0.05 <= self.ping_timeout_s <= 600, "in [0.05, 600]")
-        _require(self, "split_threshold_pages", 0 <= self.split_threshold_pages <= 511, "in [0, 511]")
+        _require(self, "split_threshold_pages", 0 <= self.split_threshold_pages <= 4095, "in [0, 4095]")
         _require(self, "split_min_share", 0.0 <= self.split_min_share <= 1.0, "in [0, 1]")
         _require(self, "split_ttl_s", 0 < self.split_ttl_s <= 30 * 86400, "in (0, 30 days]")
         _require(self, "max_split_extents", 0 <= self.max_split_extents <= 1 << 20, "in [0, 2**20]")

@@ -185,9 +185,10 @@ class Controller:
 
     def split_threshold_pages(self) -> int:
         """Distinct pages above which a shard reports an extent hot: the configured value, else
-        twice the client's extent_pages, capped at what a shard counts (HotExtents' limit - 1)."""
+        twice the client's extent_pages, capped below what a shard's sampled count reaches
+        (HotExtents: 512 fingerprints kept per extent, 1 in 8 sampled: 4,096)."""
         configured = self._config.controller.split_threshold_pages
-        return configured or min(2 * self._config.client.extent_pages, 511)
+        return configured or min(2 * self._config.client.extent_pages, 4095)
 
     def _reconcile_splits(self) -> None:
         """Split the extents a serving shard reports hot; forget splits no shard reported for
