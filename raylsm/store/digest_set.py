@@ -10,9 +10,9 @@ n/16 changes. Membership: the delta sets first, then one vectorised binary searc
 (`contains_many`). Snapshots (`sorted_array`) let a clean reopen load the set instead of rebuilding
 it from the index (raylsm.store.recovery).
 
-NOTE: measured with 2 million 512-byte pages (/tmp scale script in the issue 13 note): the Python
-set gave 201 bytes of RSS per page after the puts (with RocksDB's fixed buffers) and a clean reopen
-of 3.7 s per million pages; see docs/memory.md for the figures after this change.
+NOTE: measured with 500,000 512-byte pages (a scale script, before `raylsm bench memory` existed):
+with the Python set a reopened store held 87 bytes of RSS per page (RocksDB's fixed buffers
+included); with this set `raylsm bench memory` (2 million pages) measures 12-13 (docs/memory.md).
 
 Not thread-safe: ShardStore calls it under its write lock, or reads it from probe threads where a
 stale answer is harmless (a miss, or a duplicate put the store skips).
