@@ -12,6 +12,7 @@ Commands today:
     raylsm bench store [--quick] [--json PATH] [--dir PATH] [--pages-64k N] [--pages-1m N] ...
     raylsm bench tier [--batches N] [--json PATH]
     raylsm bench trace [--quick] [--capacity-fraction F] ... (arguments: raylsm.bench.trace_replay)
+    raylsm bench fleet [--quick] [--faults] ... (arguments: raylsm.bench.fleet)
 
 Bad input never ends in a traceback: every flag has an argument type that refuses a value out of
 its range (`NumberRange`, `existing_file`, `directory_path`, `output_file`), and a ConfigError
@@ -280,6 +281,7 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
     _add_bench_tier(bench_subparsers)
     _add_bench_workload(bench_subparsers)
     _add_bench_trace(bench_subparsers)
+    _add_bench_fleet(bench_subparsers)
     _add_bench_memory(bench_subparsers)
 
 
@@ -357,6 +359,25 @@ def _run_bench_trace(args: argparse.Namespace) -> int:
     from raylsm.bench.trace_replay import run_trace_command
 
     return run_trace_command(args)
+
+
+def _add_bench_fleet(subparsers: argparse._SubParsersAction) -> None:
+    from raylsm.bench.fleet import add_fleet_arguments  # argparse only; heavy imports are lazy
+
+    parser = subparsers.add_parser(
+        "fleet", help="many SGLang replica processes sharing the tier vs private HiCacheFile and Mooncake Store",
+        description="Replays one trace open loop through several replica processes (each its own host pool, "
+                    "L1/L2 and SGLang L3 backend) routed by a load balancer, for raylsm on a simulated multi-node "
+                    "Ray cluster, one private HiCacheFile per replica, and Mooncake Store, at the same total "
+                    "capacity; with --faults, kills a shard and removes a node during the raylsm run.")
+    add_fleet_arguments(parser)
+    parser.set_defaults(handler=_run_bench_fleet)
+
+
+def _run_bench_fleet(args: argparse.Namespace) -> int:
+    from raylsm.bench.fleet import run_fleet_command
+
+    return run_fleet_command(args)
 
 
 def _add_bench_tier(subparsers: argparse._SubParsersAction) -> None:

@@ -16,7 +16,8 @@ pinned host memory is, so O_DIRECT reads can land in it.
 Also owned here: `PagePattern`, the page payloads of the replay (derived from the page key, so a page
 read back can be checked byte for byte), written into and checked in the pool's page slots.
 
-Called by `raylsm.bench.trace_replay` only. Not thread-safe (the replay drives it from one thread).
+Called by the replay core (`raylsm.bench.replay`, `raylsm.bench.trace_replay`, `raylsm.bench.fleet`). Not
+thread-safe (a replay drives it from one thread).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ import ray
 
 from raylsm.bench import disk_budget, interrupts
 from raylsm.bench.host_pool import MiniHostKVPool, PagePattern
-from raylsm.bench.trace_replay import RaylsmSystem
+from raylsm.bench.systems import RaylsmSystem
 from raylsm.config import TierConfig
 from raylsm.router import ExtentConfig, page_keys
 from raylsm.store import ShardStore, StoreConfig

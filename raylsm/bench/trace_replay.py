@@ -1,6 +1,10 @@
 """`raylsm bench trace`: replay a Mooncake-format trace through SGLang's L3 backends as HiCache drives them.
 
-Owned here: the replay engine and its report. Per request, in trace order:
+Owned here: the command's configuration (`ReplayConfig`), the run (the models, then the measured
+systems side by side on one request stream), its disk check and its cleanup. It composes the bench
+core: the workload (`raylsm.bench.trace`: trace loading, sampling, page keys), the replay loop
+(`raylsm.bench.replay`), the systems (`raylsm.bench.systems`) and the report (`raylsm.bench.report`).
+Per request, in trace order:
 
 1. L1/L2: a simulated host-memory cache of pages (`HostCacheSim`: LRU with radix-tree eviction
    order, the same for every system) holds a leading run of the prompt's pages; those are not asked
@@ -28,37 +32,41 @@ directories, the tier's controller and shards, a private Ray) is undone in final
 error, Ctrl-C or (through raylsm.cli) SIGTERM, even when stopping the tier fails.
 
 Called by the `raylsm bench trace` command (`add_trace_arguments`, `run_trace_command`), by
-`python -m raylsm.bench.trace_replay`, and by tests (the pure parts: `HostCacheSim`, `ttft_ms`,
-`percentile`, `summarize`, `build_report`, `format_report`). Single-threaded. Ray, SGLang, torch and
+`python -m raylsm.bench.trace_replay`, and by tests. Single-threaded. Ray, SGLang, torch and
 numpy are imported only when a replay runs, so building the parser stays cheap.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import math
 import os
 import shutil
-import struct
 import sys
 import time
-from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
-from raylsm.bench import cache_models, disk_budget, interrupts, shard_models
-from raylsm.bench.trace import (MODEL_PROFILES, TRACE_BLOCK_TOKENS, PageKeyCache, load_trace,
-                                page_bytes as profile_page_bytes)
+from raylsm.bench import disk_budget, shard_models
+from raylsm.bench.replay import (STORAGE_BATCH_SIZE, HostCacheSim, PoolShape, ReplayPlan, SlotPicker, SystemRun,
+                                 make_plan, pool_shape, replay_request, run_models, ttft_ms)
+from raylsm.bench.report import (build_report, format_report, jsonable, percentile, progress_bar, rolling, run_series,
+                                 summarize, write_json, write_plot)
+from raylsm.bench.systems import (SEGMENTS_PER_SHARD, HiCacheFileSystem, RaylsmSystem, ShardCounter, TierSession,
+                                  segment_bytes_for, shard_summary, sum_counters)
+from raylsm.bench.trace import MODEL_PROFILES, TRACE_BLOCK_TOKENS, conversation_of, load_trace, sample_conversations
 from raylsm.cli import (SHARDS, CommandParser, CommaList, NumberRange, directory_path, existing_file,
                         output_file, run_command)
 from raylsm.errors import ConfigError
 from raylsm.store.page_key import namespace_id
 
-STORAGE_BATCH_SIZE = 128  # SGLang's pages per backend call (hicache_storage.STORAGE_BATCH_SIZE)
-MiB = 1 << 20
+# Re-exported for the tests and callers that know them from here (the replay core moved out).
+__all__ = ["HostCacheSim", "ReplayConfig", "ReplayPlan", "SystemRun", "TierSession", "conversation_of",
+           "make_plan", "percentile", "pool_shape", "replay_request", "rolling", "run", "sample_conversations",
+           "segment_bytes_for", "summarize", "ttft_ms"]
+
 SYSTEMS = ("raylsm", "hicache_file", "lru_model", "lru_sharded_model", "belady_optimal")
 MEASURED = ("raylsm", "hicache_file")
 PAGE_CACHE_MODES = ("cold", "warm")
@@ -155,731 +163,6 @@ class ReplayConfig:
 PAGE_TOKEN_CHOICES = tuple(tokens for tokens in range(1, TRACE_BLOCK_TOKENS + 1) if TRACE_BLOCK_TOKENS % tokens == 0)
 PAGE_TOKENS_ALLOWED = (f"a divisor of the trace's {TRACE_BLOCK_TOKENS}-token blocks "
                        f"({', '.join(map(str, PAGE_TOKEN_CHOICES))})")
-
-
-@dataclass(frozen=True)
-class PoolShape:
-    """Host-pool dimensions of the modelled model, head_dim (or the whole token) scaled to fit the disk."""
-
-    layer_num: int
-    head_num: int
-    head_dim: int
-    dtype_name: str  # "bfloat16" or "uint8"
-    page_bytes: int
-    note: str
-
-
-def pool_shape(profile_name: str, page_tokens: int, scale: float) -> PoolShape:
-    """The model's own layers and KV heads with head_dim x scale if that is a whole number (bf16);
-    otherwise one layer of one head of uint8 holding the scaled bytes of a token (8-byte multiple)."""
-    profile = MODEL_PROFILES[profile_name]
-    target = profile_page_bytes(profile, page_tokens, scale)
-    head_dim = profile.head_dim * scale
-    if abs(head_dim - round(head_dim)) < 1e-9 and round(head_dim) >= 1 and profile.dtype_bytes == 2:
-        shape = PoolShape(profile.layers, profile.kv_heads, int(round(head_dim)), "bfloat16",
-                          2 * profile.layers * profile.kv_heads * int(round(head_dim)) * 2 * page_tokens,
-                          f"{profile.name}: {profile.layers} layers x {profile.kv_heads} KV heads x head_dim "
-                          f"{profile.head_dim} x {scale:g} = {int(round(head_dim))}, bf16")
-    else:
-        part_per_token = max(8, int(target / 2 / page_tokens) // 8 * 8)
-        shape = PoolShape(1, 1, part_per_token, "uint8", 2 * part_per_token * page_tokens,
-                          f"{profile.name} x {scale:g}: {part_per_token} bytes per token per K/V part, uint8")
-    return shape
-
-
-# NOTE: the store's budget counts its RocksDB index too, so a shard of exactly 16 segments holds
-# only 15 (`raylsm bench trace --quick`: L3 hit 0.202); with 64 segments the index costs a fraction
-# of one (0.234, the same as 16 segments before the index was counted).
-SEGMENTS_PER_SHARD = 64
-
-
-def segment_bytes_for(per_shard_capacity: int, page_bytes: int) -> int:
-    """Segment size of a shard: capacity / SEGMENTS_PER_SHARD rounded down to 4 KiB, at least 1 MiB
-    and one page (plus headers); ConfigError if the shard cannot hold two segments (the store's minimum)."""
-    segment = max(MiB, per_shard_capacity // SEGMENTS_PER_SHARD // 4096 * 4096)
-    segment = max(segment, (page_bytes + 2 * 8192 + 4095) // 4096 * 4096)
-    if per_shard_capacity < 2 * segment:
-        raise ConfigError(
-            f"per-shard capacity {per_shard_capacity} B is below two segments of {segment} B: raise "
-            f"--capacity-fraction or --payload-scale, replay more requests, or use fewer --shards")
-    return segment
-
-
-def conversation_of(request: Any) -> int:
-    """The block that tells a request's conversation: its second block (the first one, 0 in the
-    conversation trace, is a system prompt every request shares); its only block if it has one."""
-    return request.hash_ids[1] if len(request.hash_ids) > 1 else (request.hash_ids[0] if request.hash_ids else -1)
-
-
-def sample_conversations(trace: Sequence[Any], rate: float, salt: int = 0) -> list[Any]:
-    """Keep the requests whose conversation hashes below `rate` (spatial sampling, as SHARDS samples
-    keys): a kept conversation keeps all its turns, so the reuse that L3 can serve is kept, and the
-    window's distinct pages (hence the capacity) shrink with the rate. NOTE: on the conversation trace
-    at 10% capacity, 1/16 of conversations gives LRU 0.22 and Belady 0.32 (salts 0 and 1: 0.216-0.220,
-    0.306-0.324), as the whole trace does (0.220, 0.320), with 1/16 of its page references."""
-    if rate >= 1:
-        return list(trace)
-    limit = int(rate * 2**64)
-    kept = []
-    for request in trace:
-        digest = hashlib.blake2b(_SAMPLE_KEY.pack(conversation_of(request) & (2**64 - 1), salt), digest_size=8).digest()
-        if int.from_bytes(digest, "little") < limit:
-            kept.append(request)
-    return kept
-
-
-_SAMPLE_KEY = struct.Struct("<QQ")
-
-
-# ---- the simulated L1/L2 ------------------------------------------------------------------------
-
-
-class HostCacheSim:
-    """L1/L2 (GPU and host memory) in front of L3: an LRU over pages with prefix semantics.
-
-    `access(chain)` returns how many leading pages of the chain are held, then inserts or refreshes
-    every page of the chain deepest first, so a chain's shallow pages are the most recent and the
-    least recent pages are the deep ends of old chains: the order in which a radix tree evicts
-    leaves first. Capacity 0 holds nothing.
-    """
-
-    def __init__(self, capacity_pages: int) -> None:
-        if capacity_pages < 0:
-            raise ConfigError(f"capacity_pages must be >= 0, got {capacity_pages}")
-        self.capacity_pages = capacity_pages
-        self._pages: OrderedDict[Hashable, None] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._pages)
-
-    def __contains__(self, page: Hashable) -> bool:
-        return page in self._pages
-
-    def access(self, chain: Sequence[Hashable]) -> int:
-        pages = self._pages
-        hits = 0
-        for page in chain:
-            if page not in pages:
-                break
-            hits += 1
-        if not self.capacity_pages:
-            return hits
-        for page in reversed(chain):
-            if page in pages:
-                pages.move_to_end(page)
-            else:
-                pages[page] = None
-        while len(pages) > self.capacity_pages:
-            pages.popitem(last=False)
-        return hits
-
-
-@dataclass
-class ReplayPlan:
-    """The request stream every system sees: chains of 32-byte page hashes and the L1/L2 hits."""
-
-    arrival_s: list[float]
-    prompt_tokens: list[int]
-    chains: list[list[bytes]]
-    host_hit_pages: list[int]
-    page_tokens: int
-    distinct_pages: int
-    host_capacity_pages: int
-
-    def __len__(self) -> int:
-        return len(self.chains)
-
-    def l3_streams(self) -> list[list[bytes]]:
-        """What each request asks L3 for: its chain after the L1/L2 prefix hit."""
-        return [chain[hit:] for chain, hit in zip(self.chains, self.host_hit_pages)]
-
-    def asked_pages(self) -> list[int]:
-        return [len(chain) - hit for chain, hit in zip(self.chains, self.host_hit_pages)]
-
-
-def make_plan(trace: Sequence[Any], page_tokens: int, host_cache_fraction: float) -> ReplayPlan:
-    keys = PageKeyCache(page_tokens)
-    chains = [keys.pages(request) for request in trace]
-    distinct = cache_models.distinct_pages(chains)
-    host = HostCacheSim(int(round(host_cache_fraction * distinct)))
-    first_ms = trace[0].timestamp_ms if trace else 0
-    return ReplayPlan(
-        arrival_s=[(request.timestamp_ms - first_ms) / 1000 for request in trace],
-        prompt_tokens=[request.input_length for request in trace],
-        chains=chains,
-        host_hit_pages=[host.access(chain) for chain in chains],
-        page_tokens=page_tokens,
-        distinct_pages=distinct,
-        host_capacity_pages=host.capacity_pages,
-    )
-
-
-# ---- per-system results and the TTFT model ------------------------------------------------------
-
-
-def ttft_ms(prompt_tokens: int, cached_tokens: int, load_ms: float, prefill_tokens_per_s: float) -> float:
-    """Modelled time to first token: prefill of the tokens not cached at prefill_tokens_per_s, plus
-    the measured L3 load time (exists + get wall time) of the request."""
-    missed = max(prompt_tokens - cached_tokens, 0)
-    return missed / prefill_tokens_per_s * 1e3 + load_ms
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The q-th percentile (0..100, linear interpolation); None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
-@dataclass
-class SystemRun:
-    """What one system did over the replay; per-request lists are in trace order."""
-
-    name: str
-    measured: bool
-    l3_hit_pages: list[int] = field(default_factory=list)
-    load_ms: list[float] = field(default_factory=list)  # exists + get wall time per request
-    exists_ms: list[float] = field(default_factory=list)  # per call
-    get_ms: list[float] = field(default_factory=list)
-    put_ms: list[float] = field(default_factory=list)
-    get_bytes: int = 0
-    put_bytes: int = 0
-    wrong_pages: int = 0  # pages read back with bytes other than written: must be 0
-    failed_put_chunks: int = 0
-    shards_per_call: list[int] = field(default_factory=list)
-    extra: dict = field(default_factory=dict)
-
-
-def summarize(run: SystemRun, plan: ReplayPlan, prefill_tokens_per_s: float) -> dict:
-    """One row of the report: hit ratios, call latencies, read bandwidth and modelled TTFT."""
-    page_tokens = plan.page_tokens
-    asked = sum(plan.asked_pages())
-    hits = sum(run.l3_hit_pages)
-    host_hits = sum(plan.host_hit_pages)
-    prompt = sum(plan.prompt_tokens)
-    loads = run.load_ms if run.measured else [0.0] * len(plan)
-    ttfts = [ttft_ms(tokens, (host + l3) * page_tokens, load, prefill_tokens_per_s)
-             for tokens, host, l3, load in zip(plan.prompt_tokens, plan.host_hit_pages, run.l3_hit_pages, loads)]
-    get_s = sum(run.get_ms) / 1e3
-
-    def ms(values: Sequence[float], q: float) -> float | None:
-        value = percentile(values, q) if run.measured else None
-        return None if value is None else round(value, 3)
-
-    row = {
-        "system": run.name,
-        "hit_token_ratio": round(hits / asked, 6) if asked else 0.0,
-        "get_p50_ms": ms(run.get_ms, 50),
-        "get_p99_ms": ms(run.get_ms, 99),
-        "put_p50_ms": ms(run.put_ms, 50),
-        "put_p99_ms": ms(run.put_ms, 99),
-        "ttft_model_ms_mean": round(sum(ttfts) / len(ttfts), 3) if ttfts else None,
-        "ttft_model_ms_p99": round(percentile(ttfts, 99), 3) if ttfts else None,
-        "exists_p50_ms": ms(run.exists_ms, 50),
-        "exists_p99_ms": ms(run.exists_ms, 99),
-        "read_gb_per_s": round(run.get_bytes / get_s / 1e9, 3) if run.measured and get_s > 0 else None,
-        "call_s_total": ({"exists": round(sum(run.exists_ms) / 1e3, 2), "get": round(get_s, 2),
-                          "put": round(sum(run.put_ms) / 1e3, 2)} if run.measured else None),
-        "load_ms_mean": round(sum(loads) / len(loads), 3) if run.measured and loads else None,
-        "prompt_hit_token_ratio": round((hits + host_hits) * page_tokens / prompt, 6) if prompt else 0.0,
-        "l3_hit_tokens": hits * page_tokens,
-        "l3_asked_tokens": asked * page_tokens,
-        "measured": run.measured,
-    }
-    if run.measured:
-        row.update(get_calls=len(run.get_ms), put_calls=len(run.put_ms), exists_calls=len(run.exists_ms),
-                   get_bytes=run.get_bytes, put_bytes=run.put_bytes, wrong_pages=run.wrong_pages,
-                   failed_put_chunks=run.failed_put_chunks)
-    row.update(run.extra)
-    return row
-
-
-def _ratio(numerator: float | None, denominator: float | None) -> float | None:
-    if numerator is None or denominator is None or denominator == 0:
-        return None
-    return round(numerator / denominator, 3)
-
-
-def build_report(rows: Sequence[dict], *, requests: int, capacity_bytes: int, shards: int,
-                 balance_max_over_mean: float | None, shards_per_batch_mean: float | None,
-                 details: dict | None = None) -> dict:
-    """The JSON document of a run (the keys of the issue, then ratios and details)."""
-    by_name = {row["system"]: row for row in rows}
-    report: dict[str, Any] = {
-        "systems": list(rows),
-        "balance_max_over_mean": balance_max_over_mean,
-        "shards_per_batch_mean": shards_per_batch_mean,
-        "requests": requests,
-        "capacity_bytes": capacity_bytes,
-        "shards": shards,
-    }
-    ours, file_row = by_name.get("raylsm"), by_name.get("hicache_file")
-    ratios: dict[str, Any] = {}
-    if ours and file_row:
-        ratios["raylsm_over_hicache_file_hit_token_ratio"] = _ratio(ours["hit_token_ratio"], file_row["hit_token_ratio"])
-        ratios["hicache_file_over_raylsm_get_p99"] = _ratio(file_row["get_p99_ms"], ours["get_p99_ms"])
-        ratios["hicache_file_over_raylsm_get_p50"] = _ratio(file_row["get_p50_ms"], ours["get_p50_ms"])
-        ratios["hicache_file_over_raylsm_put_p99"] = _ratio(file_row["put_p99_ms"], ours["put_p99_ms"])
-        ratios["hicache_file_over_raylsm_ttft_mean"] = _ratio(file_row["ttft_model_ms_mean"], ours["ttft_model_ms_mean"])
-        ratios["goal_hit_ratio_met"] = ours["hit_token_ratio"] >= file_row["hit_token_ratio"]
-        ratios["goal_get_p99_met"] = (ours["get_p99_ms"] is not None and file_row["get_p99_ms"] is not None
-                                      and ours["get_p99_ms"] < file_row["get_p99_ms"])
-    lru, belady = by_name.get("lru_model"), by_name.get("belady_optimal")
-    if lru and belady:
-        gap = belady["hit_token_ratio"] - lru["hit_token_ratio"]
-        for row in (ours, file_row):
-            if row:
-                ratios[f"{row['system']}_lru_to_belady"] = (
-                    round((row["hit_token_ratio"] - lru["hit_token_ratio"]) / gap, 3) if gap > 0 else None)
-    report["ratios"] = ratios
-    report.update(details or {})
-    return report
-
-
-def format_report(report: dict) -> str:
-    """The human-readable table (one row per system), the ratios and the stated models."""
-    columns = [("system", "system", "{}"), ("hit_token_ratio", "L3 hit", "{:.3f}"),
-               ("prompt_hit_token_ratio", "prompt hit", "{:.3f}"),
-               ("exists_p99_ms", "exists p99", "{:.2f}"),
-               ("get_p50_ms", "get p50", "{:.2f}"), ("get_p99_ms", "get p99", "{:.2f}"),
-               ("put_p50_ms", "put p50", "{:.2f}"), ("put_p99_ms", "put p99", "{:.2f}"),
-               ("read_gb_per_s", "read GB/s", "{:.2f}"),
-               ("ttft_model_ms_mean", "TTFT mean", "{:.0f}"), ("ttft_model_ms_p99", "TTFT p99", "{:.0f}")]
-    table = [[title for _, title, _ in columns]]
-    for row in report["systems"]:
-        table.append([("-" if row.get(key) is None else fmt.format(row[key])) for key, _, fmt in columns])
-    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
-    lines = ["  ".join(cell.rjust(width) if i else cell.ljust(width) for i, (cell, width) in
-                       enumerate(zip(line, widths))) for line in table]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    lines.append("(latencies in ms per call of <= 128 pages, TTFT in ms; '-' = not measured: models have no I/O)")
-    ratios = report.get("ratios", {})
-    if "raylsm_over_hicache_file_hit_token_ratio" in ratios:
-        lines.append(
-            f"raylsm vs hicache_file: L3 hit ratio x{_show(ratios['raylsm_over_hicache_file_hit_token_ratio'])}, "
-            f"get p99 {_show(ratios['hicache_file_over_raylsm_get_p99'])}x lower, "
-            f"get p50 {_show(ratios['hicache_file_over_raylsm_get_p50'])}x lower, "
-            f"TTFT mean {_show(ratios['hicache_file_over_raylsm_ttft_mean'])}x lower; goal (hit >=, get p99 <): "
-            f"{'met' if ratios['goal_hit_ratio_met'] and ratios['goal_get_p99_met'] else 'NOT met'}")
-    for name in MEASURED:
-        key = f"{name}_lru_to_belady"
-        if key in ratios:
-            lines.append(f"{name}: {_show(ratios[key])} of the way from LRU to Belady ((system - lru) / (belady - lru))")
-    if report.get("balance_max_over_mean") is not None:
-        lines.append(f"raylsm balance: stored bytes max/mean over {report['shards']} shards "
-                     f"{report['balance_max_over_mean']:.2f}; shards per 128-page call "
-                     f"{_show(report.get('shards_per_batch_mean'))}")
-    for key in ("hit_ratio_definition", "ttft_model", "page_cache_note", "capacity_note", "payload_note", "window_note", "notes"):
-        value = report.get(key)
-        if isinstance(value, list):
-            lines.extend(f"note: {item}" for item in value)
-        elif value:
-            lines.append(f"{key.replace('_', ' ')}: {value}")
-    return "\n".join(lines)
-
-
-def _show(value: Any) -> str:
-    return "-" if value is None else f"{value}"
-
-
-# ---- the measured systems -----------------------------------------------------------------------
-
-
-def _storage_config(model_name: str, extra_config: dict):
-    from sglang.srt.mem_cache.hicache_storage import HiCacheStorageConfig
-
-    return HiCacheStorageConfig(
-        tp_rank=0, tp_size=1, pp_rank=0, pp_size=1, attn_cp_rank=0, attn_cp_size=1, is_mla_model=False,
-        enable_storage_metrics=False, is_page_first_layout=True, model_name=model_name,
-        extra_config=dict(extra_config))
-
-
-def _leading(results: Sequence[Any]) -> int:
-    for count, value in enumerate(results):
-        if not value:
-            return count
-    return len(results)
-
-
-class RaylsmSystem:
-    """RayLSMStorage as SGLang loads it (`--hicache-storage-backend dynamic`), on the v1 path."""
-
-    name = "raylsm"
-    EXTRA_CONFIG = {"backend_name": "raylsm", "module_path": "raylsm.sglang.backend",
-                    "class_name": "RayLSMStorage", "interface_v1": 1, "hicache_storage_pass_prefix_keys": True}
-
-    def __init__(self, pool: Any, model_name: str, extra_config: dict | None = None) -> None:
-        from sglang.srt.mem_cache.hicache_storage import HiCacheStorageExtraInfo
-        from sglang.srt.mem_cache.storage.backend_factory import StorageBackendFactory
-
-        self._extra_info = HiCacheStorageExtraInfo
-        self.pool = pool
-        self.extra_config = dict(extra_config or self.EXTRA_CONFIG)
-        # The factory calls cls(storage_config, kwargs) and does not pass the pool: SGLang registers
-        # it right after, then calls on_host_pools_registered.
-        self.storage = StorageBackendFactory.create_backend("dynamic", _storage_config(model_name, self.extra_config), pool)
-        self.storage.register_mem_pool_host(pool)
-        self.storage.on_host_pools_registered()
-
-    def clear(self) -> None:
-        self.storage.clear()
-
-    def exists(self, keys: list[str], prefix: list[str]) -> int:
-        return self.storage.batch_exists(keys, extra_info=self._extra_info(prefix_keys=prefix))
-
-    def get(self, keys: list[str], prefix: list[str], slots: Sequence[int]) -> int:
-        indices = self.pool.host_indices(slots)
-        return _leading(self.storage.batch_get_v1(keys, indices, self._extra_info(prefix_keys=prefix)))
-
-    def set(self, keys: list[str], prefix: list[str], slots: Sequence[int]) -> bool:
-        indices = self.pool.host_indices(slots)
-        return all(self.storage.batch_set_v1(keys, indices, self._extra_info(prefix_keys=prefix)))
-
-    def namespace_id(self) -> bytes:
-        """The index namespace id of this replay's pages (rank included)."""
-        from raylsm.store.page_key import namespace_id
-
-        return namespace_id(self.storage.raylsm_stats()["namespace"])
-
-    def routing_id(self) -> bytes:
-        """The namespace id the adapter routes this replay's pages by (its rank-free identity)."""
-        from raylsm.store.page_key import namespace_id
-
-        return namespace_id(self.storage.raylsm_stats()["routing_namespace"])
-
-    def split_extents(self) -> frozenset:
-        """The extents the tier split (hot shared prefixes), as this replay's client routes them."""
-        return self.storage._client.split_extents
-
-    def stats(self) -> dict:
-        return self.storage.raylsm_stats()
-
-    def close(self) -> None:
-        self.storage.close()
-
-
-class HiCacheFileSystem:
-    """SGLang's HiCacheFile (built by the factory as `file`) with its LRU evictor capped at the same
-    capacity; no v1, so the generic path: flat staging pages in, one copy into the host pool each way."""
-
-    name = "hicache_file"
-
-    def __init__(self, pool: Any, model_name: str, directory: str, capacity_bytes: int,
-                 cold_page_cache: bool = False) -> None:
-        from sglang.srt.mem_cache.storage.backend_factory import StorageBackendFactory
-
-        self.cold_page_cache = cold_page_cache
-        os.environ.pop("SGLANG_HICACHE_FILE_BACKEND_STORAGE_DIR", None)  # would override the directory
-        self.pool = pool
-        self.directory = directory
-        # eviction_ratio stays SGLang's default (0.9): a full cache evicts down to 90% of max_size.
-        extra = {"file_storage_path": directory, "max_size": str(capacity_bytes)}
-        self.storage = StorageBackendFactory.create_backend("file", _storage_config(model_name, extra), pool)
-        if not self.storage._evictor.enabled:  # noqa: SLF001 (a check that the cap took effect)
-            raise RuntimeError("HiCacheFile's LRU evictor did not enable with max_size")
-
-    def clear(self) -> None:
-        self.storage.clear()
-
-    def exists(self, keys: list[str], prefix: list[str]) -> int:
-        return self.storage.batch_exists(keys)  # the base class loops exists(): one stat per key
-
-    def before_get(self, keys: list[str]) -> None:
-        """With cold_page_cache, drop the kernel's cached pages of the files about to be read (not
-        timed), so the read goes to the disk as it would when host memory is taken by the L2 pool.
-        Pages still dirty (written within the kernel's writeback delay) stay cached."""
-        if not self.cold_page_cache:
-            return
-        for key in keys:
-            path = os.path.join(self.directory, f"{self.storage._get_suffixed_key(key)}.bin")  # noqa: SLF001
-            try:
-                descriptor = os.open(path, os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(descriptor)
-
-    def get(self, keys: list[str], prefix: list[str], slots: Sequence[int]) -> int:
-        # cache_controller._generic_page_get: flat staging pages, then set_from_flat_data_page.
-        pool = self.pool
-        staging = [pool.get_dummy_flat_data_page() for _ in keys]
-        pages = self.storage.batch_get(keys, staging)
-        if pages is None:
-            return 0
-        count = 0
-        for slot, page in zip(slots, pages):
-            if page is None:
-                break
-            pool.set_from_flat_data_page(slot * pool.page_size, page)
-            count += 1
-        return count
-
-    def set(self, keys: list[str], prefix: list[str], slots: Sequence[int]) -> bool:
-        # cache_controller._generic_page_set: a flat copy of every page, then batch_set.
-        pool = self.pool
-        return bool(self.storage.batch_set(keys, [pool.get_data_page(slot * pool.page_size) for slot in slots]))
-
-    def stats(self) -> dict:
-        evictor = self.storage._evictor  # noqa: SLF001
-        return {"files": len(evictor._lru), "bytes": evictor._total_bytes, "max_size": evictor.max_size_bytes}
-
-    def close(self) -> None:
-        pass  # HiCacheFile has no close()
-
-
-class TierSession:
-    """The raylsm tier of one replay.
-
-    Which Ray: `ray_address` if given; else the Ray head that `raylsm up` started from this directory
-    (its marker file exists); else a private local Ray instance owned by this process (`ray.init(
-    address="local")`), never some other Ray instance that happens to run on the machine (a test
-    session's, say). A tier already running on the joined Ray is used as it is: its shards are resized
-    to the replay's capacity for the run and restored afterwards. Otherwise the controller and shards
-    are started here (fresh data directory) and shut down at the end, and a private Ray goes with them.
-    """
-
-    def __init__(self, shards: int, capacity_bytes: int, page_bytes: int, data_dir: str,
-                 ray_address: str | None = None, direct_io: bool = True) -> None:
-        self.requested_shards = shards
-        self.direct_io = direct_io
-        self.capacity_bytes = capacity_bytes
-        self.page_bytes = page_bytes
-        self.data_dir = data_dir
-        self.ray_address = ray_address
-        self.owns_ray = False
-        self.owns_controller = False
-        self.shard_names: list[str] = []
-        self.segment_bytes = 0
-        self.per_shard_capacity = 0
-        self.notes: list[str] = []
-        self._restore: dict[str, dict] = {}
-
-    @property
-    def started(self) -> bool:
-        return self.owns_controller
-
-    def start(self) -> None:
-        import ray
-
-        from raylsm import lifecycle
-        from raylsm.config import RAY_NAMESPACE, ShardConfig, TierConfig
-        from raylsm.controller.controller_actor import get_controller
-        from raylsm.store.config import StoreConfig
-
-        address = self.ray_address
-        if address is None:
-            address = _embedded_ray_address()
-            if address:
-                _token_auth_as_for_auto()  # what ray.init(address="auto") does for a local cluster
-        if address:
-            ray.init(address=address, namespace=RAY_NAMESPACE, log_to_driver=False)
-            interrupts.restore_handlers()  # SIGTERM must reach the replay's cleanup, not Ray's abort
-            try:
-                controller = get_controller(RAY_NAMESPACE)
-            except ValueError:
-                controller = None
-            if controller is not None:
-                self.shard_names = sorted(ray.get(controller.ring.remote())["shards"])
-                if not self.shard_names:
-                    raise ConfigError(f"the raylsm tier on Ray {address} has no serving shards")
-                self._resize_running_tier(address)
-                return
-        else:
-            ray.init(address="local", namespace=RAY_NAMESPACE, include_dashboard=False, log_to_driver=False,
-                     resources={ShardConfig().resource_name: self.requested_shards})
-            interrupts.restore_handlers()
-            self.owns_ray = True
-        self.per_shard_capacity = self.capacity_bytes // self.requested_shards
-        self.segment_bytes = segment_bytes_for(self.per_shard_capacity, self.page_bytes)
-        store = StoreConfig(capacity_bytes=self.per_shard_capacity, segment_bytes=self.segment_bytes,
-                            direct_io=self.direct_io)
-        config = TierConfig(shard=ShardConfig(data_dir=os.path.join(self.data_dir, "shards"), store=store))
-        self.owns_controller = True
-        lifecycle.up(config, shards=self.requested_shards)  # Ray is initialized: controller + shards only
-        self.shard_names = sorted(ray.get(get_controller(RAY_NAMESPACE).ring.remote())["shards"])
-        if len(self.shard_names) != self.requested_shards:
-            self.per_shard_capacity = self.capacity_bytes // len(self.shard_names)
-            self.notes.append(f"Ray at {address} offers {len(self.shard_names)} shard units; --shards "
-                              f"{self.requested_shards} applies only to a private Ray; per-shard capacity is "
-                              f"the configured {self.capacity_bytes // self.requested_shards} B")
-
-    def _resize_running_tier(self, address: str) -> None:
-        import ray
-
-        self.per_shard_capacity = self.capacity_bytes // len(self.shard_names)
-        self.segment_bytes = segment_bytes_for(self.per_shard_capacity, self.page_bytes)
-        for name in self.shard_names:
-            handle = ray.get_actor(name, namespace="raylsm")
-            current = ray.get(handle.apply_tuning.remote({}))
-            self._restore[name] = {"capacity_bytes": current["capacity_bytes"],
-                                   "segment_bytes": current["segment_bytes"], "direct_io": current["direct_io"]}
-            ray.get(handle.apply_tuning.remote({"capacity_bytes": self.per_shard_capacity,
-                                                "segment_bytes": self.segment_bytes, "direct_io": self.direct_io}))
-        self.notes.append(
-            f"used the running tier on Ray {address} ({len(self.shard_names)} shards): capacity "
-            f"{self.per_shard_capacity} B, segments of {self.segment_bytes} B and direct_io {self.direct_io} per "
-            f"shard for the run, restored "
-            f"afterwards; data already on the shards counts against the capacity until eviction frees it, and "
-            f"a segment open before the run keeps its old size")
-
-    def shard_stats(self) -> list[dict]:
-        from raylsm import lifecycle
-
-        return [shard.get("stats") or {} for shard in lifecycle.status()["shards"]
-                if shard["shard"] in self.shard_names]
-
-    def stop(self) -> None:
-        """Shut down what start() started (not `lifecycle.down`: its `ray stop --force` would stop every
-        Ray instance on the machine when a `raylsm up` marker exists); restore a joined tier's tuning."""
-        import ray
-
-        from raylsm.controller.controller_actor import get_controller
-
-        if not ray.is_initialized():
-            return
-        try:
-            if self.owns_controller:
-                try:  # an interrupted start() may not have made it, and a Ctrl-C may have hit its actors
-                    controller = get_controller("raylsm")
-                    ray.get(controller.shutdown.remote(), timeout=120)
-                    ray.kill(controller, no_restart=True)
-                except Exception as error:  # noqa: BLE001 (a private Ray still goes down below)
-                    logger.warning("could not shut the raylsm controller down: %r", error)
-            for name, values in self._restore.items():
-                try:
-                    ray.get(ray.get_actor(name, namespace="raylsm").apply_tuning.remote(values))
-                except Exception as error:  # noqa: BLE001 (report, keep restoring the others)
-                    logger.warning("could not restore %s on %s: %r", values, name, error)
-        finally:
-            ray.shutdown()  # a private Ray instance ends with it; a joined one is only disconnected
-
-
-def _token_auth_as_for_auto() -> None:
-    from raylsm import lifecycle
-
-    lifecycle.enable_local_token_auth()
-
-
-def _embedded_ray_address() -> str | None:
-    """The GCS address of the Ray head `raylsm up` started from this directory, or None if it did not
-    (or it is gone): recorded in its marker file by raylsm.lifecycle."""
-    from raylsm import lifecycle
-
-    return lifecycle.embedded_address()
-
-
-class ShardCounter:
-    """Shards a raylsm call touches, by the router with the client's extent config, ring and split
-    extents (`split_extents()`: the client's current set, which the controller changes during a run)."""
-
-    def __init__(self, shard_names: Sequence[str], namespace_id: bytes,
-                 split_extents: Callable[[], frozenset] = frozenset) -> None:
-        from raylsm.config import ClientConfig
-        from raylsm.router import ExtentConfig, ExtentRouter, HashRing
-
-        client = ClientConfig()
-        self._ring = HashRing(sorted(shard_names), client.virtual_nodes)
-        self._extents = ExtentConfig(client.extent_pages, client.shallow_depth_pages, client.shallow_extent_pages,
-                                     client.split_extent_pages)
-        self._router = ExtentRouter(self._ring, self._extents)
-        self._split_extents = split_extents
-        self._namespace_id = namespace_id
-
-    def shards(self, chain: Sequence[bytes], start: int, end: int) -> int:
-        from raylsm.router import ExtentRouter
-
-        splits = self._split_extents()
-        if splits != self._router.split_extents:
-            self._router = ExtentRouter(self._ring, self._extents, splits)
-        return len(set(self._router.route_pages(self._namespace_id, chain[start:end], chain[:start])))
-
-
-# ---- the replay loop ----------------------------------------------------------------------------
-
-
-class SlotPicker:
-    """Host-pool page slots for one call, drawn at random like a host allocator's free list."""
-
-    def __init__(self, page_slots: int, seed: int) -> None:
-        import numpy as np
-
-        self._rng = np.random.default_rng(seed)
-        self._slots = page_slots
-
-    def pick(self, count: int) -> list[int]:
-        return self._rng.choice(self._slots, size=count, replace=False).tolist()
-
-
-def replay_request(system: Any, run: SystemRun, chain: Sequence[bytes], chain_hex: Sequence[str], start: int,
-                   pattern: Any, slots: SlotPicker, shard_counter: ShardCounter | None = None) -> None:
-    """One request through one system: exists and get from `start` (after the L1/L2 hit), verify,
-    then back up the computed pages. Appends to `run`."""
-    pool = system.pool
-    page_bytes = pool.page_bytes
-    perf = time.perf_counter
-    load_started = perf()
-    present = 0
-    total = len(chain)
-    for begin in range(start, total, STORAGE_BATCH_SIZE):
-        end = min(begin + STORAGE_BATCH_SIZE, total)
-        called = perf()
-        found = system.exists(list(chain_hex[begin:end]), list(chain_hex[:begin]))
-        run.exists_ms.append((perf() - called) * 1e3)
-        present += found
-        if found < end - begin:
-            break
-    loaded = 0
-    for begin in range(start, start + present, STORAGE_BATCH_SIZE):
-        end = min(begin + STORAGE_BATCH_SIZE, start + present)
-        picked = slots.pick(end - begin)
-        pattern.poison(pool, picked)
-        before_get = getattr(system, "before_get", None)
-        if before_get is not None:
-            untimed = perf()
-            before_get(list(chain_hex[begin:end]))
-            load_started += perf() - untimed  # not part of the request's load time either
-        called = perf()
-        got = system.get(list(chain_hex[begin:end]), list(chain_hex[:begin]), picked)
-        run.get_ms.append((perf() - called) * 1e3)
-        run.get_bytes += got * page_bytes
-        run.wrong_pages += pattern.wrong_pages(pool, picked[:got], chain[begin:begin + got])
-        if shard_counter is not None:
-            run.shards_per_call.append(shard_counter.shards(chain, begin, end))
-        loaded += got
-        if got < end - begin:
-            break
-    run.load_ms.append((perf() - load_started) * 1e3)
-    run.l3_hit_pages.append(loaded)
-    for begin in range(start + loaded, total, STORAGE_BATCH_SIZE):
-        end = min(begin + STORAGE_BATCH_SIZE, total)
-        picked = slots.pick(end - begin)
-        pattern.fill(pool, picked, chain[begin:end])
-        called = perf()
-        ok = system.set(list(chain_hex[begin:end]), list(chain_hex[:begin]), picked)
-        run.put_ms.append((perf() - called) * 1e3)
-        if shard_counter is not None:
-            run.shards_per_call.append(shard_counter.shards(chain, begin, end))
-        if not ok:
-            run.failed_put_chunks += 1
-            break
-        run.put_bytes += (end - begin) * page_bytes
-
-
-def run_models(plan: ReplayPlan, capacity_pages: int, systems: Sequence[str]) -> list[SystemRun]:
-    streams = plan.l3_streams()
-    runs = []
-    for name, model in (("lru_model", cache_models.simulate_lru), ("belady_optimal", cache_models.simulate_belady)):
-        if name in systems:
-            result = model(streams, capacity_pages)
-            runs.append(SystemRun(name, measured=False, l3_hit_pages=list(result.per_request_hits),
-                                  extra={"capacity_pages": capacity_pages}))
-    return runs
 
 
 def run(config: ReplayConfig) -> dict:
@@ -980,26 +263,16 @@ def run(config: ReplayConfig) -> dict:
     details["elapsed_s"] = round(time.perf_counter() - started, 1)
     report = build_report(rows, requests=len(plan), capacity_bytes=capacity_bytes, shards=shard_count,
                           balance_max_over_mean=balance, shards_per_batch_mean=shards_per_batch, details=details)
-    series = {item.name: _series(item, plan, config.prefill_tokens_per_s) for item in runs}
+    series = {item.name: run_series(item, plan, config.prefill_tokens_per_s) for item in runs}
     arrival = report.pop("arrival_s")
     print(format_report(report))
     if config.json_path:
-        _write_json(config.json_path, report)
+        write_json(config.json_path, report)
         print(f"wrote {config.json_path}", file=sys.stderr)
     if config.plot_path:
         write_plot(config.plot_path, arrival, series, report)
         print(f"wrote {config.plot_path}", file=sys.stderr)
     return report
-
-
-def _series(run: SystemRun, plan: ReplayPlan, rate: float) -> dict:
-    loads = run.load_ms if run.measured else [0.0] * len(plan)
-    return {
-        "hit": run.l3_hit_pages,
-        "asked": plan.asked_pages(),
-        "ttft": [ttft_ms(tokens, (host + l3) * plan.page_tokens, load, rate)
-                 for tokens, host, l3, load in zip(plan.prompt_tokens, plan.host_hit_pages, run.l3_hit_pages, loads)],
-    }
 
 
 def data_root(config: ReplayConfig) -> str:
@@ -1046,14 +319,6 @@ def check_disk_space(config: ReplayConfig, distinct_pages: int, page_bytes: int,
               "or point --dir at a disk with more room")
     disk_budget.require_free_space(root, total, "raylsm bench trace", hint=hint, free=free)
     return total
-
-
-def _write_json(path: str, report: dict) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as out:
-        json.dump(report, out, indent=2)
-        out.write("\n")
 
 
 def _run_measured(config: ReplayConfig, plan: ReplayPlan, shape: PoolShape, capacity_bytes: int,
@@ -1104,7 +369,7 @@ def _run_measured(config: ReplayConfig, plan: ReplayPlan, shape: PoolShape, capa
             shutil.rmtree(directory, ignore_errors=True)
             systems.append(HiCacheFileSystem(pool, model_name, directory, capacity_bytes, config.page_cache == "cold"))
         runs = {system.name: SystemRun(system.name, measured=True) for system in systems}
-        progress = _progress(len(plan), config.progress)
+        progress = progress_bar(len(plan), config.progress)
         phase = time.perf_counter()
         for index, chain in enumerate(plan.chains):
             chain_hex = [page.hex() for page in chain]
@@ -1119,7 +384,7 @@ def _run_measured(config: ReplayConfig, plan: ReplayPlan, shape: PoolShape, capa
             details["split_extent_ids"] = sorted(raylsm_system.split_extents())
             details["split_extents"] = len(details["split_extent_ids"])
         for system in systems:
-            runs[system.name].extra["backend_stats"] = _jsonable(system.stats())
+            runs[system.name].extra["backend_stats"] = jsonable(system.stats())
         if tier is not None:
             stats = tier.shard_stats()
             live = [(s.get("space") or {}).get("live_bytes", 0) for s in stats]
@@ -1127,8 +392,8 @@ def _run_measured(config: ReplayConfig, plan: ReplayPlan, shape: PoolShape, capa
             details["balance_max_over_mean"] = round(max(live) / mean, 3) if mean else None
             calls = runs["raylsm"].shards_per_call
             details["shards_per_batch_mean"] = round(sum(calls) / len(calls), 3) if calls else None
-            details["shard_stats"] = [_shard_summary(s) for s in stats]
-            runs["raylsm"].extra["store_counters"] = _sum_counters(stats)
+            details["shard_stats"] = [shard_summary(s) for s in stats]
+            runs["raylsm"].extra["store_counters"] = sum_counters(stats)
         wrong = sum(item.wrong_pages for item in runs.values())
         if wrong:
             details["notes"].append(f"VERIFICATION FAILED: {wrong} pages read back with wrong bytes")
@@ -1164,88 +429,6 @@ def remove_run_data(root: str, made_root: bool, tier_started: bool) -> None:
     shutil.rmtree(os.path.join(root, "hicache_file"), ignore_errors=True)
     if tier_started:
         shutil.rmtree(os.path.join(root, "shards"), ignore_errors=True)
-
-
-def _shard_summary(stats: dict) -> dict:
-    space = stats.get("space") or {}
-    counters = stats.get("counters") or {}
-    return {"shard": stats.get("shard"), "live_bytes": space.get("live_bytes"), "disk_bytes": space.get("disk_bytes"),
-            "capacity_bytes": space.get("capacity_bytes"), "live_pages": space.get("live_pages"),
-            "evicted_pages": counters.get("evicted_pages"), "reinserted_pages": counters.get("reinserted_pages")}
-
-
-def _sum_counters(stats: Sequence[dict]) -> dict:
-    total: dict[str, int] = {}
-    for shard in stats:
-        for key, value in (shard.get("counters") or {}).items():
-            total[key] = total.get(key, 0) + int(value)
-    return total
-
-
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
-
-
-class _NoProgress:
-    def update(self, count: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return _NoProgress()
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return _NoProgress()
-    return tqdm(total=total, unit="req", desc="replay", file=sys.stderr, mininterval=1.0)
-
-
-# ---- the plot -----------------------------------------------------------------------------------
-
-
-def rolling(numerators: Sequence[float], denominators: Sequence[float] | None, window: int) -> list[float]:
-    """Trailing-window ratio sum(num) / sum(den) (or mean of num if den is None) at every index."""
-    out: list[float] = []
-    num_sum = den_sum = 0.0
-    for index, value in enumerate(numerators):
-        num_sum += value
-        den_sum += 1 if denominators is None else denominators[index]
-        if index >= window:
-            num_sum -= numerators[index - window]
-            den_sum -= 1 if denominators is None else denominators[index - window]
-        out.append(num_sum / den_sum if den_sum else 0.0)
-    return out
-
-
-def write_plot(path: str, arrival_s: Sequence[float], series: dict[str, dict], report: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    window = max(10, len(arrival_s) // 20)
-    figure, (hit_axis, ttft_axis) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
-    styles = {"raylsm": "-", "hicache_file": "-", "lru_model": "--", "lru_sharded_model": "-.", "belady_optimal": ":"}
-    for name, data in series.items():
-        hit_axis.plot(arrival_s, rolling(data["hit"], data["asked"], window), styles.get(name, "-"), label=name)
-        ttft_axis.plot(arrival_s, rolling(data["ttft"], None, window), styles.get(name, "-"), label=name)
-    hit_axis.set_ylabel(f"L3 token hit ratio\n(last {window} requests)")
-    ttft_axis.set_ylabel(f"modelled TTFT, ms\n(mean of last {window})")
-    ttft_axis.set_xlabel("trace time, s")
-    hit_axis.legend(loc="upper left", ncol=4, fontsize="small")
-    hit_axis.grid(alpha=0.3)
-    ttft_axis.grid(alpha=0.3)
-    hit_axis.set_title(f"raylsm bench trace: {report['requests']} requests, capacity "
-                       f"{report['capacity_bytes'] / 1e9:.2f} GB, {report['shards']} shards")
-    figure.tight_layout()
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
 
 
 # ---- command line -------------------------------------------------------------------------------
@@ -1361,3 +544,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
