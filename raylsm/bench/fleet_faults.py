@@ -6,7 +6,7 @@ store); at 2/3, removal of another shard's node (as a node failure, not a gracef
 node back with the same disk label `rejoin_after_s` later (the controller puts the shard, named after
 its disk, back in the ring at its old place). Each event records the trace time it happened at and,
 where it has one, when the shard served again (`back_t_s`). And `analyze`: per event, the errors and
-wrong pages of the requests around it, the hit ratio of the window before, the dip after and the
+wrong pages of the requests around it, the hit ratio of the requests before, the dip after and the
 recovery time, from the replicas' per-request records.
 
 Called by `raylsm.bench.fleet`. The schedule runs in the driver's thread (it only sleeps and calls Ray).
@@ -14,6 +14,7 @@ Called by `raylsm.bench.fleet`. The schedule runs in the driver's thread (it onl
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import signal
@@ -24,9 +25,9 @@ logger = logging.getLogger(__name__)
 
 POLL_S = 0.2
 BACK_TIMEOUT_S = 120.0
-RECOVERY_WINDOW_S = 10.0  # trace seconds: the window whose hit ratio must be back to RECOVERED of before
+BEFORE_REQUESTS = 50  # the requests before an event that set its hit ratio "before" (and those after it)
+PROBE_REQUESTS = 20  # consecutive requests whose hit ratio must be back to RECOVERED x before
 RECOVERED = 0.9
-MIN_WINDOW_REQUESTS = 3
 
 
 def _trace_s(wall: float, origin: float, speedup: float) -> float:
@@ -114,55 +115,53 @@ class FaultSchedule:
             time.sleep(POLL_S)
 
 
-def hit_ratio(records: Sequence[dict], start_s: float, end_s: float) -> tuple[float | None, int]:
-    """(L3 token hit ratio, requests) of the requests whose trace time is in [start_s, end_s)."""
-    asked = hits = count = 0
-    for record in records:
-        if start_s <= record["trace_s"] < end_s:
-            asked += record["asked_pages"]
-            hits += record["hit_pages"]
-            count += 1
-    return (hits / asked if asked else None), count
+def hit_ratio(records: Sequence[dict]) -> float | None:
+    """L3 token hit ratio of `records` (None when they asked nothing)."""
+    asked = sum(record["asked_pages"] for record in records)
+    return sum(record["hit_pages"] for record in records) / asked if asked else None
 
 
-def analyze(events: Sequence[dict], records: Sequence[dict], window_s: float, end_s: float) -> list[dict]:
-    """Each event with: `errors` and `wrong_pages` of the requests within window_s of it, `hit_before`
-    (hit ratio of the window_s before it), `hit_dip` (the lowest hit ratio of a RECOVERY_WINDOW_S
-    window starting in the window_s after it, as a fraction of hit_before: 0.1 = 10% lower) and
-    `recovery_s`: trace seconds from the shard being back (`back_t_s`, else the event) to the start of
-    the first RECOVERY_WINDOW_S window whose hit ratio is >= RECOVERED x hit_before (None: never
-    within the run). Windows with fewer than MIN_WINDOW_REQUESTS requests are skipped."""
+def analyze(events: Sequence[dict], records: Sequence[dict], window_requests: int = BEFORE_REQUESTS,
+            probe_requests: int = PROBE_REQUESTS) -> list[dict]:
+    """Each event with: `errors` and `wrong_pages` of the `window_requests` requests before it and
+    after it (by trace time); `hit_before`, the hit ratio of the `window_requests` before it;
+    `hit_dip`, how far below hit_before (as a fraction: 0.1 = 10% lower) the lowest hit ratio of
+    `probe_requests` consecutive requests fell among the `window_requests` after it; and
+    `recovery_s`: trace seconds from the shard being back (`back_t_s`, else the event) to the first
+    request of the first `probe_requests` run, starting at or after that point, whose hit ratio is
+    >= RECOVERED x hit_before (0 when already there; None when never within the run).
+
+    NOTE: windows count requests, not seconds: a sampled trace has well under one request per trace
+    second (the --quick sample: 0.2), so a 10 s window would hold two requests and say nothing."""
+    ordered = sorted(records, key=lambda record: record["trace_s"])
+    times = [record["trace_s"] for record in ordered]
     out = []
     for event in events:
         if "t_s" not in event:
             out.append(dict(event))
             continue
-        at = event["t_s"]
-        near = [record for record in records if at - window_s <= record["trace_s"] < at + window_s]
-        before, _ = hit_ratio(records, at - window_s, at)
-        lowest = None
-        step = RECOVERY_WINDOW_S / 2
-        start = at
-        while start < min(at + window_s, end_s):
-            value, count = hit_ratio(records, start, start + RECOVERY_WINDOW_S)
-            if value is not None and count >= MIN_WINDOW_REQUESTS:
-                lowest = value if lowest is None else min(lowest, value)
-            start += step
-        reference = event.get("back_t_s") or at
+        at = bisect.bisect_left(times, event["t_s"])
+        before_window = ordered[max(0, at - window_requests):at]
+        after_window = ordered[at:at + window_requests]
+        before = hit_ratio(before_window)
+        probes = [hit_ratio(after_window[index:index + probe_requests])
+                  for index in range(0, max(1, len(after_window) - probe_requests + 1))]
+        probes = [value for value in probes if value is not None]
+        lowest = min(probes) if probes else None
+        reference = event.get("back_t_s") or event["t_s"]
         recovery = None
         if before is not None:
-            start = reference
-            while start < end_s:
-                value, count = hit_ratio(records, start, start + RECOVERY_WINDOW_S)
-                if value is not None and count >= MIN_WINDOW_REQUESTS and value >= RECOVERED * before:
-                    recovery = round(start - reference, 3)
+            first = bisect.bisect_left(times, reference)
+            for index in range(first, len(ordered) - probe_requests + 1):
+                value = hit_ratio(ordered[index:index + probe_requests])
+                if value is not None and value >= RECOVERED * before:
+                    recovery = round(max(0.0, times[index] - reference), 3)
                     break
-                start += 1.0
+        near = before_window + after_window
         out.append({**event, "errors": sum(record["errors"] for record in near),
                     "wrong_pages": sum(record["wrong_pages"] for record in near),
                     "hit_before": None if before is None else round(before, 4),
-                    "hit_dip": (None if before in (None, 0) or lowest is None
-                                else round(max(0.0, 1 - lowest / before), 4)),
-                    "lowest_window_hit": None if lowest is None else round(lowest, 4),
-                    "recovery_s": recovery})
+                    "hit_dip": (None if not before or lowest is None else round(max(0.0, 1 - lowest / before), 4)),
+                    "lowest_probe_hit": None if lowest is None else round(lowest, 4),
+                    "recovery_s": recovery, "window_requests": window_requests, "probe_requests": probe_requests})
     return out
