@@ -17,9 +17,11 @@ Owned here: the fleet run. One trace (the packaged conversation trace by default
 The replicas replay open loop: request i starts at its trace time / `--speedup` after the common
 start, or when the replica's previous request ends if it is behind (its queueing delay is reported).
 Each replica has its own simulated L1/L2 of `--host-cache-fraction` of the run's distinct pages. With
-`--faults`, during the raylsm run: kill -9 of one shard process at 1/3 of the run, removal of another
-shard's node at 2/3, and the node back with its disk label shortly after; each event is reported with
-the errors and wrong pages around it, the hit ratio before, the dip and the recovery time.
+`--faults`, raylsm runs twice: once as above, then again (row `raylsm_faults`) with kill -9 of one
+shard process at 1/3 of the run, removal of another shard's node at 2/3, and the node back with its
+disk label shortly after; each event is reported with the errors and wrong pages around it, the hit
+ratio before, the dip and the recovery time, against the window before it and against the same
+requests in the run without faults.
 
 Called by the `raylsm bench fleet` command (raylsm.cli) and tests. The replica side is
 `raylsm.bench.fleet_replica`; the fault analysis is `fleet_faults`; workload, replay core, systems and
@@ -59,6 +61,7 @@ TIME_WINDOW_S = NumberRange(float, 0, 10**9, low_open=True)
 # where even the LRU model hits 0.055 of L3 asks, so the systems could not be told apart.
 QUICK = {"time_window_s": None, "sample_rate": 1 / 16, "speedup": 50.0}
 DEFAULT_SPEEDUP = 10.0
+FAULTS_ROW = "raylsm_faults"  # the raylsm run with --faults' events (the row "raylsm" runs without them)
 READY_TIMEOUT_S = 300.0  # replicas import torch, SGLang and Ray: tens of seconds on 2 cores
 MiB = 1 << 20
 
@@ -253,7 +256,7 @@ def run_replicas(specs: list[dict], during: Any = None) -> tuple[list[dict], flo
 
 
 def _run_raylsm(config: FleetConfig, workload: FleetWorkload, shape: Any, capacity_bytes: int, speedup: float,
-                root: str) -> tuple[list[dict], float, list[dict], list[str]]:
+                root: str, faults: bool = False) -> tuple[list[dict], float, list[dict], list[str]]:
     from raylsm.bench.systems import RaylsmSystem, TierSession
 
     cluster = FleetCluster(config.nodes)
@@ -265,7 +268,7 @@ def _run_raylsm(config: FleetConfig, workload: FleetWorkload, shape: Any, capaci
                                   "local_read_direct_io": True}}
         specs = _replica_specs(config, workload, "raylsm", shape, capacity_bytes, speedup, root, extra)
         schedule = None
-        if config.faults:
+        if faults:
             schedule = fleet_faults.FaultSchedule(cluster, workload.duration_s / speedup, speedup)
         results, origin = run_replicas(specs, schedule.run if schedule else None)
         notes = [f"raylsm: {len(tier.shard_names)} shards on {config.nodes} simulated nodes, "
@@ -337,25 +340,30 @@ def run(config: FleetConfig) -> dict:
           f"speedup {speedup:g} ({workload.duration_s / speedup:.0f} s per system)", file=sys.stderr)
     rows, series, faults, notes = [], {}, [], []
     runners = {"raylsm": _run_raylsm, "hicache_file_private": _run_private_files, "mooncake_store": _run_mooncake}
+    runs = [(system, system, {}) for system in config.systems]
+    if config.faults:
+        # The fault run follows a run of the same workload without faults: each event's loss is then
+        # measured against the same requests undisturbed, not only against the (noisy) window before.
+        runs.insert(runs.index(("raylsm", "raylsm", {})) + 1, (FAULTS_ROW, "raylsm", {"faults": True}))
     try:
-        for system in config.systems:
+        for label, system, options in runs:
             why = unavailable(system)
             if why:
                 print(f"raylsm bench fleet: skipping {system}: {why}", file=sys.stderr)
-                rows.append({"system": system, "skipped": why})
+                rows.append({"system": label, "skipped": why})
                 continue
             os.makedirs(root, exist_ok=True)
             started = time.perf_counter()
-            print(f"raylsm bench fleet: running {system}", file=sys.stderr)
+            print(f"raylsm bench fleet: running {label}", file=sys.stderr)
             results, _origin, events, system_notes = runners[system](config, workload, shape, capacity_bytes,
-                                                                     speedup, root)
-            row = fleet_report.system_row(system, results, config.page_tokens, config.prefill_tokens_per_s)
+                                                                     speedup, root, **options)
+            row = fleet_report.system_row(label, results, config.page_tokens, config.prefill_tokens_per_s)
             row["wall_s"] = round(time.perf_counter() - started, 1)
             rows.append(row)
             records = [record for result in results if "failure" not in result for record in result["records"]]
-            series[system] = records
+            series[label] = records
             if events:
-                faults = fleet_faults.analyze(events, records)
+                faults = fleet_faults.analyze(events, records, reference=series.get("raylsm"))
             notes.extend(system_notes)
             shutil.rmtree(os.path.join(root, system), ignore_errors=True)
             shutil.rmtree(os.path.join(root, "shards"), ignore_errors=True)
@@ -418,8 +426,8 @@ def add_fleet_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--systems", metavar="LIST", type=CommaList(SYSTEMS),
                         help=f"comma-separated subset of {', '.join(SYSTEMS)} (default: all)")
     parser.add_argument("--faults", action="store_true",
-                        help="during the raylsm run: kill -9 a shard at 1/3, remove another shard's node at 2/3 "
-                             "and add it back shortly after")
+                        help="run raylsm again (row raylsm_faults) with kill -9 of a shard at 1/3, another "
+                             "shard's node removed at 2/3 and added back shortly after")
     parser.add_argument("--json", metavar="PATH", dest="json_path", type=output_file, help="write the report as JSON")
     parser.add_argument("--plot", metavar="PATH", dest="plot_path", type=output_file,
                         help="write a PNG: hit ratio and get p99 over trace time per system, faults marked")

@@ -121,20 +121,31 @@ def hit_ratio(records: Sequence[dict]) -> float | None:
     return sum(record["hit_pages"] for record in records) / asked if asked else None
 
 
-def analyze(events: Sequence[dict], records: Sequence[dict], window_requests: int = BEFORE_REQUESTS,
-            probe_requests: int = PROBE_REQUESTS) -> list[dict]:
-    """Each event with: `errors` and `wrong_pages` of the `window_requests` requests before it and
-    after it (by trace time); `hit_before`, the hit ratio of the `window_requests` before it;
-    `hit_dip`, how far below hit_before (as a fraction: 0.1 = 10% lower) the lowest hit ratio of
-    `probe_requests` consecutive requests fell among the `window_requests` after it; and
-    `recovery_s`: trace seconds from the shard being back (`back_t_s`, else the event) to the first
-    request of the first `probe_requests` run, starting at or after that point, whose hit ratio is
-    >= RECOVERED x hit_before (0 when already there; None when never within the run).
+def analyze(events: Sequence[dict], records: Sequence[dict], reference: Sequence[dict] | None = None,
+            window_requests: int = BEFORE_REQUESTS, probe_requests: int = PROBE_REQUESTS) -> list[dict]:
+    """Each event with, from the fault run's per-request `records` (and, when given, the `reference`
+    records of the same requests replayed without faults, matched by their "index"):
+
+    - `errors`, `wrong_pages`: of the `window_requests` requests before it and after it (trace order);
+    - `hit_before`: the hit ratio of the `window_requests` before it; `hit_dip`: how far below
+      hit_before (a fraction: 0.1 = 10% lower) the lowest hit ratio of `probe_requests` consecutive
+      requests fell among the `window_requests` after it;
+    - `recovery_s`: trace seconds from the shard being back (`back_t_s`, else the event) to the first
+      request of the first `probe_requests` run at or after it whose hit ratio is >= RECOVERED x
+      hit_before (0 when already there; None when never within the run): the issue's definition;
+    - with a reference: `hits_lost_after` (1 - hits / reference hits over the `window_requests` after
+      the event) and `recovery_vs_reference_s`, as recovery_s but against the reference's hit ratio
+      of the same `probe_requests` requests, which the workload's own swings do not move.
 
     NOTE: windows count requests, not seconds: a sampled trace has well under one request per trace
     second (the --quick sample: 0.2), so a 10 s window would hold two requests and say nothing."""
     ordered = sorted(records, key=lambda record: record["trace_s"])
     times = [record["trace_s"] for record in ordered]
+    undisturbed = {record["index"]: record for record in reference or ()}
+
+    def reference_of(window: Sequence[dict]) -> list[dict]:
+        return [undisturbed[record["index"]] for record in window if record["index"] in undisturbed]
+
     out = []
     for event in events:
         if "t_s" not in event:
@@ -148,20 +159,34 @@ def analyze(events: Sequence[dict], records: Sequence[dict], window_requests: in
                   for index in range(0, max(1, len(after_window) - probe_requests + 1))]
         probes = [value for value in probes if value is not None]
         lowest = min(probes) if probes else None
-        reference = event.get("back_t_s") or event["t_s"]
-        recovery = None
-        if before is not None:
-            first = bisect.bisect_left(times, reference)
+        first = bisect.bisect_left(times, event.get("back_t_s") or event["t_s"])
+        reference_t = event.get("back_t_s") or event["t_s"]
+
+        def recovered(target) -> float | None:
             for index in range(first, len(ordered) - probe_requests + 1):
-                value = hit_ratio(ordered[index:index + probe_requests])
-                if value is not None and value >= RECOVERED * before:
-                    recovery = round(max(0.0, times[index] - reference), 3)
-                    break
+                window = ordered[index:index + probe_requests]
+                value, goal = hit_ratio(window), target(window)
+                if value is not None and goal is not None and value >= RECOVERED * goal - 1e-12:
+                    return round(max(0.0, times[index] - reference_t), 3)
+            return None
+
         near = before_window + after_window
-        out.append({**event, "errors": sum(record["errors"] for record in near),
-                    "wrong_pages": sum(record["wrong_pages"] for record in near),
-                    "hit_before": None if before is None else round(before, 4),
-                    "hit_dip": (None if not before or lowest is None else round(max(0.0, 1 - lowest / before), 4)),
-                    "lowest_probe_hit": None if lowest is None else round(lowest, 4),
-                    "recovery_s": recovery, "window_requests": window_requests, "probe_requests": probe_requests})
+        result = {**event, "errors": sum(record["errors"] for record in near),
+                  "wrong_pages": sum(record["wrong_pages"] for record in near),
+                  "hit_before": None if before is None else round(before, 4),
+                  "hit_dip": (None if not before or lowest is None else round(max(0.0, 1 - lowest / before), 4)),
+                  "lowest_probe_hit": None if lowest is None else round(lowest, 4),
+                  "recovery_s": None if before is None else recovered(lambda window: before),
+                  "window_requests": window_requests, "probe_requests": probe_requests}
+        if undisturbed:
+            hits = sum(record["hit_pages"] for record in after_window)
+            reference_hits = sum(record["hit_pages"] for record in reference_of(after_window))
+            result["hit_before_reference"] = _rounded(hit_ratio(reference_of(before_window)))
+            result["hits_lost_after"] = round(1 - hits / reference_hits, 4) if reference_hits else None
+            result["recovery_vs_reference_s"] = recovered(lambda window: hit_ratio(reference_of(window)))
+        out.append(result)
     return out
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)

@@ -76,8 +76,10 @@ def system_row(system: str, results: Sequence[dict], page_tokens: int, prefill_t
 
 def goals(rows: Sequence[dict], faults: Sequence[dict]) -> dict:
     """The issue's goals from rows of one run: raylsm hit >= 1.5x hicache_file_private's and >=
-    mooncake_store's; raylsm get p99 <= 3x mooncake_store's; under faults 0 errors, 0 wrong pages and
-    recovery within 10 s of trace time."""
+    mooncake_store's; raylsm get p99 <= 3x mooncake_store's; 0 errors and 0 wrong pages in the raylsm
+    runs (with and without faults); after a shard restart or a node's return, hit ratio back to 90%
+    of the window before within 10 s of trace time (and, reported beside it, of the same requests
+    without faults)."""
     by_name = {row["system"]: row for row in rows if "skipped" not in row}
     ours = by_name.get("raylsm")
     out: dict[str, Any] = {}
@@ -95,11 +97,16 @@ def goals(rows: Sequence[dict], faults: Sequence[dict]) -> dict:
         if ours["get_p99_ms"] and mooncake["get_p99_ms"]:
             out["raylsm_get_p99_over_mooncake"] = round(ours["get_p99_ms"] / mooncake["get_p99_ms"], 3)
             out["goal_get_p99_met"] = out["raylsm_get_p99_over_mooncake"] <= 3.0
-    out["goal_no_errors_met"] = ours["errors"] == 0 and ours["wrong_pages"] == 0
+    checked = [row for name, row in by_name.items() if name in ("raylsm", "raylsm_faults")]
+    out["goal_no_errors_met"] = all(row["errors"] == 0 and row["wrong_pages"] == 0 for row in checked)
     timed = [event for event in faults if event.get("kind") in ("kill_shard", "add_node")]
     if timed:
         out["goal_fault_recovery_met"] = all(event.get("recovery_s") is not None and event["recovery_s"] <= 10.0
                                              for event in timed)
+        if all("recovery_vs_reference_s" in event for event in timed):
+            out["fault_recovery_vs_reference_within_10_s"] = all(
+                event["recovery_vs_reference_s"] is not None and event["recovery_vs_reference_s"] <= 10.0
+                for event in timed)
     return out
 
 

@@ -40,6 +40,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -145,12 +146,20 @@ def mooncake_unavailable() -> str | None:
 
 
 def _sglang_version() -> str:
+    return _distribution_version("sglang")
+
+
+def _mooncake_version() -> str:
+    return _distribution_version("mooncake-transfer-engine-non-cuda")
+
+
+def _distribution_version(name: str) -> str:
     try:
         from importlib.metadata import version
 
-        return version("sglang")
-    except Exception:  # noqa: BLE001
-        return "(not installed)"
+        return version(name)
+    except Exception:  # noqa: BLE001 (a version is only reported)
+        return "(version unknown)"
 
 
 # ---- the master -----------------------------------------------------------------------------------
@@ -168,6 +177,43 @@ def _accepts(port: int, timeout_s: float = 0.2) -> bool:
     except OSError:
         return False
     return True
+
+
+def read_metrics(metrics_url: str, timeout_s: float = 2.0) -> dict[str, float]:
+    """A master's Prometheus counters and gauges without labels (e.g. `master_key_count`,
+    `master_allocated_bytes`, `master_total_capacity_bytes`, `master_evicted_key_count`,
+    `master_put_start_alloc_failures_total`) from `metrics_url`/metrics; {} when it does not answer."""
+    try:
+        with urllib.request.urlopen(f"{metrics_url}/metrics", timeout=timeout_s) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    values = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#") or "{" in line:
+            continue
+        name, _, value = line.partition(" ")
+        try:
+            values[name] = float(value)
+        except ValueError:
+            continue
+    return values
+
+
+@dataclass(frozen=True)
+class MasterEndpoints:
+    """Where a running master answers: what a client in another process needs (picklable)."""
+
+    master_server_address: str  # host:port of the RPC service
+    metadata_server: str  # URL of the embedded HTTP metadata server
+    metrics_port: int  # the metrics/admin HTTP server (on the master's host)
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.master_server_address.rpartition(':')[0]}:{self.metrics_port}"
+
+    def metrics(self, timeout_s: float = 2.0) -> dict[str, float]:
+        return read_metrics(self.metrics_url, timeout_s)
 
 
 def _die_with_parent() -> None:
@@ -197,21 +243,34 @@ class MooncakeMaster:
     it is not retried), it evicts about `eviction_ratio` of the evictable objects (more if usage is
     further above the mark). Evictable: no hard pin, no active soft pin, read lease expired. Victims are
     those with the oldest lease deadline: a lease is granted (now + `--default_kv_lease_ttl`, 10 s) by
-    every exists and get, so the policy is LRU over reads, with objects never read since their put
-    (deadline at the epoch) evicted first, in no particular order, and objects read within the lease
-    TTL not evictable at all. K and V of a page are two objects evicted independently (SGLang sends no
-    group ids unless `enable_group_semantics`).
+    every exists and get (and by SGLang's set, which checks which pages exist first), so the policy is
+    LRU over reads, with objects never read since their put (deadline at the epoch) evicted first, in
+    no particular order, and objects read within the lease TTL not evictable at all. K and V of a page
+    are two objects evicted independently (SGLang sends no group ids unless `enable_group_semantics`).
 
     Chosen: high watermark 0.95, the value SGLang's Mooncake guide starts its master with
     (sglang/srt/mem_cache/storage/mooncake_store/README.md), against Mooncake's default 0.90: with
-    uniform page-sized objects fragmentation is low, and a higher mark uses more of the same capacity
-    the other systems get. `eviction_ratio` 0.05, Mooncake's default: a full pool drops to ~90%, the
-    level HiCacheFile's LRU evicts down to (its eviction_ratio 0.9). `lease_ttl_ms` None keeps
-    Mooncake's 10 s.
+    uniform page-sized objects there is no fragmentation to leave room for (a 16 MiB segment held
+    682 objects of 24 KiB, 99.9% of it), and a higher mark uses more of the capacity the other systems
+    get. `eviction_ratio` 0.05, Mooncake's default: a full pool drops to ~90%, the level HiCacheFile's
+    LRU evicts down to (its eviction_ratio 0.9). `lease_ttl_ms` None keeps Mooncake's 10 s.
+    NOTE: one eviction frees ~5% of the objects, so a write burst larger than that (a 128-page batch
+    is 6 MiB with 48 KiB pages) into a full pool fails for the rest of the burst. Measured, 16 MiB pool,
+    1,024 pages written in 128-page batches: 2 batches stored, 6 refused (306 pages kept), with 0 s or
+    100 ms between batches alike. A pool 20 times a batch absorbs one; raise `eviction_ratio` for
+    smaller pools.
 
-    Local-disk offload (`offload=True`): `--enable_offload=true --offload_on_evict=true`, so the master
-    asks the owning client to write an object to its local disk when eviction selects it, instead of
-    dropping it (the client must enable SSD offload too: `MooncakeSystem(..., offload_dir=...)`).
+    Local-disk offload (`offload=True`): `--enable_offload=true --offload_on_evict=true`: an object
+    that eviction selects is queued for the owning client to write to its local disk (the client must
+    enable SSD offload too: `MooncakeSystem(..., offload_dir=...)`), and its DRAM is freed once it is
+    on disk and its read lease has expired. Measured on this machine (16 MiB pool, 24 KiB objects,
+    1,800 puts, bucket backend flushing every 128 objects, 1 s client heartbeat): with the default 10 s
+    lease, DRAM is not freed for 10 s after each offload (the eviction log repeats "evicted_count=0",
+    "objects deferred for disk offload") and puts fail meanwhile; with `lease_ttl_ms=500`, 1,225
+    objects were kept (631 in DRAM, 640 on disk) and all of the first 600 read back byte-exact, partly
+    from disk, but 575 of the 1,200 puts after the pool filled failed while offloads were pending.
+    Without `--offload_on_evict` (eager offload of every put: pass `extra_flags=["--enable_offload=true"]`)
+    509 failed and 88 of the first 600 were lost.
     """
 
     LOG_NAME = "mooncake_master.log"
@@ -344,24 +403,30 @@ class MooncakeMaster:
             return "(no log)"
 
     def metrics(self, timeout_s: float = 2.0) -> dict[str, float]:
-        """The master's Prometheus counters and gauges without labels (e.g. `master_key_count`,
-        `master_allocated_bytes`, `master_total_capacity_bytes`, `master_evicted_key_count`,
-        `master_put_start_alloc_failures_total`); {} when the master does not answer."""
-        try:
-            with urllib.request.urlopen(f"{self.metrics_url}/metrics", timeout=timeout_s) as response:
-                text = response.read().decode()
-        except OSError:
-            return {}
-        values = {}
-        for line in text.splitlines():
-            if not line or line.startswith("#") or "{" in line:
-                continue
-            name, _, value = line.partition(" ")
-            try:
-                values[name] = float(value)
-            except ValueError:
-                continue
-        return values
+        """The master's counters and gauges (`read_metrics`); {} when it does not answer."""
+        return read_metrics(self.metrics_url, timeout_s)
+
+    def endpoints(self) -> MasterEndpoints:
+        """The addresses of this (started) master, for clients in this or another process."""
+        if not self.running:
+            raise RuntimeError("this MooncakeMaster is not running (use it as a context manager)")
+        return MasterEndpoints(self.master_server_address, self.metadata_server, self.metrics_port)
+
+    def client_kwargs(self, segment_bytes: int, capacity_bytes: int | None = None, **options: Any) -> dict:
+        """Keyword arguments of `MooncakeSystem(pool, model_name, **kwargs)` for a client of this master
+        that contributes `segment_bytes` of DRAM (capacity_bytes / clients when several processes share
+        the master; `capacity_bytes` defaults to it). Picklable: for replica processes."""
+        return {"master": self.endpoints(), "capacity_bytes": capacity_bytes or segment_bytes,
+                "segment_bytes": segment_bytes, **options}
+
+    def describe(self) -> str:
+        """One line for a report: version, address, eviction and offload settings."""
+        lease = f"{self.lease_ttl_ms} ms" if self.lease_ttl_ms is not None else "10 s (default)"
+        offload = "offload on evict" if self.offload else "no disk offload"
+        extra = f", extra flags {' '.join(self.extra_flags)}" if self.extra_flags else ""
+        return (f"mooncake_master {_mooncake_version()} at {self.master_server_address} (TCP, HTTP metadata "
+                f"server), eviction high watermark {self.eviction_high_watermark_ratio:g}, eviction ratio "
+                f"{self.eviction_ratio:g}, read lease {lease}, {offload}{extra}")
 
 
 def _distinct_free_ports(count: int) -> list[int]:
@@ -399,10 +464,14 @@ class MooncakeSystem:
     Mooncake reads into and writes from directly (the pool's `kv_buffer` is registered with the client;
     each page is two objects, `{model}_{hash}_0_k` and `_v`, of `pool.part_bytes` each).
 
-    This process embeds a Mooncake client that mounts a DRAM segment of `segment_bytes` (default
+    `master` is a running `MooncakeMaster`, or its `MasterEndpoints` in another process (replica
+    processes get `MooncakeSystem(pool, model_name, **master.client_kwargs(segment_bytes))`). This
+    process embeds a Mooncake client that mounts a DRAM segment of `segment_bytes` (default
     `capacity_bytes`: one client holds the whole capacity; with N processes on one master, pass
-    capacity_bytes // N). `offload_dir` enables the client's local-disk offload (the master must have
-    `offload=True`): `offload_bytes` caps the bytes on disk (bucket backend, LRU).
+    capacity_bytes // N; at least MIN_SEGMENT_BYTES, 16 MiB). `offload_dir` enables the client's
+    local-disk offload (the master must have `offload=True`): `offload_bytes` caps the bytes on disk
+    (bucket backend, LRU). `enable_group_semantics` passes SGLang's option of that name (K and V of a
+    page share a Mooncake group id).
 
     Outcomes: `exists` and `get` count leading pages (a miss or a failed transfer ends the count);
     `set` is True only if every page is stored (pages already present count as stored, as SGLang skips
@@ -412,13 +481,13 @@ class MooncakeSystem:
 
     name = "mooncake_store"
 
-    def __init__(self, pool: Any, model_name: str, master: MooncakeMaster, capacity_bytes: int, *,
+    def __init__(self, pool: Any, model_name: str, master: MooncakeMaster | MasterEndpoints, capacity_bytes: int, *,
                  segment_bytes: int | None = None, offload_dir: str | os.PathLike | None = None,
                  offload_bytes: int | None = None, enable_group_semantics: bool = False) -> None:
         if capacity_bytes <= 0:
             raise ValueError(f"capacity_bytes must be > 0, got {capacity_bytes}")
-        if not master.running:
-            raise RuntimeError("the MooncakeMaster is not running (use it as a context manager)")
+        if isinstance(master, MooncakeMaster):
+            master = master.endpoints()  # RuntimeError if it is not running
         segment_bytes = capacity_bytes if segment_bytes is None else segment_bytes
         if segment_bytes < max(MIN_SEGMENT_BYTES, pool.page_bytes):
             raise ValueError(f"segment_bytes ({segment_bytes}) must be at least {MIN_SEGMENT_BYTES} (Mooncake's "
@@ -462,7 +531,8 @@ class MooncakeSystem:
     def _configure_offload(self, directory: str, offload_bytes: int | None) -> None:
         """The client's SSD offload: SGLang forwards `enable_ssd_offload` and `ssd_offload_path` (it adds a
         per-rank subdirectory); the rest is read by the Mooncake library from MOONCAKE_OFFLOAD_*
-        variables when the client sets up, so they are set in this process's environment."""
+        variables when the client sets up, so they are set in this process's environment (and stay
+        set for later clients of this process)."""
         os.makedirs(directory, exist_ok=True)
         self.extra_config.update(enable_ssd_offload=True, ssd_offload_path=os.path.abspath(directory))
         env = {
@@ -472,6 +542,9 @@ class MooncakeSystem:
             "MOONCAKE_OFFLOAD_LOCAL_BUFFER_SIZE_BYTES": str(256 << 20),
             # Offload work is handed to the client on its heartbeat (10 s by default).
             "MOONCAKE_OFFLOAD_HEARTBEAT_INTERVAL_SECONDS": "1",
+            # NOTE: a bucket file is written only once it holds this many objects (default 500): with
+            # 5,000, nothing reached the disk in 18 s of overflow; with 128, 640 objects did.
+            "MOONCAKE_OFFLOAD_BUCKET_KEYS_LIMIT": "128",
         }
         if offload_bytes is not None:
             env["MOONCAKE_OFFLOAD_BUCKET_MAX_TOTAL_SIZE"] = str(int(offload_bytes))
@@ -481,8 +554,12 @@ class MooncakeSystem:
     # ---- the bench interface
 
     def clear(self) -> None:
-        """Remove every object in the store (all clients' pages: the store is this bench's alone)."""
-        self.storage.clear()
+        """Remove every object in the store (every client's pages: the master is this bench's alone).
+
+        Not SGLang's `MooncakeStore.clear()`: its `remove_all()` skips objects under a read lease, so
+        pages checked or read in the last lease TTL (10 s) survive it (seen: 64 of 64 pages still
+        present right after a clear). `remove_all(force=True)` skips the lease check."""
+        self.storage.store.remove_all(True)
 
     def exists(self, keys: list[str], prefix: list[str]) -> int:
         return self.storage.batch_exists(keys, extra_info=self._extra_info(prefix_keys=prefix))

@@ -47,7 +47,8 @@ def test_faults_under_load_reach_no_caller(report):
     killed, _removed, returned = report["faults"]
     assert killed["back_t_s"] is not None and killed["back_t_s"] >= killed["t_s"]  # Ray restarted the shard
     assert returned["back_t_s"] is not None  # the node's shard is back in the ring under its disk's name
-    for name in ("raylsm", "hicache_file_private"):
+    assert killed["hits_lost_after"] is not None  # measured against the same requests without faults
+    for name in ("raylsm", "raylsm_faults", "hicache_file_private"):
         row = _row(report, name)
         assert row["errors"] == 0, row["error_samples"]
         assert row["wrong_pages"] == 0

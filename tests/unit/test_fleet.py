@@ -32,6 +32,7 @@ def test_fault_analysis_measures_the_dip_and_the_recovery_after_the_shard_is_bac
     records[120]["errors"] = 1
     event = {"kind": "kill_shard", "t_s": 100.0, "back_t_s": 125.0}
     (result,) = fleet_faults.analyze([event], records, window_requests=50, probe_requests=10)
+    assert "hits_lost_after" not in result  # no reference run given
     assert result["hit_before"] == 0.5
     assert result["hit_dip"] == 1.0  # a 10-request run with no hit at all
     # A 10-request run reaches 0.9 x 0.5 with at most one request of the outage in it: from t=129.
@@ -39,9 +40,23 @@ def test_fault_analysis_measures_the_dip_and_the_recovery_after_the_shard_is_bac
     assert result["errors"] == 1 and result["wrong_pages"] == 0
 
 
+def test_against_a_reference_run_the_loss_is_measured_on_the_same_requests():
+    # The workload itself changes at t=100 (hits 5 -> 2 of 10 without any fault): against the window
+    # before, that never "recovers"; against the undisturbed run of the same requests it does, once
+    # the outage (100..110, no hits) is over.
+    reference = [dict(_record(t, 5 if t < 100 else 2), index=t) for t in range(300)]
+    faulted = [dict(_record(t, 0 if 100 <= t < 110 else (5 if t < 100 else 2)), index=t) for t in range(300)]
+    (result,) = fleet_faults.analyze([{"kind": "kill_shard", "t_s": 100.0, "back_t_s": 108.0}], faulted,
+                                     reference=reference, window_requests=50, probe_requests=10)
+    assert result["recovery_s"] is None
+    assert result["recovery_vs_reference_s"] == 109 - 108  # at most one outage request in the 10
+    assert result["hits_lost_after"] == pytest.approx(10 / 50)
+    assert result["hit_before_reference"] == 0.5
+
+
 def test_fault_analysis_reports_no_recovery_when_the_hits_never_come_back():
     records = [_record(t, 5) for t in range(0, 100)] + [_record(t, 1) for t in range(100, 200)]
-    (result,) = fleet_faults.analyze([{"kind": "remove_node", "t_s": 100.0, "back_t_s": None}], records, 50, 10)
+    (result,) = fleet_faults.analyze([{"kind": "remove_node", "t_s": 100.0, "back_t_s": None}], records, window_requests=50, probe_requests=10)
     assert result["recovery_s"] is None
     assert result["hit_dip"] == pytest.approx(0.8)
 
@@ -82,11 +97,14 @@ def test_goals_compare_rows_of_the_same_run():
     rows = [{"system": "raylsm", "hit_token_ratio": 0.3, "get_p99_ms": 9.0, "errors": 0, "wrong_pages": 0},
             {"system": "hicache_file_private", "hit_token_ratio": 0.1, "get_p99_ms": 1.0},
             {"system": "mooncake_store", "hit_token_ratio": 0.31, "get_p99_ms": 2.0}]
-    result = fleet_report.goals(rows, [{"kind": "kill_shard", "recovery_s": 4.0}])
+    result = fleet_report.goals(rows, [{"kind": "kill_shard", "recovery_s": 4.0, "recovery_vs_reference_s": 12.0}])
     assert result["goal_hit_vs_private_met"] and result["raylsm_over_hicache_file_private_hit"] == 3.0
     assert not result["goal_hit_vs_mooncake_met"]
     assert result["raylsm_get_p99_over_mooncake"] == 4.5 and not result["goal_get_p99_met"]
-    assert result["goal_fault_recovery_met"]
+    assert result["goal_fault_recovery_met"] and not result["fault_recovery_vs_reference_within_10_s"]
+    rows.append({"system": "raylsm_faults", "hit_token_ratio": 0.2, "get_p99_ms": 9.0, "errors": 1, "wrong_pages": 0})
+    assert not fleet_report.goals(rows, [])["goal_no_errors_met"]
+    rows.pop()
     rows[2] = {"system": "mooncake_store", "skipped": "not installed"}
     assert "goal_hit_vs_mooncake_met" not in fleet_report.goals(rows, [])
 
