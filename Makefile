@@ -13,7 +13,7 @@ TORCH_SPEC := torch==2.13.0
 TORCHVISION_SPEC := torchvision==0.28.0
 TORCHVISION_DIR := $(VENV)/cpu-torchvision
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench bench-deps e2e clean
 
 venv: $(STAMP)
 
@@ -41,6 +41,36 @@ test: venv
 bench: venv
 	$(BIN)/raylsm bench store --json .raylsm/bench-store.json
 	$(BIN)/raylsm bench tier --json .raylsm/bench-tier.json
+
+# Benchmark peers (docs/install.md, "Benchmark peers"): Mooncake Store, the `mooncake_store` system
+# of the trace and fleet benches. pip puts its client and `mooncake_master` into the venv (the pin of
+# pyproject's `mooncake` extra: change them together; not `-e .[mooncake]`, which would reinstall
+# raylsm under running benchmarks); the client's native library needs libibverbs and librdmacm even
+# over TCP, and libnuma: apt installs them when missing (as root, else with sudo). Ends by checking
+# that it runs.
+MOONCAKE_SPEC := mooncake-transfer-engine-non-cuda==0.3.13.post1
+BENCH_APT_PACKAGES := libibverbs1 librdmacm1 libnuma1
+BENCH_LIBS := libibverbs.so.1 librdmacm.so.1 libnuma.so.1
+
+bench-deps: venv
+	@missing=""; for lib in $(BENCH_LIBS); do \
+	  { ldconfig -p 2>/dev/null || /sbin/ldconfig -p; } | grep -q "$$lib" || missing="$$missing $$lib"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  command -v apt-get >/dev/null || { echo "bench-deps: missing$$missing; install $(BENCH_APT_PACKAGES) (or your distribution's rdma-core and numactl libraries)"; exit 1; }; \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  echo "bench-deps: missing$$missing: apt-get install $(BENCH_APT_PACKAGES)"; \
+	  $$sudo apt-get update && $$sudo apt-get install -y $(BENCH_APT_PACKAGES); \
+	fi
+	$(BIN)/pip install --quiet "$(MOONCAKE_SPEC)"
+	$(BIN)/python -c "from raylsm.bench.mooncake import mooncake_unavailable; reason = mooncake_unavailable(); \
+	  print('bench-deps:', reason or 'Mooncake Store runs here'); raise SystemExit(1 if reason else 0)"
+
+# The real-SGLang end-to-end check, on a GPU machine (docs/e2e.md): a venv of its own under OUT
+# (default .raylsm/e2e) with SGLang 0.5.23 and its CUDA stack, a local raylsm tier, SGLang servers with
+# random-weight models; results in OUT/e2e.json. Not part of `make test` (its CPU tests are).
+e2e:
+	OUT="$${OUT:-.raylsm/e2e}" PYTHON="$(PYTHON)" bash tests/e2e/sglang_server.sh
 
 # The raylsm wheel, the one way raylsm gets onto Ray nodes (docs/install.md): built in a small venv
 # of its own (pip and setuptools only), into dist/ (older raylsm wheels removed first: the cluster
