@@ -10,6 +10,8 @@ Owned here:
 - `MooncakeMaster`: a context manager around one `mooncake_master` on free localhost ports (RPC,
   embedded HTTP metadata server, metrics), with the eviction flags of a bench and optional local-disk
   offload; its log goes to a file; it is killed with its process group on exit;
+- `MasterEndpoints`: a running master's addresses, picklable, for clients in replica processes
+  (`MooncakeMaster.client_kwargs`);
 - `MooncakeSystem`: the bench interface of `raylsm.bench.systems` (`name`, `pool`, `clear`, `exists`,
   `get`, `set`, `stats`, `close`) over SGLang's `MooncakeStore`, built by SGLang's
   `StorageBackendFactory` as the `mooncake` backend and driven on the zero-copy v1 path, as
@@ -17,12 +19,12 @@ Owned here:
   This process embeds the Mooncake client that contributes the DRAM segment (its whole capacity, or
   `segment_bytes` when several processes share one master).
 
-Called by the trace-replay benches (`raylsm.bench.trace_replay`, `raylsm.bench.fleet`) and by
-tests/unit/test_mooncake_system.py. Mooncake, SGLang and torch are imported when a system is built, so
-importing this module stays cheap.
+Called by the benches (`raylsm.bench.trace_replay`; `raylsm.bench.fleet`, whose replica processes,
+`raylsm.bench.fleet_replica`, build the systems) and by tests/unit/test_mooncake_system.py. Mooncake,
+SGLang and torch are imported when a system is built, so importing this module stays cheap.
 
 Thread safety: `MooncakeMaster` start and stop from one thread (the one that lives as long as the
-master: the master gets SIGTERM when the thread that started it exits, see `_die_with_parent`).
+master: the master gets SIGTERM when the thread that started it exits, see `_death_signal_setter`).
 `MooncakeSystem` calls go to the embedded Mooncake client, which is thread-safe, but the bench
 interface is driven from one replay thread.
 """
@@ -216,13 +218,16 @@ class MasterEndpoints:
         return read_metrics(self.metrics_url, timeout_s)
 
 
-def _die_with_parent() -> None:
-    """In the forked child: SIGTERM when the parent thread dies (Linux PR_SET_PDEATHSIG), so a bench
-    killed with SIGKILL leaves no master behind. Best effort: elsewhere nothing happens."""
+def _death_signal_setter() -> Any:
+    """A preexec_fn for the master: in the forked child, SIGTERM when the parent thread dies (Linux
+    PR_SET_PDEATHSIG), so a bench killed with SIGKILL leaves no master behind. None where prctl is not
+    available. libc is loaded here, in the parent: the child only calls the resolved function (no
+    dlopen after fork in a process that has threads)."""
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
     except (OSError, AttributeError):
-        pass
+        return None
+    return lambda: prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 class MooncakeMaster:
@@ -363,7 +368,7 @@ class MooncakeMaster:
             log.flush()
             self.process = subprocess.Popen([binary, *self.flags()], stdin=subprocess.DEVNULL, stdout=log,
                                             stderr=subprocess.STDOUT, start_new_session=True,
-                                            preexec_fn=_die_with_parent)
+                                            preexec_fn=_death_signal_setter())
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
