@@ -20,7 +20,7 @@ def report(tmp_path_factory):
     write_trace(WorkloadConfig(shape="multiturn", requests=150, seed=3), trace)
     requests = load_trace(trace)
     duration = (requests[-1].timestamp_ms - requests[0].timestamp_ms) / 1000
-    config = fleet.FleetConfig(trace_path=trace, replicas=2, nodes=2, speedup=duration / 15.0,
+    config = fleet.FleetConfig(trace_path=trace, replicas=2, nodes=2, speedup=duration / 8.0,
                                capacity_fraction=0.5, systems=("raylsm", "hicache_file_private"), faults=True,
                                data_dir=str(root / "data"))
     return fleet.run(config)

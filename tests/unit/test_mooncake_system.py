@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from raylsm.bench import mooncake
+from raylsm.bench import mooncake, mooncake_master
 from raylsm.bench.host_pool import MiniHostKVPool, PagePattern
 
 PAGE_TOKENS = 16
@@ -134,7 +134,7 @@ def test_master_and_its_process_group_are_gone_after_the_block_even_when_it_rais
     with pytest.raises(KeyError):
         with mooncake.MooncakeMaster(tmp_path) as running:
             process = running.process
-            assert running.running and mooncake._accepts(running.rpc_port)
+            assert running.running and mooncake_master._accepts(running.rpc_port)
             assert running.metrics().get("master_key_count") == 0
             # What a replica process gets: plain, picklable addresses of this master.
             kwargs = pickle.loads(pickle.dumps(running.client_kwargs(SEGMENT_BYTES)))
