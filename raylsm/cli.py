@@ -391,13 +391,18 @@ def _add_bench_tier(subparsers: argparse._SubParsersAction) -> None:
                         help=f"128-page batches, {TIER_BATCHES.describe()} (default 24 = 768 MiB)")
     parser.add_argument("--json", metavar="PATH", dest="json_path", type=output_file,
                         help="write the results as JSON to PATH")
+    parser.add_argument("--clients", type=TIER_CLIENTS, default=1,
+                        help=f"also drive the shard from C client processes at once (batch_set_v1 then cold "
+                             f"batch_get_v1, object path and same-node path), against the disk's read ceiling "
+                             f"with C readers, {TIER_CLIENTS.describe()} (default 1: one client only)")
     parser.set_defaults(handler=_run_bench_tier)
 
 
 def _run_bench_tier(args: argparse.Namespace) -> int:
     from raylsm.bench import tier_bench
 
-    report = tier_bench.run(tier_bench.TierBenchConfig(batches=args.batches, json_path=args.json_path))
+    report = tier_bench.run(tier_bench.TierBenchConfig(batches=args.batches, json_path=args.json_path,
+                                                       clients=args.clients))
     return 0 if all(row["wrong_pages"] == 0 for row in report["results"]) else 1
 
 
@@ -514,6 +519,7 @@ WORKLOAD_REQUESTS = NumberRange(int, 1, 10_000_000)
 CHAIN_PAGES = NumberRange(int, 1, 1 << 20)  # ClientConfig.extent_pages' range
 THREADS = NumberRange(int, 1, 256)
 TIER_BATCHES = NumberRange(int, 1, 100_000)  # 32 MiB each; the disk check bounds a run further
+TIER_CLIENTS = NumberRange(int, 1, 64)
 
 
 def non_empty(text: str) -> str:

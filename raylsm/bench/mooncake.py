@@ -47,6 +47,15 @@ TORCHVISION_DIR = Path(sys.prefix) / "cpu-torchvision"
 _torchvision_ops = None  # the op schemas declared for torchvision (a torch Library dies with its object)
 
 
+def forget_inherited_torchvision() -> None:
+    """Take TORCHVISION_DIR off sys.path. For a process started with multiprocessing's spawn: it
+    inherits its parent's sys.path, and a parent that put the CPU torchvision there (the test suite
+    does) would make the child's `import sglang` (through transformers) import it without its op
+    schemas declared, and fail ("operator torchvision::nms does not exist"). What needs torchvision
+    here (`import_sglang_mooncake_store`) puts it back with the recipe."""
+    sys.path[:] = [entry for entry in sys.path if Path(entry) != TORCHVISION_DIR]
+
+
 # ---- can it run here ------------------------------------------------------------------------------
 
 
