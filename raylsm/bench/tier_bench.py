@@ -235,12 +235,12 @@ def format_report(report: dict) -> str:
     many = [row for row in report["results"] if row["clients"] != 1]
     if many:
         lines.append(f"{'system':<14}{'clients':>8}{'get GB/s':>10}{'get p50':>9}{'get p99':>9}{'put GB/s':>10}"
-                     f"{'put p99':>9}{'vs disk':>9}{'wrong':>7}")
+                     f"{'put p99':>9}{'vs disk':>9}{'missed':>8}{'wrong':>7}")
         for row in many:
             lines.append(f"{row['system']:<14}{row['clients']:>8}{_num(row['gb_per_s'], 3):>10}"
                          f"{_num(row['get_p50_ms'], 1):>9}{_num(row['get_p99_ms'], 1):>9}"
                          f"{_num(row['put_gb_per_s'], 3):>10}{_num(row['put_p99_ms'], 1):>9}"
-                         f"{_num(row['ratio_to_disk_ceiling'], 2):>9}{row['wrong_pages']:>7}")
+                         f"{_num(row['ratio_to_disk_ceiling'], 2):>9}{row['missing_pages']:>8}{row['wrong_pages']:>7}")
         lines.append(f"goal: {report['clients']} clients' aggregate cold get >= 80% of the disk ceiling")
     if report.get("disk_ceiling_gb_per_s") is not None:
         lines.append(f"disk ceiling (cold O_DIRECT reads, {report['ceiling_threads']} threads, best pass): "

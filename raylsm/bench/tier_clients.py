@@ -73,7 +73,8 @@ def _client(spec: dict, barrier: Any) -> dict:
     pool = MiniHostKVPool(size=batches * BATCH_PAGES * spec["pool_shape"]["page_size"], **spec["pool_shape"])
     pattern = PagePattern(pool.page_bytes)
     regions = [list(range(index * BATCH_PAGES, (index + 1) * BATCH_PAGES)) for index in range(batches)]
-    extra = {**RaylsmSystem.EXTRA_CONFIG, "same_node_fast_path": spec["fast"], "ray_address": spec["ray_address"]}
+    extra = {**RaylsmSystem.EXTRA_CONFIG, "same_node_fast_path": spec["fast"], "ray_address": spec["ray_address"],
+             **spec["extra_config"]}
     system = RaylsmSystem(pool, spec["model_name"], extra)
     try:
         chains = _chains(spec["first_chain"], batches)
@@ -97,10 +98,10 @@ def _client(spec: dict, barrier: Any) -> dict:
             started = time.time()
             hits.append(system.get(chain_hexes, [], slots))
             gets.append((started, time.time()))
-        wrong = sum(BATCH_PAGES - hit + pattern.wrong_pages(pool, slots, chain_keys)
+        wrong = sum(pattern.wrong_pages(pool, slots[:hit], chain_keys[:hit])
                     for hit, slots, chain_keys in zip(hits, regions, keys))
-        return {"puts": puts, "gets": gets, "wrong_pages": wrong, "put_failures": put_failures,
-                "page_bytes": pool.page_bytes}
+        return {"puts": puts, "gets": gets, "wrong_pages": wrong, "missing_pages": BATCH_PAGES * batches - sum(hits),
+                "put_failures": put_failures, "page_bytes": pool.page_bytes}
     finally:
         system.close()
 
@@ -117,9 +118,11 @@ def _phase(calls: list[tuple[float, float]], bytes_per_call: int) -> dict:
 
 
 def run_clients(ray_address: str, clients: int, batches: int, fast: bool, pool_shape: dict,
-                drop_caches: Any, label: str) -> dict:
+                drop_caches: Any, label: str, extra_config: dict | None = None) -> dict:
     """One concurrent phase: `clients` processes, `batches` 128-page batches split among them (at
-    least one each). Returns the row: aggregate put and get GB/s and per-call p50/p99, wrong pages."""
+    least one each), `extra_config` merged into each client's RayLSMStorage extra config. Returns the
+    row: aggregate put and get GB/s and per-call p50/p99, `wrong_pages` (loaded with bytes other than
+    written: must be 0) and `missing_pages` (not loaded: a call past its deadline is a miss)."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
@@ -127,7 +130,7 @@ def run_clients(ray_address: str, clients: int, batches: int, fast: bool, pool_s
     share = max(1, batches // clients)
     specs = [{"client": index, "fast": fast, "ray_address": ray_address, "pool_shape": pool_shape,
               "model_name": f"tier-bench-{label}", "first_chain": 10_000 * (index + 1) + (5_000 if fast else 0),
-              "batches": share} for index in range(clients)]
+              "batches": share, "extra_config": dict(extra_config or {})} for index in range(clients)]
     processes = [context.Process(target=client_main, args=(spec, barrier, results), daemon=True) for spec in specs]
     for process in processes:
         process.start()
@@ -154,6 +157,7 @@ def run_clients(ray_address: str, clients: int, batches: int, fast: bool, pool_s
             "gb_per_s": get["gb_per_s"], "get_p50_ms": get["p50_ms"], "get_p99_ms": get["p99_ms"],
             "put_gb_per_s": put["gb_per_s"], "put_p50_ms": put["p50_ms"], "put_p99_ms": put["p99_ms"],
             "wrong_pages": sum(result["wrong_pages"] for result in collected.values()),
+            "missing_pages": sum(result["missing_pages"] for result in collected.values()),
             "put_failures": sum(result["put_failures"] for result in collected.values())}
 
 
