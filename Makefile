@@ -9,7 +9,8 @@ TORCH_SPEC := torch==2.13.0
 # The torchvision release built for TORCH_SPEC (change them together). SGLang's host pools import it;
 # it lives outside site-packages because on a CPU torch its import fails unless two op schemas are
 # declared first, and transformers imports it from `import sglang` wherever it is installed
-# (docs/install.md). Only tests/sglang/test_real_host_pools.py puts it on sys.path.
+# (docs/install.md). Only raylsm/bench/cpu_torchvision.py puts it on sys.path (tests of SGLang's own
+# classes, the Mooncake bench system).
 TORCHVISION_SPEC := torchvision==0.28.0
 TORCHVISION_DIR := $(VENV)/cpu-torchvision
 

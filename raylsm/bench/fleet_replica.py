@@ -107,7 +107,7 @@ def build_system(spec: dict, pool: Any) -> Any:
 def run_replica(spec: dict, wait_for_start: Any) -> dict:
     """Build the replica, report ready, wait for the common start (`wait_for_start()` returns the
     wall-clock time of trace time 0), replay, return the results."""
-    from raylsm.bench.mooncake import forget_inherited_torchvision
+    from raylsm.bench.cpu_torchvision import forget_inherited_torchvision
 
     forget_inherited_torchvision()  # before torch and SGLang are imported
     import torch

@@ -5,7 +5,7 @@ Owned here:
 - `mooncake_unavailable()`: why Mooncake cannot run on this machine (None when it can), with the
   install command, so a bench skips it with one clear line;
 - `import_sglang_mooncake_store()`: SGLang's `MooncakeStore` class, imported with the CPU torchvision
-  recipe of docs/install.md (the module imports the host pools and the metrics collector, which
+  recipe (`raylsm.bench.cpu_torchvision`) (the module imports the host pools and the metrics collector, which
   import transformers and torchvision);
 - `MooncakeMaster` and `MasterEndpoints` are re-exported from `raylsm.bench.mooncake_master` (the
   master process: ports, eviction flags, offload, its log, its stop);
@@ -33,6 +33,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from raylsm.bench.cpu_torchvision import import_torchvision
+from raylsm.bench.systems import leading_hits, storage_config
 from raylsm.bench.mooncake_master import (INSTALL_HINT, LOCALHOST, MasterEndpoints, MooncakeMaster,  # noqa: F401
                                           _sglang_version, master_binary, read_metrics)
 
@@ -41,20 +43,6 @@ logger = logging.getLogger(__name__)
 # The smallest DRAM segment a Mooncake client mounts (0.3.13: "Total size must be at least 16777216",
 # client_buffer_allocation.cpp; setup then fails with -600).
 MIN_SEGMENT_BYTES = 16 << 20
-
-# torchvision for the CPU torch, installed outside site-packages by `make venv` (Makefile TORCHVISION_DIR).
-TORCHVISION_DIR = Path(sys.prefix) / "cpu-torchvision"
-_torchvision_ops = None  # the op schemas declared for torchvision (a torch Library dies with its object)
-
-
-def forget_inherited_torchvision() -> None:
-    """Take TORCHVISION_DIR off sys.path. For a process started with multiprocessing's spawn: it
-    inherits its parent's sys.path, and a parent that put the CPU torchvision there (the test suite
-    does) would make the child's `import sglang` (through transformers) import it without its op
-    schemas declared, and fail ("operator torchvision::nms does not exist"). What needs torchvision
-    here (`import_sglang_mooncake_store`) puts it back with the recipe."""
-    sys.path[:] = [entry for entry in sys.path if Path(entry) != TORCHVISION_DIR]
-
 
 # ---- can it run here ------------------------------------------------------------------------------
 
@@ -72,29 +60,6 @@ def _import_mooncake_module() -> Any:
     return mooncake.store
 
 
-def _import_torchvision() -> None:
-    """Import torchvision (the process's own, else TORCHVISION_DIR's), declaring on a CPU torch the two
-    ops its import registers fake kernels for (docs/install.md, "torchvision on a CPU torch"; the same
-    recipe as tests/sglang/test_real_host_pools.py). Where torchvision's own ops load, nothing is declared."""
-    global _torchvision_ops
-    import torch
-
-    while True:
-        try:
-            import torchvision  # noqa: F401
-            return
-        except ModuleNotFoundError as error:
-            if error.name != "torchvision" or str(TORCHVISION_DIR) in sys.path or not TORCHVISION_DIR.is_dir():
-                raise
-            sys.path.append(str(TORCHVISION_DIR))
-        except RuntimeError as error:
-            if "torchvision::" not in str(error) or _torchvision_ops is not None:
-                raise
-            _torchvision_ops = torch.library.Library("torchvision", "DEF")
-            _torchvision_ops.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-            _torchvision_ops.define("qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor")
-
-
 @functools.lru_cache(maxsize=1)
 def import_sglang_mooncake_store() -> type:
     """SGLang's `MooncakeStore` class. Its module imports `sglang.srt.mem_cache.pool_host` and
@@ -104,7 +69,7 @@ def import_sglang_mooncake_store() -> type:
     import warnings
 
     _import_mooncake_module()
-    _import_torchvision()
+    import_torchvision()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "Only CUDA ... support AWQ/GGUF" from sglang.srt.layers
         from sglang.srt.mem_cache.storage.mooncake_store.mooncake_store import MooncakeStore
@@ -132,23 +97,6 @@ def mooncake_unavailable() -> str | None:
         return (f"SGLang's MooncakeStore does not import ({type(error).__name__}: {first}): rebuild .venv "
                 f"with `make venv` (sglang {_sglang_version()} and the CPU torchvision), then {INSTALL_HINT}")
     return None
-
-
-def _storage_config(model_name: str, extra_config: dict) -> Any:
-    """HiCacheStorageConfig of one TP-1 MHA rank with the page_first layout, as the replay's other systems."""
-    from sglang.srt.mem_cache.hicache_storage import HiCacheStorageConfig
-
-    return HiCacheStorageConfig(
-        tp_rank=0, tp_size=1, pp_rank=0, pp_size=1, attn_cp_rank=0, attn_cp_size=1, is_mla_model=False,
-        enable_storage_metrics=False, is_page_first_layout=True, model_name=model_name,
-        extra_config=dict(extra_config))
-
-
-def _leading(results: Sequence[Any]) -> int:
-    for count, value in enumerate(results):
-        if not value:
-            return count
-    return len(results)
 
 
 class MooncakeSystem:
@@ -210,7 +158,7 @@ class MooncakeSystem:
             self._configure_offload(self.offload_dir, offload_bytes)
         # NOTE: the client's local buffer (staging for non-zero-copy puts and gets) is MooncakeStore's
         # hard-coded 16 MiB; the v1 path never uses it (only the 4 KiB warm-up put does).
-        self.storage = StorageBackendFactory.create_backend("mooncake", _storage_config(model_name, self.extra_config),
+        self.storage = StorageBackendFactory.create_backend("mooncake", storage_config(model_name, self.extra_config),
                                                             pool)
         try:
             # As HiCacheController.attach_storage_backend: the pool is registered after construction.
@@ -259,7 +207,7 @@ class MooncakeSystem:
 
     def get(self, keys: list[str], prefix: list[str], slots: Sequence[int]) -> int:
         indices = self.pool.host_indices(slots)
-        return _leading(self.storage.batch_get_v1(keys, indices, self._extra_info(prefix_keys=prefix)))
+        return leading_hits(self.storage.batch_get_v1(keys, indices, self._extra_info(prefix_keys=prefix)))
 
     def set(self, keys: list[str], prefix: list[str], slots: Sequence[int]) -> bool:
         indices = self.pool.host_indices(slots)

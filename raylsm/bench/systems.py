@@ -49,7 +49,8 @@ def segment_bytes_for(per_shard_capacity: int, page_bytes: int) -> int:
     return segment
 
 
-def _storage_config(model_name: str, extra_config: dict):
+def storage_config(model_name: str, extra_config: dict):
+    """HiCacheStorageConfig of one TP-1 MHA rank with the page_first layout: what every bench system is built with."""
     from sglang.srt.mem_cache.hicache_storage import HiCacheStorageConfig
 
     return HiCacheStorageConfig(
@@ -58,7 +59,8 @@ def _storage_config(model_name: str, extra_config: dict):
         extra_config=dict(extra_config))
 
 
-def _leading(results: Sequence[Any]) -> int:
+def leading_hits(results: Sequence[Any]) -> int:
+    """How many leading entries of a v1 result list are true (SGLang uses the leading run of hits)."""
     for count, value in enumerate(results):
         if not value:
             return count
@@ -81,7 +83,7 @@ class RaylsmSystem:
         self.extra_config = dict(extra_config or self.EXTRA_CONFIG)
         # The factory calls cls(storage_config, kwargs) and does not pass the pool: SGLang registers
         # it right after, then calls on_host_pools_registered.
-        self.storage = StorageBackendFactory.create_backend("dynamic", _storage_config(model_name, self.extra_config), pool)
+        self.storage = StorageBackendFactory.create_backend("dynamic", storage_config(model_name, self.extra_config), pool)
         self.storage.register_mem_pool_host(pool)
         self.storage.on_host_pools_registered()
 
@@ -93,7 +95,7 @@ class RaylsmSystem:
 
     def get(self, keys: list[str], prefix: list[str], slots: Sequence[int]) -> int:
         indices = self.pool.host_indices(slots)
-        return _leading(self.storage.batch_get_v1(keys, indices, self._extra_info(prefix_keys=prefix)))
+        return leading_hits(self.storage.batch_get_v1(keys, indices, self._extra_info(prefix_keys=prefix)))
 
     def set(self, keys: list[str], prefix: list[str], slots: Sequence[int]) -> bool:
         indices = self.pool.host_indices(slots)
@@ -138,7 +140,7 @@ class HiCacheFileSystem:
         self.directory = directory
         # eviction_ratio stays SGLang's default (0.9): a full cache evicts down to 90% of max_size.
         extra = {"file_storage_path": directory, "max_size": str(capacity_bytes)}
-        self.storage = StorageBackendFactory.create_backend("file", _storage_config(model_name, extra), pool)
+        self.storage = StorageBackendFactory.create_backend("file", storage_config(model_name, extra), pool)
         if not self.storage._evictor.enabled:  # noqa: SLF001 (a check that the cap took effect)
             raise RuntimeError("HiCacheFile's LRU evictor did not enable with max_size")
 

@@ -58,7 +58,7 @@ def client_main(spec: dict, barrier: Any, results: Any) -> None:
 
 
 def _client(spec: dict, barrier: Any) -> dict:
-    from raylsm.bench.mooncake import forget_inherited_torchvision
+    from raylsm.bench.cpu_torchvision import forget_inherited_torchvision
 
     forget_inherited_torchvision()  # before torch and SGLang are imported
     from raylsm.bench.host_pool import MiniHostKVPool, PagePattern

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import pytest
 
+from raylsm.bench.cpu_torchvision import import_torchvision
+
 import e2e_http
 import sglang_e2e
 from e2e_errors import E2EError, FlushTimeoutError, HealthTimeoutError
@@ -50,36 +52,10 @@ SMALL_CHECK = CheckConfig(prompts=2, max_new_tokens=4, backup_timeout_s=5.0, set
 SMALL_LOAD = LoadConfig(clients=3, rounds=3, request_tokens=70, output_tokens=3, max_parallel=2, request_rate=0.0,
                         timeout_s=30.0)
 
-# torchvision for the CPU torch, as tests/sglang/test_real_host_pools.py imports it (see docs/install.md,
-# "torchvision on a CPU torch"): sglang.srt.configs imports torchvision.transforms.
-TORCHVISION_DIR = Path(sys.prefix) / "cpu-torchvision"
-_torchvision_ops = None  # the declared op schemas live as long as this object
-
-
-def _import_torchvision() -> None:
-    global _torchvision_ops
-    import torch
-
-    while True:
-        try:
-            import torchvision  # noqa: F401
-            return
-        except ModuleNotFoundError as error:
-            if error.name != "torchvision" or str(TORCHVISION_DIR) in sys.path or not TORCHVISION_DIR.is_dir():
-                raise
-            sys.path.append(str(TORCHVISION_DIR))
-        except RuntimeError as error:
-            if "torchvision::" not in str(error) or _torchvision_ops is not None:
-                raise
-            _torchvision_ops = torch.library.Library("torchvision", "DEF")
-            _torchvision_ops.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-            _torchvision_ops.define("qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor")
-
-
 @pytest.fixture(scope="module")
 def sglang():
     """SGLang 0.5.23's own parsers and loaders, imported as a server imports them."""
-    _import_torchvision()
+    import_torchvision()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "Only CUDA ... support AWQ/GGUF" from sglang.srt.layers
         from sglang.srt.configs.model_config import AttentionArch, ModelConfig

@@ -24,14 +24,14 @@ import hashlib
 import json
 import random
 import struct
-import sys
 import threading
 import warnings
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+
+from raylsm.bench.cpu_torchvision import import_torchvision
 import torch
 
 from host_pool import MHAHostPoolStandIn, MLAHostPoolStandIn, fill_random
@@ -55,43 +55,12 @@ USER_EXTRA = {
     "extent_pages": 4,
 }
 
-# torchvision for the CPU torch, installed outside site-packages by `make venv` (Makefile TORCHVISION_DIR).
-TORCHVISION_DIR = Path(sys.prefix) / "cpu-torchvision"
-_torchvision_ops = None  # the op schemas declared for torchvision (a torch Library dies with its object)
-
-
-def _import_torchvision() -> None:
-    """Import torchvision (the process's own, else TORCHVISION_DIR's), declaring on a CPU torch the
-    two ops its import registers fake kernels for.
-
-    The torchvision wheels on PyPI are built against CUDA torch: their C++ ops (`_C.so`) need
-    libtorch_cuda.so and do not load into a CPU torch, and then `torchvision/_meta_registrations.py`
-    fails with "operator torchvision::nms does not exist". Declaring the schemas of `nms` and `qnms`
-    (no kernels) lets the import finish; SGLang only needs `torchvision.transforms`, which is Python.
-    Where the ops load (a GPU server), nothing is declared."""
-    global _torchvision_ops
-    while True:
-        try:
-            import torchvision  # noqa: F401
-            return
-        except ModuleNotFoundError as error:
-            if error.name != "torchvision" or str(TORCHVISION_DIR) in sys.path or not TORCHVISION_DIR.is_dir():
-                raise
-            sys.path.append(str(TORCHVISION_DIR))
-        except RuntimeError as error:
-            if "torchvision::" not in str(error) or _torchvision_ops is not None:
-                raise
-            _torchvision_ops = torch.library.Library("torchvision", "DEF")
-            _torchvision_ops.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-            _torchvision_ops.define("qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor")
-
-
 @pytest.fixture(scope="module")
 def sglang():
     """SGLang's pool, allocator and controller modules, imported as on a server (transformers,
     torchvision and the rest installed by `make venv`)."""
     try:
-        _import_torchvision()
+        import_torchvision()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Only CUDA ... support AWQ/GGUF" from sglang.srt.layers
             from sglang.srt.managers import cache_controller
