@@ -31,10 +31,10 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from raylsm.bench.cpu_torchvision import import_torchvision
-from raylsm.bench.systems import leading_hits, storage_config
+from raylsm.bench.systems import V1Calls, storage_config
 from raylsm.bench.mooncake_master import (INSTALL_HINT, LOCALHOST, MasterEndpoints, MooncakeMaster,  # noqa: F401
                                           _sglang_version, master_binary, read_metrics)
 
@@ -99,7 +99,7 @@ def mooncake_unavailable() -> str | None:
     return None
 
 
-class MooncakeSystem:
+class MooncakeSystem(V1Calls):
     """SGLang's `MooncakeStore` (the `mooncake` built-in backend) over a `MooncakeMaster`, on the zero-copy
     v1 path: `batch_exists`; `batch_get_v1` and `batch_set_v1` with the host pool's token indices, which
     Mooncake reads into and writes from directly (the pool's `kv_buffer` is registered with the client;
@@ -201,17 +201,6 @@ class MooncakeSystem:
         pages checked or read in the last lease TTL (10 s) survive it (seen: 64 of 64 pages still
         present right after a clear). `remove_all(force=True)` skips the lease check."""
         self.storage.store.remove_all(True)
-
-    def exists(self, keys: list[str], prefix: list[str]) -> int:
-        return self.storage.batch_exists(keys, extra_info=self._extra_info(prefix_keys=prefix))
-
-    def get(self, keys: list[str], prefix: list[str], slots: Sequence[int]) -> int:
-        indices = self.pool.host_indices(slots)
-        return leading_hits(self.storage.batch_get_v1(keys, indices, self._extra_info(prefix_keys=prefix)))
-
-    def set(self, keys: list[str], prefix: list[str], slots: Sequence[int]) -> bool:
-        indices = self.pool.host_indices(slots)
-        return all(self.storage.batch_set_v1(keys, indices, self._extra_info(prefix_keys=prefix)))
 
     def stats(self) -> dict:
         """The master's view of the pool: objects (two per page), bytes allocated and capacity, evicted

@@ -67,7 +67,29 @@ def leading_hits(results: Sequence[Any]) -> int:
     return len(results)
 
 
-class RaylsmSystem:
+class V1Calls:
+    """The bench interface's exists/get/set over an SGLang backend on the zero-copy v1 path, as
+    HiCacheController drives it: `batch_exists` with prefix keys, `batch_get_v1` and `batch_set_v1`
+    with the host pool's token indices. A subclass sets `storage`, `pool` and `_extra_info`
+    (SGLang's `HiCacheStorageExtraInfo`)."""
+
+    storage: Any
+    pool: Any
+    _extra_info: Any
+
+    def exists(self, keys: list[str], prefix: list[str]) -> int:
+        return self.storage.batch_exists(keys, extra_info=self._extra_info(prefix_keys=prefix))
+
+    def get(self, keys: list[str], prefix: list[str], slots: Sequence[int]) -> int:
+        indices = self.pool.host_indices(slots)
+        return leading_hits(self.storage.batch_get_v1(keys, indices, self._extra_info(prefix_keys=prefix)))
+
+    def set(self, keys: list[str], prefix: list[str], slots: Sequence[int]) -> bool:
+        indices = self.pool.host_indices(slots)
+        return all(self.storage.batch_set_v1(keys, indices, self._extra_info(prefix_keys=prefix)))
+
+
+class RaylsmSystem(V1Calls):
     """RayLSMStorage as SGLang loads it (`--hicache-storage-backend dynamic`), on the v1 path."""
 
     name = "raylsm"
@@ -89,17 +111,6 @@ class RaylsmSystem:
 
     def clear(self) -> None:
         self.storage.clear()
-
-    def exists(self, keys: list[str], prefix: list[str]) -> int:
-        return self.storage.batch_exists(keys, extra_info=self._extra_info(prefix_keys=prefix))
-
-    def get(self, keys: list[str], prefix: list[str], slots: Sequence[int]) -> int:
-        indices = self.pool.host_indices(slots)
-        return leading_hits(self.storage.batch_get_v1(keys, indices, self._extra_info(prefix_keys=prefix)))
-
-    def set(self, keys: list[str], prefix: list[str], slots: Sequence[int]) -> bool:
-        indices = self.pool.host_indices(slots)
-        return all(self.storage.batch_set_v1(keys, indices, self._extra_info(prefix_keys=prefix)))
 
     def namespace_id(self) -> bytes:
         """The index namespace id of this replay's pages (rank included)."""
