@@ -15,6 +15,7 @@ cause; no exception escapes a data-path method.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -25,7 +26,7 @@ import ray
 
 from raylsm import namespaces
 from raylsm.actors.metrics import ClientMetrics
-from raylsm.config import TierConfig
+from raylsm.config import INLINE_ENV, TierConfig
 from raylsm.controller.controller_actor import get_controller
 from raylsm.errors import ShardUnavailableError
 from raylsm.local_reads import BoundedLocalReader, LocatedPointers
@@ -80,6 +81,8 @@ class TierClient:
         self._split_extents: frozenset[bytes] = frozenset()
         self._splits_version = -1
         if not ray.is_initialized():
+            if client.inline_call_bytes:  # read by Ray's core worker as it starts; a user's own value wins
+                os.environ.setdefault(INLINE_ENV, str(client.inline_call_bytes))
             ray.init(address=self._config.ray_address or "auto", namespace=self._config.ray_namespace,
                      log_to_driver=False)
         self._namespace = self._config.ray_namespace

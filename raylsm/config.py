@@ -18,6 +18,11 @@ RAY_NAMESPACE = "raylsm"
 CONTROLLER_NAME = "raylsm-controller"
 
 
+# Ray's system config `max_direct_call_object_size`, read from a process's environment as Ray starts
+# in it (ShardConfig.inline_reply_bytes, ClientConfig.inline_call_bytes).
+INLINE_ENV = "RAY_max_direct_call_object_size"
+
+
 @dataclass(frozen=True)
 class ShardConfig:
     # Node-local directory that holds the shard directories of a node (one per SSD shard). The
@@ -38,12 +43,22 @@ class ShardConfig:
     # Pages stored per window of the hot-extent sketch (raylsm/store/hot_extents.py): an extent is
     # judged on the last whole window, or on the current one once half full.
     hot_extent_window_pages: int = 1 << 14
+    # Replies of the shard actor up to this many bytes travel inline in Ray's gRPC reply, not through
+    # the object stores (Ray's `max_direct_call_object_size`, set in the actor's runtime environment
+    # as RAY_max_direct_call_object_size); 0 keeps Ray's default (100 KiB). For clients on other
+    # nodes (replicas and shards in separate pods); pair it with the clients' inline_call_bytes.
+    # NOTE: measured (docs/fleet.md): `raylsm bench fleet --quick`, 4 nodes, 48 KiB pages, with 16 MiB
+    # on both sides: get p50 27-29 vs 38 ms, get p99 73-100 vs 139 ms, put p99 150-177 vs 241 ms.
+    # Within one node with the fast path off it halves the object path (`raylsm bench tier`: 0.386 vs
+    # 0.709 GB/s: plasma there is shared memory), hence not the default.
+    inline_reply_bytes: int = 0
     store: StoreConfig = field(default_factory=StoreConfig)
 
     def validate(self) -> "ShardConfig":
         _require(self, "max_concurrency", 1 <= self.max_concurrency <= 256, "in [1, 256]")
         _require(self, "open_retry_s", 0 <= self.open_retry_s <= 3600, "in [0, 3600]")
         _require(self, "hot_extent_window_pages", 1 <= self.hot_extent_window_pages <= 1 << 30, "in [1, 2**30]")
+        _require(self, "inline_reply_bytes", 0 <= self.inline_reply_bytes <= 1 << 29, "in [0, 2**29]")
         _require(self, "resource_name", bool(self.resource_name), "non-empty")
         _require(self, "disk_label", bool(self.disk_label), "non-empty")
         self.store.validate()
@@ -103,6 +118,11 @@ class ClientConfig:
     # 54% of the store's direct throughput; 8 MiB calls 64-68% (Ray's object store also creates 32 MiB
     # objects slower than 8 MiB ones: 18 vs 4 x 3.5 ms per round trip).
     object_chunk_bytes: int = 8 << 20
+    # Call arguments (a put's pages) up to this many bytes travel inline in Ray's gRPC request, not
+    # through the object stores: RAY_max_direct_call_object_size, set before this client starts Ray
+    # in its process (not when the process had started Ray already, nor over a value set by the
+    # user); 0 keeps Ray's default. The shards' counterpart is ShardConfig.inline_reply_bytes.
+    inline_call_bytes: int = 0
 
     def validate(self) -> "ClientConfig":
         _require(self, "extent_pages", 1 <= self.extent_pages <= 1 << 20, "in [1, 2**20]")
@@ -119,6 +139,7 @@ class ClientConfig:
         _require(self, "located_pointer_ttl_s", 0 <= self.located_pointer_ttl_s <= 60, "in [0, 60]")
         _require(self, "located_pointer_entries", 1 <= self.located_pointer_entries <= 1 << 24, "in [1, 2**24]")
         _require(self, "object_chunk_bytes", 1 << 16 <= self.object_chunk_bytes <= 1 << 34, "in [64 KiB, 16 GiB]")
+        _require(self, "inline_call_bytes", 0 <= self.inline_call_bytes <= 1 << 29, "in [0, 2**29]")
         return self
 
 

@@ -18,7 +18,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from raylsm.actors.shard_actor import ShardServer
-from raylsm.config import ShardConfig
+from raylsm.config import INLINE_ENV, ShardConfig
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,9 @@ def shard_name(identity: str, index: int) -> str:
 
 def start_shard(node_id: str, name: str, config: ShardConfig, namespace: str):
     """Create (or get, if it exists) the named detached shard actor pinned to `node_id`."""
+    options = {}
+    if config.inline_reply_bytes:  # Ray reads it when the actor's worker process starts
+        options["runtime_env"] = {"env_vars": {INLINE_ENV: str(config.inline_reply_bytes)}}
     return ShardActor.options(
         name=name,
         namespace=namespace,
@@ -58,4 +61,5 @@ def start_shard(node_id: str, name: str, config: ShardConfig, namespace: str):
         num_cpus=0,
         resources={config.resource_name: 1},
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
+        **options,
     ).remote(name, config)

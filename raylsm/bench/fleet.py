@@ -55,6 +55,7 @@ SPEEDUP = NumberRange(float, 0, 10_000, low_open=True)
 FRACTION = NumberRange(float, 0, 1, low_open=True, fractions=True)
 HOST_FRACTION = NumberRange(float, 0, 1, fractions=True)
 TIME_WINDOW_S = NumberRange(float, 0, 10**9, low_open=True)
+INLINE_BYTES = NumberRange(int, 0, 1 << 29)
 # --quick: one conversation in 16 over the whole trace (the sample the single-process `bench trace
 # --quick` uses), 50x faster than real time: about 750 requests in 71 s per system.
 # NOTE: the first 900 s of the trace (a quarter of its conversations) was tried first: a cold window
@@ -86,6 +87,7 @@ class FleetConfig:
     prefill_tokens_per_s: float = 10_000.0
     systems: tuple[str, ...] = SYSTEMS
     faults: bool = False
+    inline_bytes: int = 0  # raylsm: ShardConfig.inline_reply_bytes and the replicas' inline_call_bytes
     json_path: str | None = None
     plot_path: str | None = None
     data_dir: str | None = None
@@ -262,17 +264,19 @@ def _run_raylsm(config: FleetConfig, workload: FleetWorkload, shape: Any, capaci
     cluster = FleetCluster(config.nodes)
     tier = None
     try:
-        tier = TierSession(config.nodes, capacity_bytes, shape.page_bytes, root, cluster.address, direct_io=True)
+        tier = TierSession(config.nodes, capacity_bytes, shape.page_bytes, root, cluster.address, direct_io=True,
+                           inline_reply_bytes=config.inline_bytes)
         tier.start()
         extra = {"extra_config": {**RaylsmSystem.EXTRA_CONFIG, "ray_address": cluster.address,
-                                  "local_read_direct_io": True}}
+                                  "local_read_direct_io": True, "inline_call_bytes": config.inline_bytes}}
         specs = _replica_specs(config, workload, "raylsm", shape, capacity_bytes, speedup, root, extra)
         schedule = None
         if faults:
             schedule = fleet_faults.FaultSchedule(cluster, workload.duration_s / speedup, speedup)
         results, origin = run_replicas(specs, schedule.run if schedule else None)
         notes = [f"raylsm: {len(tier.shard_names)} shards on {config.nodes} simulated nodes, "
-                 f"{tier.per_shard_capacity} B each in segments of {tier.segment_bytes} B"] + tier.notes
+                 f"{tier.per_shard_capacity} B each in segments of {tier.segment_bytes} B; inline replies and "
+                 f"calls up to {config.inline_bytes or 'Ray default'} B"] + tier.notes
         return results, origin, (schedule.events if schedule else []), notes
     finally:
         try:
@@ -428,6 +432,10 @@ def add_fleet_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--faults", action="store_true",
                         help="run raylsm again (row raylsm_faults) with kill -9 of a shard at 1/3, another "
                              "shard's node removed at 2/3 and added back shortly after")
+    parser.add_argument("--inline-bytes", type=INLINE_BYTES, default=0, metavar="N", dest="inline_bytes",
+                        help=f"raylsm: shard replies and replica calls up to N bytes travel inline in Ray's gRPC "
+                             f"messages, not through the object stores (ShardConfig.inline_reply_bytes, the extra "
+                             f"config's inline_call_bytes; docs/fleet.md), {INLINE_BYTES.describe()} (default 0: Ray's)")
     parser.add_argument("--json", metavar="PATH", dest="json_path", type=output_file, help="write the report as JSON")
     parser.add_argument("--plot", metavar="PATH", dest="plot_path", type=output_file,
                         help="write a PNG: hit ratio and get p99 over trace time per system, faults marked")
@@ -443,7 +451,8 @@ def config_from_args(args: argparse.Namespace) -> FleetConfig:
         replicas=args.replicas, nodes=args.nodes, speedup=args.speedup, router=args.router,
         capacity_fraction=args.capacity_fraction, host_cache_fraction=args.host_cache_fraction,
         payload_scale=args.payload_scale, systems=tuple(args.systems) if args.systems else SYSTEMS,
-        faults=args.faults, json_path=args.json_path, plot_path=args.plot_path, data_dir=args.data_dir,
+        faults=args.faults, inline_bytes=args.inline_bytes, json_path=args.json_path, plot_path=args.plot_path,
+        data_dir=args.data_dir,
         seed=args.seed)
 
 

@@ -32,6 +32,7 @@ FLAT_KEYS = {
     "same_node_fast_path": ("client", "same_node_fast_path"),
     "local_read_direct_io": ("client", "local_read_direct_io"),
     "object_chunk_bytes": ("client", "object_chunk_bytes"),
+    "inline_call_bytes": ("client", "inline_call_bytes"),
     "virtual_nodes": ("client", "virtual_nodes"),
 }
 # Keys that name what the pages are (raylsm/sglang/identity.py), not how the tier runs.
