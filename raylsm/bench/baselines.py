@@ -20,11 +20,12 @@ several reader threads at once, so they keep no per-call state on the object.
 
 from __future__ import annotations
 
-import errno
 import os
 from typing import Any, NamedTuple, Protocol, Sequence
 
 import numpy as np
+
+from raylsm.store.segment import full_preadv, full_pwritev
 
 MiB = 1 << 20
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
@@ -232,7 +233,7 @@ class DiskCeilingSystem:
         return buffer
 
     def put_batch(self, batch: PageBatch, values: Sequence[np.ndarray]) -> int:
-        _full_pwritev(self._fd, list(values), batch.page_ids[0] * self._page_bytes)
+        full_pwritev(self._fd, _views(values), batch.page_ids[0] * self._page_bytes)
         return len(values)
 
     def finish_puts(self) -> None:
@@ -244,10 +245,10 @@ class DiskCeilingSystem:
     def get_batch_into(self, batch: PageBatch, out_buffers: Sequence[np.ndarray]) -> int:
         ids = batch.page_ids
         if isinstance(ids, range) and ids.step == 1:
-            _full_preadv(self._fd, list(out_buffers), ids.start * self._page_bytes)
+            full_preadv(self._fd, _views(out_buffers), ids.start * self._page_bytes)
         else:
             for page_id, out in zip(ids, out_buffers):
-                _full_preadv(self._fd, [out], page_id * self._page_bytes)
+                full_preadv(self._fd, _views([out]), page_id * self._page_bytes)
         return len(out_buffers)
 
     def close(self) -> None:
@@ -256,35 +257,8 @@ class DiskCeilingSystem:
             self._fd = -1
 
 
-def _full_pwritev(fd: int, buffers: list, offset: int) -> None:
-    views = [memoryview(buffer).cast("B") for buffer in buffers]
-    while views:
-        written = os.pwritev(fd, views, offset)
-        if written <= 0:
-            raise OSError(errno.EIO, "pwritev wrote nothing")
-        offset += written
-        views = _skip(views, written)
-
-
-def _full_preadv(fd: int, buffers: list, offset: int) -> None:
-    views = [memoryview(buffer).cast("B") for buffer in buffers]
-    while views:
-        got = os.preadv(fd, views, offset)
-        if got <= 0:
-            raise OSError(errno.EIO, f"short read at offset {offset}")
-        offset += got
-        views = _skip(views, got)
-
-
-def _skip(views: list[memoryview], done: int) -> list[memoryview]:
-    rest = []
-    for view in views:
-        if done >= view.nbytes:
-            done -= view.nbytes
-        else:
-            rest.append(view[done:] if done else view)
-            done = 0
-    return rest
+def _views(buffers: Sequence[Any]) -> list[memoryview]:
+    return [memoryview(buffer).cast("B") for buffer in buffers]
 
 
 BASELINES = {

@@ -170,8 +170,8 @@ def disk_ceiling(directory: str, total_bytes: int, page_bytes: int, threads: int
     page-sized reads and 128-page sequential chunks, each pass `repeats` times; the best pass is the
     ceiling. Returns {"disk_ceiling_gb_per_s", "random_gb_per_s": [...], "sequential_gb_per_s": [...]}.
     The file is removed afterwards."""
-    from raylsm.bench.baselines import _full_pwritev
     from raylsm.store.io_buffers import aligned_empty
+    from raylsm.store.segment import full_pwritev
 
     pages = total_bytes // page_bytes
     path = os.path.join(directory, "ceiling.dat")
@@ -182,7 +182,7 @@ def disk_ceiling(directory: str, total_bytes: int, page_bytes: int, threads: int
         source[:] = np.frombuffer(np.random.default_rng(0).bytes(chunk), dtype=np.uint8)
         for start in range(0, pages, BATCH_PAGES):
             count = min(BATCH_PAGES, pages - start)
-            _full_pwritev(descriptor, [source[:count * page_bytes]], start * page_bytes)
+            full_pwritev(descriptor, [memoryview(source[:count * page_bytes])], start * page_bytes)
         os.fdatasync(descriptor)
         out: dict[str, list[float]] = {"random_gb_per_s": [], "sequential_gb_per_s": []}
         for _ in range(repeats):
@@ -204,13 +204,13 @@ def disk_ceiling(directory: str, total_bytes: int, page_bytes: int, threads: int
 
 def _read_all(descriptor: int, units: list[tuple[int, int]], threads: int, buffer_bytes: int) -> float:
     """Bytes per second of reading every (offset, length) unit, split round robin over `threads`."""
-    from raylsm.bench.baselines import _full_preadv
     from raylsm.store.io_buffers import aligned_empty
+    from raylsm.store.segment import full_preadv
 
     def reader(mine: list[tuple[int, int]]) -> None:
         buffer = aligned_empty(buffer_bytes)
         for offset, length in mine:
-            _full_preadv(descriptor, [buffer[:length]], offset)
+            full_preadv(descriptor, [memoryview(buffer[:length])], offset)
 
     workers = [threading.Thread(target=reader, args=(units[index::threads],)) for index in range(threads)]
     started = time.perf_counter()
