@@ -38,7 +38,7 @@ import os
 import signal
 import sys
 from fractions import Fraction
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from raylsm.bench.disk_budget import existing_ancestor  # stdlib only, as everything imported here
 from raylsm.bench.interrupts import Terminated, signals_interrupt
@@ -501,6 +501,14 @@ class NumberRange:
         if value is None or not self.contains(value):
             raise argparse.ArgumentTypeError(f"must be {self.describe()}, got {text!r}")
         return value
+
+
+def require_ranges(checks: Sequence[tuple[str, Any, "NumberRange"]]) -> None:
+    """ConfigError naming the flag of the first (flag, value, range) whose value (when not None) is
+    out of its range: the same check argparse made, for a config built in code."""
+    for flag, value, allowed in checks:
+        if value is not None and not allowed.contains(value):
+            raise ConfigError(f"{flag} must be {allowed.describe()}, got {value!r}")
 
 
 def _plain(number: float | None) -> str:

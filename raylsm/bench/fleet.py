@@ -43,8 +43,10 @@ from typing import Any, Sequence
 from raylsm.bench import fleet_faults
 from raylsm.bench.replay import pool_shape
 from raylsm.bench.report import write_json
-from raylsm.bench.trace import MODEL_PROFILES, PageKeyCache, conversation_of, load_trace, sample_conversations
-from raylsm.cli import CommaList, NumberRange, directory_path, existing_file, output_file
+from raylsm.bench.trace import MODEL_PROFILES, PageKeyCache, conversation_of, load_sampled
+from raylsm.bench.trace_replay import (CAPACITY_FRACTION, HOST_CACHE_FRACTION, PAYLOAD_SCALE, SAMPLE_RATE,
+                                       TIME_WINDOW_S)  # the same flags as `bench trace`, the same ranges
+from raylsm.cli import CommaList, NumberRange, directory_path, existing_file, output_file, require_ranges
 from raylsm.errors import ConfigError
 
 SYSTEMS = ("raylsm", "hicache_file_private", "mooncake_store")
@@ -52,15 +54,12 @@ ROUTERS = ("round_robin", "session")
 REPLICAS = NumberRange(int, 1, 64)
 NODES = NumberRange(int, 1, 64)
 SPEEDUP = NumberRange(float, 0, 10_000, low_open=True)
-FRACTION = NumberRange(float, 0, 1, low_open=True, fractions=True)
-HOST_FRACTION = NumberRange(float, 0, 1, fractions=True)
-TIME_WINDOW_S = NumberRange(float, 0, 10**9, low_open=True)
 INLINE_BYTES = NumberRange(int, 0, 1 << 29)
 # --quick: one conversation in 16 over the whole trace (the sample the single-process `bench trace
 # --quick` uses), 50x faster than real time: about 750 requests in 71 s per system.
 # NOTE: the first 900 s of the trace (a quarter of its conversations) was tried first: a cold window
 # where even the LRU model hits 0.055 of L3 asks, so the systems could not be told apart.
-QUICK = {"time_window_s": None, "sample_rate": 1 / 16, "speedup": 50.0}
+QUICK = {"sample_rate": 1 / 16, "speedup": 50.0}
 DEFAULT_SPEEDUP = 10.0
 FAULTS_ROW = "raylsm_faults"  # the raylsm run with --faults' events (the row "raylsm" runs without them)
 READY_TIMEOUT_S = 300.0  # replicas import torch, SGLang and Ray: tens of seconds on 2 cores
@@ -95,15 +94,14 @@ class FleetConfig:
 
     def validate(self) -> "FleetConfig":
         """Return self, or raise ConfigError naming the flag of the first bad value."""
-        for flag, value, allowed in (("--replicas", self.replicas, REPLICAS), ("--nodes", self.nodes, NODES),
-                                     ("--speedup", self.speedup, SPEEDUP),
-                                     ("--capacity-fraction", self.capacity_fraction, FRACTION),
-                                     ("--host-cache-fraction", self.host_cache_fraction, HOST_FRACTION),
-                                     ("--sample-conversations", self.sample_rate, FRACTION),
-                                     ("--time-window", self.time_window_s, TIME_WINDOW_S),
-                                     ("--payload-scale", self.payload_scale, FRACTION)):
-            if value is not None and not allowed.contains(value):
-                raise ConfigError(f"{flag} must be {allowed.describe()}, got {value!r}")
+        require_ranges((("--replicas", self.replicas, REPLICAS), ("--nodes", self.nodes, NODES),
+                        ("--speedup", self.speedup, SPEEDUP),
+                        ("--capacity-fraction", self.capacity_fraction, CAPACITY_FRACTION),
+                        ("--host-cache-fraction", self.host_cache_fraction, HOST_CACHE_FRACTION),
+                        ("--sample-conversations", self.sample_rate, SAMPLE_RATE),
+                        ("--time-window", self.time_window_s, TIME_WINDOW_S),
+                        ("--payload-scale", self.payload_scale, PAYLOAD_SCALE),
+                        ("--inline-bytes", self.inline_bytes, INLINE_BYTES)))
         if self.router not in ROUTERS:
             raise ConfigError(f"--router must be one of {', '.join(ROUTERS)}, got {self.router!r}")
         if self.profile not in MODEL_PROFILES:
@@ -119,11 +117,9 @@ class FleetConfig:
 
     def effective(self) -> tuple[float | None, float, float]:
         """(time window s, sample rate, speedup) after --quick's defaults."""
-        window = self.time_window_s if self.time_window_s is not None else (QUICK["time_window_s"] if self.quick else None)
-        # (QUICK["time_window_s"] is None: the whole trace)
         rate = self.sample_rate if self.sample_rate is not None else (QUICK["sample_rate"] if self.quick else 1.0)
         speedup = self.speedup if self.speedup is not None else (QUICK["speedup"] if self.quick else DEFAULT_SPEEDUP)
-        return window, rate, speedup
+        return self.time_window_s, rate, speedup
 
 
 @dataclass
@@ -148,15 +144,7 @@ def route(conversations: Sequence[int], replicas: int, router: str) -> list[int]
 
 def load_workload(config: FleetConfig) -> FleetWorkload:
     window, rate, _ = config.effective()
-    try:
-        trace = load_trace(config.trace_path, time_window_s=window)
-    except (OSError, ValueError) as error:
-        if isinstance(error, ConfigError):
-            raise
-        raise ConfigError(f"--trace {config.trace_path or 'packaged trace'}: {error}") from error
-    trace = sample_conversations(trace, rate, config.seed)
-    if not trace:
-        raise ConfigError("the trace window (and sample) holds no requests")
+    trace, _ = load_sampled(config.trace_path, time_window_s=window, sample_rate=rate, seed=config.seed)
     keys = PageKeyCache(config.page_tokens)
     chains = [keys.pages(request) for request in trace]
     first = trace[0].timestamp_ms
@@ -416,16 +404,16 @@ def add_fleet_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                              f"(default {DEFAULT_SPEEDUP:g}; --quick {QUICK['speedup']:g})")
     parser.add_argument("--router", choices=ROUTERS, default="round_robin",
                         help="how requests reach replicas: round_robin (default, a plain load balancer) or session")
-    parser.add_argument("--sample-conversations", type=FRACTION, metavar="F", dest="sample_rate",
-                        help=f"keep this fraction of conversations, {FRACTION.describe()} (default 1; --quick "
+    parser.add_argument("--sample-conversations", type=SAMPLE_RATE, metavar="F", dest="sample_rate",
+                        help=f"keep this fraction of conversations, {SAMPLE_RATE.describe()} (default 1; --quick "
                              f"{QUICK['sample_rate']:g})")
     parser.add_argument("--time-window", type=TIME_WINDOW_S, metavar="S", dest="time_window_s",
                         help="replay the requests within S seconds of the first one")
-    parser.add_argument("--capacity-fraction", type=FRACTION, default=0.1, metavar="F",
+    parser.add_argument("--capacity-fraction", type=CAPACITY_FRACTION, default=0.1, metavar="F",
                         help="total L3 capacity of every system, as a fraction of the run's distinct page bytes (default 0.1)")
-    parser.add_argument("--host-cache-fraction", type=HOST_FRACTION, default=0.02, metavar="F",
+    parser.add_argument("--host-cache-fraction", type=HOST_CACHE_FRACTION, default=0.02, metavar="F",
                         help="each replica's simulated L1/L2, as a fraction of the run's distinct pages (default 0.02)")
-    parser.add_argument("--payload-scale", type=FRACTION, default=1 / 16, metavar="S",
+    parser.add_argument("--payload-scale", type=PAYLOAD_SCALE, default=1 / 16, metavar="S",
                         help="scale page bytes down (default 1/16: 48 KiB pages)")
     parser.add_argument("--systems", metavar="LIST", type=CommaList(SYSTEMS),
                         help=f"comma-separated subset of {', '.join(SYSTEMS)} (default: all)")

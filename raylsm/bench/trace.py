@@ -263,3 +263,20 @@ def sample_conversations(trace: Sequence[Any], rate: float, salt: int = 0) -> li
 
 
 _SAMPLE_KEY = struct.Struct("<QQ")
+
+
+def load_sampled(path: str | None, *, limit: int | None = None, time_window_s: float | None = None,
+                 sample_rate: float = 1.0, seed: int = 0) -> tuple[list[Any], int]:
+    """The requests a bench replays: `load_trace`'s window, then `sample_conversations`. Returns
+    (requests, requests in the window before sampling). ConfigError, naming `--trace`, for a missing,
+    unreadable or malformed file, and for a window and sample that hold no request."""
+    try:
+        trace = load_trace(path, limit=limit, time_window_s=time_window_s)
+    except (OSError, ValueError) as error:  # a missing, unreadable or malformed file is bad input
+        if isinstance(error, ConfigError):
+            raise
+        raise ConfigError(f"--trace {path or 'packaged trace'}: {error}") from error
+    sampled = sample_conversations(trace, sample_rate, seed)
+    if not sampled:
+        raise ConfigError("the trace window (and sample) holds no requests")
+    return sampled, len(trace)

@@ -56,9 +56,10 @@ from raylsm.bench.report import (build_report, format_report, jsonable, percenti
                                  summarize, write_json, write_plot)
 from raylsm.bench.systems import (SEGMENTS_PER_SHARD, HiCacheFileSystem, RaylsmSystem, ShardCounter, TierSession,
                                   segment_bytes_for, shard_summary, sum_counters)
-from raylsm.bench.trace import MODEL_PROFILES, TRACE_BLOCK_TOKENS, conversation_of, load_trace, sample_conversations
+from raylsm.bench.trace import (MODEL_PROFILES, TRACE_BLOCK_TOKENS, conversation_of, load_sampled,
+                                sample_conversations)
 from raylsm.cli import (SHARDS, CommandParser, CommaList, NumberRange, directory_path, existing_file,
-                        output_file, run_command)
+                        output_file, require_ranges, run_command)
 from raylsm.errors import ConfigError
 from raylsm.store.page_key import namespace_id
 
@@ -131,18 +132,16 @@ class ReplayConfig:
         """Return self, or raise ConfigError naming the flag of the first value out of its range."""
         if self.profile not in MODEL_PROFILES:
             raise ConfigError(f"--profile must be one of {sorted(MODEL_PROFILES)}, got {self.profile!r}")
-        for flag, value, allowed in (
-                ("--capacity-fraction", self.capacity_fraction, CAPACITY_FRACTION),
-                ("--host-cache-fraction", self.host_cache_fraction, HOST_CACHE_FRACTION),
-                ("--payload-scale", self.payload_scale, PAYLOAD_SCALE),
-                ("--sample-conversations", self.sample_rate, SAMPLE_RATE),
-                ("--limit", self.limit, REQUEST_LIMIT),
-                ("--time-window", self.time_window_s, TIME_WINDOW_S),
-                ("--shards", self.shards, SHARDS),
-                ("--prefill-tokens-per-s", self.prefill_tokens_per_s, PREFILL_TOKENS_PER_S),
-                ("--seed", self.seed, SEED)):
-            if value is not None and not allowed.contains(value):
-                raise ConfigError(f"{flag} must be {allowed.describe()}, got {value!r}")
+        require_ranges((
+            ("--capacity-fraction", self.capacity_fraction, CAPACITY_FRACTION),
+            ("--host-cache-fraction", self.host_cache_fraction, HOST_CACHE_FRACTION),
+            ("--payload-scale", self.payload_scale, PAYLOAD_SCALE),
+            ("--sample-conversations", self.sample_rate, SAMPLE_RATE),
+            ("--limit", self.limit, REQUEST_LIMIT),
+            ("--time-window", self.time_window_s, TIME_WINDOW_S),
+            ("--shards", self.shards, SHARDS),
+            ("--prefill-tokens-per-s", self.prefill_tokens_per_s, PREFILL_TOKENS_PER_S),
+            ("--seed", self.seed, SEED)))
         if self.page_tokens not in PAGE_TOKEN_CHOICES:
             raise ConfigError(f"--page-tokens must be {PAGE_TOKENS_ALLOWED}, got {self.page_tokens!r}")
         if self.page_cache not in PAGE_CACHE_MODES:
@@ -172,16 +171,8 @@ def run(config: ReplayConfig) -> dict:
     sample_rate = config.sample_rate
     if sample_rate is None:
         sample_rate = QUICK_SAMPLE_RATE if config.quick else 1.0
-    try:
-        trace = load_trace(config.trace_path, limit=config.limit, time_window_s=config.time_window_s)
-    except (OSError, ValueError) as error:  # a missing, unreadable or malformed file is bad input
-        if isinstance(error, ConfigError):
-            raise
-        raise ConfigError(f"--trace {config.trace_path or 'packaged trace'}: {error}") from error
-    offered = len(trace)
-    trace = sample_conversations(trace, sample_rate, config.seed)
-    if not trace:
-        raise ConfigError("the trace window (and sample) holds no requests")
+    trace, offered = load_sampled(config.trace_path, limit=config.limit, time_window_s=config.time_window_s,
+                                  sample_rate=sample_rate, seed=config.seed)
     plan = make_plan(trace, config.page_tokens, config.host_cache_fraction)
     shape = pool_shape(config.profile, config.page_tokens, config.payload_scale)
     page_bytes = shape.page_bytes
