@@ -66,11 +66,13 @@ def _drop_caches() -> str:
         return "page cache not dropped (not permitted): O_DIRECT reads only"
 
 
-def _chains(batches: int) -> list[list[bytes]]:
+def chains_of(batches: int, first: int = 0) -> list[list[bytes]]:
+    """`batches` chains of BATCH_PAGES chained page hashes, numbered from `first` (distinct numbers,
+    distinct pages)."""
     import hashlib
 
     chains = []
-    for chain in range(batches):
+    for chain in range(first, first + batches):
         previous, hashes = b"", []
         for depth in range(BATCH_PAGES):
             previous = hashlib.sha256(previous + chain.to_bytes(4, "little") + depth.to_bytes(4, "little")).digest()
@@ -139,7 +141,7 @@ def run(config: TierBenchConfig) -> dict:
         pool = MiniHostKVPool(size=2 * BATCH_PAGES * POOL_SHAPE["page_size"], **POOL_SHAPE)
         assert pool.page_bytes == PAGE_BYTES, (pool.page_bytes, PAGE_BYTES)
         pattern = PagePattern(pool.page_bytes)
-        chains = _chains(config.batches)
+        chains = chains_of(config.batches)
         hex_chains = [[page.hex() for page in chain] for chain in chains]  # SGLang's keys, made untimed
         write_slots, read_slots = list(range(BATCH_PAGES)), list(range(BATCH_PAGES, 2 * BATCH_PAGES))
         total_bytes = config.batches * BATCH_PAGES * pool.page_bytes

@@ -31,20 +31,6 @@ import numpy as np
 BATCH_PAGES = 128
 
 
-def _chains(first: int, count: int) -> list[list[bytes]]:
-    import hashlib
-
-    chains = []
-    for chain in range(first, first + count):
-        previous, hashes = b"", []
-        for depth in range(BATCH_PAGES):
-            previous = hashlib.sha256(previous + chain.to_bytes(4, "little") + depth.to_bytes(4, "little")
-                                      + b"clients").digest()
-            hashes.append(previous)
-        chains.append(hashes)
-    return chains
-
-
 def client_main(spec: dict, barrier: Any, results: Any) -> None:
     """One client process: build, then (behind `barrier`) put its batches, wait while the caches are
     dropped, get them back; `results.put((client, dict))`."""
@@ -63,6 +49,7 @@ def _client(spec: dict, barrier: Any) -> dict:
     forget_inherited_torchvision()  # before torch and SGLang are imported
     from raylsm.bench.host_pool import MiniHostKVPool, PagePattern
     from raylsm.bench.systems import RaylsmSystem
+    from raylsm.bench.tier_bench import chains_of
     from raylsm.router import ExtentConfig, page_keys
 
     # One 128-page region of the pool per batch: pages are filled before the timed puts and checked
@@ -77,7 +64,7 @@ def _client(spec: dict, barrier: Any) -> dict:
              **spec["extra_config"]}
     system = RaylsmSystem(pool, spec["model_name"], extra)
     try:
-        chains = _chains(spec["first_chain"], batches)
+        chains = chains_of(batches, spec["first_chain"])
         hexes = [[page.hex() for page in chain] for chain in chains]
         keys = [page_keys(system.namespace_id(), chain, [], ExtentConfig()) for chain in chains]
         for chain_keys, slots in zip(keys, regions):
