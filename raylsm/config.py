@@ -36,6 +36,11 @@ class ShardConfig:
     # is named after its Ray node id: a restarted node starts an empty shard, and the old directory
     # stays on the disk until removed by hand.
     disk_label: str = "raylsm-disk"
+    # The shards of one disk (same data_dir and disk identity: a node offering raylsm_shard > 1) pool
+    # their store capacities into one budget and evict in one order, oldest segment of any of them
+    # first (raylsm/store/budget_pool.py). Off: each shard evicts within its own capacity.
+    # NOTE: `raylsm bench trace`, 8 shards vs 1 at the same total capacity (docs/placement.md).
+    pool_disk_budget: bool = True
     # Threads of the threaded shard actor: reads (preadv, multi-get) release the GIL and overlap.
     max_concurrency: int = 8
     # How long a restarted shard retries opening its directory while the old process holds the lock.

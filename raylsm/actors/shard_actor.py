@@ -28,6 +28,7 @@ from raylsm.actors.metrics import ShardMetrics
 from raylsm.config import ShardConfig
 from raylsm.errors import StoreLockedError
 from raylsm.store import ShardStore
+from raylsm.store.budget_pool import pool_path
 from raylsm.store.hot_extents import HotExtents
 from raylsm.store.outcomes import PutOutcome
 from raylsm.store.io_buffers import aligned_empty
@@ -222,13 +223,21 @@ class ShardServer:
             self._metrics.sync(self._store.stats())
 
 
+def disk_pool_path(config: ShardConfig, shard_name: str) -> str | None:
+    """The budget pool file of this shard's disk: shared by the shards named after one disk identity
+    (`shard-<disk>-<index>`) under one data_dir; None when pooling is off."""
+    if not (config.pool_disk_budget and config.store.background_reclaim):
+        return None
+    return pool_path(os.path.abspath(config.data_dir), shard_name.rsplit("-", 1)[0])
+
+
 def open_with_retry(path: str, config: ShardConfig, shard_name: str) -> ShardStore:
     """Open the shard's store, retrying while a previous incarnation still holds the lock."""
     deadline = time.monotonic() + config.open_retry_s
     delay = 0.1
     while True:
         try:
-            return ShardStore.open(path, config.store)
+            return ShardStore.open(path, config.store, budget_pool=disk_pool_path(config, shard_name))
         except StoreLockedError:
             if time.monotonic() >= deadline:
                 raise

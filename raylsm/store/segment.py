@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import time
 from typing import Iterator
 
 from raylsm.errors import CorruptionError
@@ -78,6 +79,9 @@ class Segment:
         self.write_offset = write_offset
         self.capacity_bytes = capacity_bytes
         self.sealed = sealed
+        # Wall-clock time of its last append (the seal, or the file's mtime when opened sealed): the
+        # age that orders eviction across the stores of one budget pool.
+        self.sealed_at = os.fstat(fd).st_mtime if sealed else 0.0
         self._pins = 0
         self._retired = False
         self._lock = threading.Lock()
@@ -126,6 +130,7 @@ class Segment:
             os.ftruncate(self._fd, self.write_offset)
             self.capacity_bytes = self.write_offset
             self.sealed = True
+            self.sealed_at = time.time()
 
     def truncate(self, size: int) -> None:
         """Cut a torn or unwritten tail (recovery)."""

@@ -23,15 +23,16 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import msgpack
 import numpy as np
 
 from raylsm import namespaces
-from raylsm.errors import CapacityError, FormatVersionError, StoreClosedError
+from raylsm.errors import CapacityError, ConfigError, FormatVersionError, StoreClosedError
 from raylsm.store import format as fmt
 from raylsm.store.admission import make_admission_policy
+from raylsm.store.budget_pool import POLL_S, POOL_ROOM_SEGMENTS, BudgetPool, PoolFullError
 from raylsm.store.config import StoreConfig
 from raylsm.store.outcomes import IN_STORE, PutOutcome
 from raylsm.store.io_buffers import aligned_empty, page_views, parts_nbytes
@@ -72,6 +73,7 @@ class ShardStore:
         self._next_segment_id = state.next_segment_id
         self._active: Segment | None = None
         self._reclaimer: SegmentReclaimer | None = None  # started by open() when background_reclaim
+        self._pool: BudgetPool | None = None  # joined by open() when given a pool path
         # Reads served per page since it was written, by segment then value offset (for reinsertion).
         self._reads_since_written: dict[int, dict[int, int]] = {}
         self._zero_pad = aligned_empty(fmt.BLOCK_BYTES)
@@ -85,13 +87,20 @@ class ShardStore:
     # ---- lifecycle ----------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str, config: StoreConfig | None = None) -> "ShardStore":
+    def open(cls, path: str, config: StoreConfig | None = None, budget_pool: str | None = None) -> "ShardStore":
         """Open (or create) the store in directory `path`.
 
-        Raises ConfigError for an invalid config, StoreLockedError if the directory is open
-        elsewhere, FormatVersionError if it was written by an incompatible format version.
+        With `budget_pool` (a pool file path shared by the stores of one disk; raylsm.store.budget_pool)
+        the store pools its capacity with theirs and evicts in one order with them: it may hold more
+        than its own capacity_bytes while the pool holds less than the sum. A pool that cannot be
+        joined is logged and the store runs alone.
+        Raises ConfigError for an invalid config (or a pool without background_reclaim),
+        StoreLockedError if the directory is open elsewhere, FormatVersionError if it was written
+        by an incompatible format version.
         """
         config = (config or StoreConfig()).validate()
+        if budget_pool and not config.background_reclaim:
+            raise ConfigError("a budget pool needs background_reclaim (its members evict for each other)")
         os.makedirs(os.path.join(path, fmt.SEGMENTS_DIR), exist_ok=True)
         index = PointerIndex(os.path.join(path, fmt.INDEX_DIR), IndexOptions(
             block_cache_bytes=config.block_cache_bytes, write_buffer_bytes=config.index_write_buffer_bytes(),
@@ -109,14 +118,29 @@ class ShardStore:
             raise
         try:
             store._check_disk_room()
+            if budget_pool:
+                store._join_pool(budget_pool)
             with store._write_lock:
                 store._enforce_capacity()  # a budget lowered since the last open holds from the start
         except BaseException:
             store.close()
             raise
         if config.background_reclaim:
-            store._reclaimer = SegmentReclaimer(store)
+            store._reclaimer = SegmentReclaimer(store, period_s=POLL_S if store._pool is not None else 0.25)
         return store
+
+    def _wake_reclaimer(self) -> None:
+        reclaimer = self._reclaimer
+        if reclaimer is not None:
+            reclaimer.wake()
+
+    def _join_pool(self, path: str) -> None:
+        try:
+            self._pool = BudgetPool.join(path, os.path.abspath(self.root), on_wake=self._wake_reclaimer)
+        except (OSError, ValueError, PoolFullError) as error:
+            logger.warning("store %s: runs without its disk's budget pool %s (%r)", self.root, path, error)
+            return
+        self.room_state()  # publish at once: the members count this store's capacity from now on
 
     def _check_disk_room(self) -> None:
         """CapacityError if the budget exceeds what this store holds plus the free space of its
@@ -139,6 +163,8 @@ class ShardStore:
             if self._closed:
                 return
             self._closed = True
+            if self._pool is not None:
+                self._pool.leave()
             if self._active is not None:
                 self._active.seal()
                 self._active = None
@@ -272,7 +298,8 @@ class ShardStore:
         return pointer is not None and pointer.segment_id in self._segments
 
     def _append_pages(self, keys: Sequence[bytes], pages: Sequence[tuple[memoryview, ...]], sizes: Sequence[int],
-                      checksums: Sequence[int] | None = None, roll: bool = True) -> list[bool]:
+                      checksums: Sequence[int] | None = None, roll: bool = True,
+                      wait_for_room: bool = True) -> list[bool]:
         """Append pages as records into the active segment, rolling segments as needed (unless
         `roll` is False: then only what fits the active segment), and commit their pointers. Caller
         holds the write lock. An I/O error fails the pages not yet committed."""
@@ -282,7 +309,7 @@ class ShardStore:
             if self._active is None and not roll:
                 return results
             try:
-                segment = self._active if self._active is not None else self._roll()
+                segment = self._active if self._active is not None else self._roll(wait_for_room)
             except OSError:
                 return results  # no room for a new segment (ENOSPC): these pages are not stored
             end = _fit(sizes, start, segment.remaining_bytes())
@@ -347,7 +374,7 @@ class ShardStore:
             self._active.seal()
             self._active = None
 
-    def _roll(self) -> Segment:
+    def _roll(self, wait_for_room: bool = True) -> Segment:
         """Seal the active segment and start the next one. Raises OSError if it cannot be created.
 
         With background reclaim (the default) the reclaimer keeps a segment of room ahead, so a put
@@ -357,18 +384,27 @@ class ShardStore:
         self._seal_active()
         config = self._config
         kept: list = []
-        if config.background_reclaim:
+        if config.background_reclaim and not wait_for_room:
+            pass  # the reclaimer re-appending kept pages into the room it freed
+        elif config.background_reclaim:
             # Room is the reclaimer's job: wait for it (the write lock is released meanwhile) up to
             # roll_wait_s; only a writer that outruns it for that long drops the oldest whole.
             # NOTE: `raylsm bench trace --quick` (back-to-back puts, 6 MB segments) with no wait:
             # 82 of 800 segments dropped by puts, reinserted pages 12.6k (23.4k inline), L3 hit 0.184.
+            # In a budget pool the room may come from another member's reclaimer (it polls).
             deadline = time.monotonic() + config.roll_wait_s
-            while self._needs_room() and self._has_sealed_segment():
+            while True:
+                room = self.room_state()
+                if not room.full or not (self._has_sealed_segment() or room.others_sealed):
+                    break
                 remaining = deadline - time.monotonic()
                 if self._reclaimer is not None and remaining > 0:
                     self._reclaimer.wake()
-                    self._room.wait(min(remaining, 0.05))
+                    # (another member's eviction does not notify this condition: look again soon)
+                    self._room.wait(min(remaining, 0.05 if self._pool is None else 0.005))
                     continue
+                if not self._has_sealed_segment():
+                    break  # the pool's other members lag: roll past the budget by this segment
                 evict_oldest(self, [0])
                 self._stats.add(evicted_segments_inline=1)
             if self._active is not None:  # another writer rolled while this one waited
@@ -396,16 +432,48 @@ class ShardStore:
         return _fit(sizes, 0, self._active.remaining_bytes()) == len(sizes)
 
     def _needs_room(self) -> bool:
-        """Whether one more segment would take the store past its budget."""
-        return self._disk_bytes() + self._config.segment_bytes > self._config.capacity_bytes
+        """Whether one more segment would take the store (or its budget pool) past its budget."""
+        return self.room_state().needs_room
+
+    def room_state(self) -> RoomState:
+        """Whether one more segment would take the store past its budget, and who may free room:
+        alone, this store whenever it has a sealed segment; in a budget pool, the member holding the
+        pool's oldest sealed segment. Publishes this store's figures to its pool."""
+        disk = self._disk_bytes()
+        segment = self._config.segment_bytes
+        if self._pool is None:
+            full = disk + segment > self._config.capacity_bytes
+            return RoomState(full, full, True, False)
+        self._pool.publish(self._config.capacity_bytes, disk, self._oldest_sealed_at())
+        view = self._pool.view()
+        if view.disk_bytes + min(view.members, POOL_ROOM_SEGMENTS) * segment > view.capacity_bytes and not view.my_turn:
+            self._pool.wake(view.oldest_member)
+        # The reclaimers keep POOL_ROOM_SEGMENTS of room in the pool, so a roll finds room while
+        # the member holding the oldest segment is woken and frees one. A roll waits only when not
+        # even its own segment fits.
+        return RoomState(view.disk_bytes + min(view.members, POOL_ROOM_SEGMENTS) * segment > view.capacity_bytes,
+                         view.disk_bytes + segment > view.capacity_bytes, view.my_turn,
+                         view.others_sealed, view.members, view.capacity_bytes, view.disk_bytes)
+
+    def _oldest_sealed_at(self) -> float | None:
+        active = self._active
+        sealed = [segment for segment_id, segment in list(self._segments.items())  # (list: one atomic copy)
+                  if active is None or segment_id != active.segment_id]
+        return min(sealed, key=lambda segment: segment.segment_id).sealed_at if sealed else None
 
     def _has_sealed_segment(self) -> bool:
         active_id = self._active.segment_id if self._active is not None else None
-        return any(segment_id != active_id for segment_id in self._segments)
+        return any(segment_id != active_id for segment_id in list(self._segments))
 
     def _enforce_capacity(self) -> None:
-        """Evict oldest sealed segments until disk use is within the budget (after it was lowered)."""
-        while self._disk_bytes() > self._config.capacity_bytes and self._has_sealed_segment():
+        """Evict oldest sealed segments until disk use is within the budget (after it was lowered);
+        in a budget pool, only while this store holds the pool's oldest (the others do the rest)."""
+        while self._has_sealed_segment():
+            room = self.room_state()
+            disk, capacity = ((room.pool_disk_bytes, room.pool_capacity_bytes) if self._pool is not None
+                              else (self._disk_bytes(), self._config.capacity_bytes))
+            if disk <= capacity or not room.my_turn:
+                return
             evict_oldest(self, [0])
 
     def wait_reclaimed(self, timeout_s: float = 30.0) -> bool:
@@ -417,7 +485,7 @@ class ShardStore:
     def _disk_bytes(self) -> int:
         """What the store holds on disk: segment files (the active one at its preallocated size) and
         the RocksDB index directory. This is what capacity_bytes bounds."""
-        return sum(segment.file_bytes for segment in self._segments.values()) + self._index.disk_bytes()
+        return sum(segment.file_bytes for segment in list(self._segments.values())) + self._index.disk_bytes()
 
     def delete_batch(self, keys: Sequence[bytes]) -> int:
         """Remove pages; returns how many were present. Their bytes die with their segment."""
@@ -708,7 +776,23 @@ class ShardStore:
                              "segment_bytes": segment_bytes, "index_bytes": index_bytes,
                              "disk_bytes": segment_bytes + index_bytes,
                              "capacity_bytes": self._config.capacity_bytes, "segments": len(segments)}
+        pool = self._pool
+        if pool is not None and not self._closed:
+            view = pool.view()
+            snapshot["pool"] = {"path": pool.path, "members": view.members,
+                                "capacity_bytes": view.capacity_bytes, "disk_bytes": view.disk_bytes}
         return snapshot
+
+
+class RoomState(NamedTuple):
+    needs_room: bool  # the reclaimer should free a segment (alone: the same as `full`; in a pool,
+                      # less than one segment of room per member is left)
+    full: bool  # one more segment would pass the budget (the pool's, in a pool): a roll waits
+    my_turn: bool  # this store is the one to free a segment (alone: always)
+    others_sealed: bool  # another pool member could free one
+    pool_members: int = 0
+    pool_capacity_bytes: int = 0
+    pool_disk_bytes: int = 0
 
 
 class _LiveSpace:
