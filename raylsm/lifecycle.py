@@ -508,7 +508,8 @@ def down(namespace: str = "raylsm", state_dir: str = EMBEDDED_DIR, address: str 
 
 
 def format_status(report: dict) -> str:
-    """A fixed-width table of shards: node, state, pages, bytes, capacity, hit rate."""
+    """A fixed-width table of shards (node, state, pages, bytes, capacity, hit rate), then one line
+    per disk budget pool (the shards of one disk that share its budget)."""
     rows = [("shard", "node", "state", "pages", "live GB", "disk GB", "capacity GB", "hit rate")]
     for shard in report["shards"]:
         stats = shard.get("stats") or {}
@@ -526,6 +527,14 @@ def format_status(report: dict) -> str:
     for shard in report["shards"]:
         if shard.get("error"):
             lines.append(f"{shard['shard']} failed: {shard['error']}")
+    pools: dict[str, dict] = {}
+    for shard in report["shards"]:
+        pool = (shard.get("stats") or {}).get("pool")
+        if pool:
+            pools[pool["path"]] = pool
+    for path, pool in sorted(pools.items()):
+        lines.append(f"disk budget pool {path}: {pool['members']} shards, disk {pool['disk_bytes'] / 1e9:.3f} GB "
+                     f"of {pool['capacity_bytes'] / 1e9:.1f} GB (they evict as one cache)")
     lines.append(f"ring version {report['ring_version']}"
                  + (f"; {report['split_extents']} hot extents split (docs/placement.md)" if report.get("split_extents")
                     else ""))

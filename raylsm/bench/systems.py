@@ -218,8 +218,10 @@ class TierSession:
     """
 
     def __init__(self, shards: int, capacity_bytes: int, page_bytes: int, data_dir: str,
-                 ray_address: str | None = None, direct_io: bool = True, inline_reply_bytes: int = 0) -> None:
+                 ray_address: str | None = None, direct_io: bool = True, inline_reply_bytes: int = 0,
+                 pool_disk_budget: bool = True) -> None:
         self.inline_reply_bytes = inline_reply_bytes
+        self.pool_disk_budget = pool_disk_budget
         self.requested_shards = shards
         self.direct_io = direct_io
         self.capacity_bytes = capacity_bytes
@@ -274,7 +276,8 @@ class TierSession:
         store = StoreConfig(capacity_bytes=self.per_shard_capacity, segment_bytes=self.segment_bytes,
                             direct_io=self.direct_io)
         config = TierConfig(shard=ShardConfig(data_dir=os.path.join(self.data_dir, "shards"), store=store,
-                                              inline_reply_bytes=self.inline_reply_bytes))
+                                              inline_reply_bytes=self.inline_reply_bytes,
+                                              pool_disk_budget=self.pool_disk_budget))
         self.owns_controller = True
         lifecycle.up(config, shards=self.requested_shards)  # Ray is initialized: controller + shards only
         self.shard_names = sorted(ray.get(get_controller(RAY_NAMESPACE).ring.remote())["shards"])

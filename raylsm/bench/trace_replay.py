@@ -107,12 +107,13 @@ class ReplayConfig:
     payload_scale: float = DEFAULT_PAYLOAD_SCALE  # page bytes = page_tokens x KV bytes/token x scale
     capacity_fraction: float = 0.1  # L3 capacity: fraction of the window's distinct page bytes
     host_cache_fraction: float = 0.02  # simulated L1/L2: fraction of the window's distinct pages
-    # One shard per node-local disk, as deployed: this machine has one. More shards on one disk split
-    # its capacity into fixed partitions by extent. NOTE: on the --quick sample (capacity of ~16
-    # extents a shard at 4 shards) that cost 0.18-0.20 L3 hit ratio depending on the ring (shard
-    # names hold random node ids), against 0.234 with one shard; at full-trace scale the partition
-    # effect is small (simulated LRU: 0.2204 with 1 shard, 0.2165 with 4).
+    # Shards started here all sit on this machine's one disk: by default they pool its budget and
+    # evict as one cache (ShardConfig.pool_disk_budget, docs/placement.md). With `partitioned`, each
+    # keeps a fixed share, as shards on separate nodes do. NOTE: partitioned, on the --quick sample
+    # (capacity of ~16 extents a shard at 4 shards) that cost 0.18-0.20 L3 hit ratio depending on the
+    # ring, against 0.234 with one shard.
     shards: int = 1
+    partitioned: bool = False
     prefill_tokens_per_s: float = 10_000.0  # modelled GPU prefill rate (8B model, one GPU)
     systems: tuple[str, ...] = SYSTEMS
     data_dir: str | None = None  # default ./.raylsm/bench/trace-<pid>
@@ -236,7 +237,7 @@ def run(config: ReplayConfig) -> dict:
     details["capacity_note"] = (
         f"{capacity_bytes} B = {config.capacity_fraction:g} x {plan.distinct_pages} distinct pages x {page_bytes} B "
         f"({capacity_pages} pages) for every system" + (
-            f"; raylsm: {details.get('per_shard_capacity_bytes')} B per shard in segments of "
+            f"; raylsm: {details.get('per_shard_capacity_bytes')} B per shard ({details.get('disk_budget')}) in segments of "
             f"{details.get('segment_bytes')} B (capacity / shards / {SEGMENTS_PER_SHARD}, >= 1 MiB; the store needs 2 segments)"
             if "segment_bytes" in details else "") + (
             "; hicache_file: LRUFileEvictor max_size, eviction_ratio 0.9" if "hicache_file" in measured else ""))
@@ -339,7 +340,8 @@ def _run_measured(config: ReplayConfig, plan: ReplayPlan, shape: PoolShape, capa
         model_name = f"trace-replay-{config.profile}"
         if "raylsm" in measured:
             direct_io = config.page_cache == "cold"
-            tier = TierSession(config.shards, capacity_bytes, shape.page_bytes, root, config.ray_address, direct_io)
+            tier = TierSession(config.shards, capacity_bytes, shape.page_bytes, root, config.ray_address, direct_io,
+                               pool_disk_budget=not config.partitioned)
             print("raylsm bench trace: joining or starting the raylsm tier", file=sys.stderr)
             phase = time.perf_counter()
             tier.start()
@@ -353,7 +355,9 @@ def _run_measured(config: ReplayConfig, plan: ReplayPlan, shape: PoolShape, capa
             counter = ShardCounter(tier.shard_names, raylsm_system.routing_id(), raylsm_system.split_extents)
             details.update(shard_names=list(tier.shard_names), routing_id=raylsm_system.routing_id())
             details.update(shards=len(tier.shard_names), segment_bytes=tier.segment_bytes,
-                           per_shard_capacity_bytes=tier.per_shard_capacity)
+                           per_shard_capacity_bytes=tier.per_shard_capacity,
+                           disk_budget=("as the running tier is configured" if not tier.started
+                                        else "partitioned" if config.partitioned else "pooled"))
             details["notes"].extend(tier.notes)
         if "hicache_file" in measured:
             directory = os.path.join(root, "hicache_file")
@@ -462,7 +466,11 @@ def add_trace_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help=f"replay the requests within S seconds of the first one, {TIME_WINDOW_S.describe()}")
     parser.add_argument("--shards", type=SHARDS, default=1, metavar="N",
                         help=f"shard actors when this command starts the tier, {SHARDS.describe()} (default 1: one "
-                             f"per disk, and this machine has one; N > 1 splits the capacity into N fixed partitions)")
+                             f"per disk, and this machine has one; N > 1 shards on its one disk pool the capacity and "
+                             f"evict as one cache, see --partitioned)")
+    parser.add_argument("--partitioned", action="store_true",
+                        help="give each shard started here a fixed share of the capacity (no disk budget pool), as "
+                             "shards on separate nodes have: what partitioning costs")
     parser.add_argument("--capacity-fraction", type=CAPACITY_FRACTION, default=0.1, metavar="F",
                         help=f"L3 capacity as a fraction of the replayed window's distinct page bytes, "
                              f"{CAPACITY_FRACTION.describe()} (default 0.1; 1 holds every page); every measured "
@@ -512,8 +520,8 @@ def config_from_args(args: argparse.Namespace) -> ReplayConfig:
         trace_path=args.trace_path, limit=args.limit, time_window_s=args.time_window_s, sample_rate=args.sample_rate,
         page_tokens=args.page_tokens, profile=args.profile, payload_scale=args.payload_scale,
         capacity_fraction=args.capacity_fraction, host_cache_fraction=args.host_cache_fraction,
-        shards=args.shards, prefill_tokens_per_s=args.prefill_tokens_per_s, systems=systems,
-        data_dir=args.data_dir, ray_address=args.ray_address,
+        shards=args.shards, partitioned=args.partitioned, prefill_tokens_per_s=args.prefill_tokens_per_s,
+        systems=systems, data_dir=args.data_dir, ray_address=args.ray_address,
         raylsm_extra_config=tuple(sorted(args.raylsm_extra_config.items())), json_path=args.json_path, plot_path=args.plot_path,
         progress=not args.no_progress, quick=args.quick, seed=args.seed, page_cache=args.page_cache)
 

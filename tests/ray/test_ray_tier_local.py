@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from raylsm.actors.placement import shard_name
+from raylsm.lifecycle import format_status
 from raylsm.router import page_anchors, routing_key
 
 SHARD_UNITS = 3
@@ -64,9 +65,15 @@ def test_controller_starts_one_shard_per_resource_unit_and_publishes_a_ring(tier
         assert entry["node_id"] == local_ray
         assert {"counters", "space"} <= set(entry["stats"])
         assert entry["stats"]["space"]["capacity_bytes"] == tier.config.shard.store.capacity_bytes
+        # The node's shards share one disk: they pool its budget (raylsm/store/budget_pool.py).
+        pool = entry["stats"]["pool"]
+        assert pool["members"] == SHARD_UNITS
+        assert pool["capacity_bytes"] == SHARD_UNITS * tier.config.shard.store.capacity_bytes
+        assert pool["path"] == os.path.join(data_dir, f".shard-{local_ray[:12]}.pool")
         info = tier.info(entry["shard"])
         assert info["path"] == os.path.join(data_dir, entry["shard"])
         assert os.path.isdir(os.path.join(info["path"], "segments"))
+    assert f"disk budget pool {pool['path']}: {SHARD_UNITS} shards" in format_status(status)
     assert status["errors"] == {}
 
 

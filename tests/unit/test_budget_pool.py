@@ -138,3 +138,18 @@ def test_a_reopened_member_takes_its_slot_back(pooled, kit, tmp_path):
 def test_a_pool_needs_background_reclaim(tmp_path, kit):
     with pytest.raises(ConfigError, match="background_reclaim"):
         ShardStore.open(str(tmp_path / "store"), kit.config(), budget_pool=str(tmp_path / ".pool"))
+
+
+def test_pages_read_since_written_get_their_second_chance_in_the_pool(pooled, kit):
+    """The member holding the oldest segments frees them for a neighbour's puts; each freed segment's
+    read pages are re-appended into the room it made, even when the neighbour's waiting roll takes
+    that room first (kept pages never exceed what was freed)."""
+    old, new = pooled("old"), pooled("new")
+    old_keys = _fill(old, kit, "old", 8)  # 4 MiB: the pool's oldest segments
+    assert all(value is not None for value in old.get_batch(old_keys))  # read: they earn reinsertion
+    _fill(new, kit, "new", 20)  # 10 MiB into a 12 MiB pool
+    assert old.wait_reclaimed() and new.wait_reclaimed()
+    counters = kit.counters(old)
+    assert counters["evicted_segments"] >= 3
+    assert counters["reinserted_pages"] >= len(old_keys) - PER_BATCH
+    assert _present(old, old_keys) >= len(old_keys) - PER_BATCH
