@@ -39,6 +39,12 @@ from raylsm.store.outcomes import ACCEPTED, PutOutcome
 
 logger = logging.getLogger(__name__)
 
+# How often the fast path's reads are reported to their shards when no probe carried them.
+# NOTE: `raylsm bench trace`, agentic workload, 8 shards, capacity 0.05: flushed with the ring
+# refresh (2 s) a shard that no request probed heard of reads late, after the read page's segment was
+# evicted: 27.8k pages re-appended against 47.8k in a direct replay of the same stream into the stores.
+READ_REPORT_S = 0.1
+
 class _Chunk(NamedTuple):
     """The key of one of several object-path get calls to one shard: its slots start at `start`."""
 
@@ -103,7 +109,7 @@ class TierClient:
         self._bounded_reader = BoundedLocalReader(self._local_reader, self._health)
         self._located = LocatedPointers(client.located_pointer_entries, client.located_pointer_ttl_s)
         # Reads done on the fast path, per shard, not yet reported: they ride on the next
-        # probe_located call to that shard, or go in the background loop's flush.
+        # probe_located call to that shard, or go in the reporter's flush every READ_REPORT_S.
         self._unreported_reads: dict[str, dict[int, list[int]]] = {}  # shard -> segment -> offsets
         self._unreported_lock = threading.Lock()
         self._unsettled: list[_Unsettled] = []
@@ -115,6 +121,8 @@ class TierClient:
         self.refresh_ring()
         self._refresher = threading.Thread(target=self._background_loop, name="raylsm-ring-refresh", daemon=True)
         self._refresher.start()
+        self._reporter = threading.Thread(target=self._report_loop, name="raylsm-read-report", daemon=True)
+        self._reporter.start()
 
     # ---- ring ---------------------------------------------------------------------------------
 
@@ -165,9 +173,20 @@ class TierClient:
             self._current_ids = namespaces.current_ids({"generations": merged})
             self._generations = merged
 
+    def _report_loop(self) -> None:
+        """Flush the fast path's read reports every READ_REPORT_S (non-blocking calls, one per shard
+        with pending reads): a read earns its page a second chance only if it arrives before the
+        page's segment is evicted, and a shard that no probe reaches would hear of it late."""
+        while not self._closed.wait(READ_REPORT_S):
+            try:
+                if self._unreported_reads:
+                    self.report_reads()
+            except Exception:  # noqa: BLE001 (the thread must outlive any one failure)
+                logger.exception("raylsm: read report failed")
+
     def _background_loop(self) -> None:
         while not self._closed.wait(self._config.client.ring_refresh_s):
-            for step in (self.report_reads, self.refresh_ring, self._settle_puts, self._check_stalled):
+            for step in (self.refresh_ring, self._settle_puts, self._check_stalled):
                 try:
                     step()
                 except Exception:  # the thread must outlive any one failure, or the ring goes stale

@@ -285,7 +285,8 @@ def _shards_located(tier) -> int:
 
 
 def test_a_get_after_exists_reads_the_located_pages_without_a_shard_call(tier, pages, tools):
-    client = tier.client(same_node_fast_path=True)
+    # No ring refresh in the test's time: only the client's read reporter can tell the shards.
+    client = tier.client(same_node_fast_path=True, ring_refresh_s=3600)
     chain = pages.chain("probed, then read", 3 * EXTENT_PAGES)
     values = pages.values(chain)
     assert all(client.put(pages.namespace, chain, [], values))
@@ -297,8 +298,8 @@ def test_a_get_after_exists_reads_the_located_pages_without_a_shard_call(tier, p
     assert client.get_into(pages.namespace, chain, [], out) == [True] * len(chain)
     assert all(np.array_equal(o, v) for o, v in zip(out, values))
     assert client.stats()["counters"]["local_reads_without_call"] == len(chain)
-    # The shards learn of those reads (with the next probe, or the refresh loop's flush), so the
-    # pages earn reinsertion.
+    # The shards learn of those reads without another call of this client (the reporter flushes
+    # them within READ_REPORT_S), so the pages earn reinsertion before their segment is evicted.
     tools.wait_until(lambda: _shards_located(tier) - located_before == len(chain), 30, "note_reads to arrive")
 
     # The pointers were used up: the next get asks the shards again, with the same result.
