@@ -3,7 +3,8 @@ reclaimer that keeps a segment of free space ahead of the writer.
 
 Owned here: `evict_oldest` (one segment out: plan and read without the write lock, then one short
 locked commit), `reappend` (kept pages back in, in small locked records), and `SegmentReclaimer`,
-the thread that runs them whenever the store holds less than one free segment. Called by
+the thread that runs them whenever the store holds less than one free segment (in a disk budget
+pool, whenever the pool is short of room and this store holds its oldest segment). Called by
 ShardStore only: a put that rolls a segment either finds room (the reclaimer made it) or, if the
 reclaimer lags, drops the oldest segment whole, without reading or re-appending anything.
 NOTE: before, a roll evicted and re-appended up to a whole segment of kept pages under the write

@@ -377,10 +377,13 @@ class ShardStore:
     def _roll(self, wait_for_room: bool = True) -> Segment:
         """Seal the active segment and start the next one. Raises OSError if it cannot be created.
 
-        With background reclaim (the default) the reclaimer keeps a segment of room ahead, so a put
-        only writes into free space; if it lags, the oldest segments are dropped whole here (counted
-        as evicted_segments_inline; nothing read or re-appended). Without it, the roll evicts with
-        reinsertion itself and re-appends what was kept into the new segment."""
+        With background reclaim (the default) the reclaimer keeps a segment of room ahead (in a budget
+        pool, the member holding the oldest segment does), so a put only writes into free space; if
+        it lags, this store's oldest segments are dropped whole here (counted as
+        evicted_segments_inline; nothing read or re-appended). The reclaimer's own re-append of kept
+        pages (`wait_for_room` False) rolls without waiting: it fills the room its eviction made.
+        Without background reclaim, the roll evicts with reinsertion itself and re-appends what was
+        kept into the new segment."""
         self._seal_active()
         config = self._config
         kept: list = []
@@ -446,13 +449,13 @@ class ShardStore:
             return RoomState(full, full, True, False)
         self._pool.publish(self._config.capacity_bytes, disk, self._oldest_sealed_at())
         view = self._pool.view()
-        if view.disk_bytes + min(view.members, POOL_ROOM_SEGMENTS) * segment > view.capacity_bytes and not view.my_turn:
-            self._pool.wake(view.oldest_member)
         # The reclaimers keep POOL_ROOM_SEGMENTS of room in the pool, so a roll finds room while
         # the member holding the oldest segment is woken and frees one. A roll waits only when not
         # even its own segment fits.
-        return RoomState(view.disk_bytes + min(view.members, POOL_ROOM_SEGMENTS) * segment > view.capacity_bytes,
-                         view.disk_bytes + segment > view.capacity_bytes, view.my_turn,
+        needs_room = view.disk_bytes + min(view.members, POOL_ROOM_SEGMENTS) * segment > view.capacity_bytes
+        if needs_room and not view.my_turn:
+            self._pool.wake(view.oldest_member)
+        return RoomState(needs_room, view.disk_bytes + segment > view.capacity_bytes, view.my_turn,
                          view.others_sealed, view.members, view.capacity_bytes, view.disk_bytes)
 
     def _oldest_sealed_at(self) -> float | None:
@@ -771,22 +774,21 @@ class ShardStore:
             written = sum(segment.write_offset for segment in segments)
             segment_bytes = sum(segment.file_bytes for segment in segments)
             index_bytes = self._index.disk_bytes() if not self._closed else 0
+            view = self._pool.view() if self._pool is not None and not self._closed else None
         snapshot = self._stats.snapshot()
         snapshot["space"] = {"live_pages": pages, "live_bytes": live, "dead_bytes": max(written - live, 0),
                              "segment_bytes": segment_bytes, "index_bytes": index_bytes,
                              "disk_bytes": segment_bytes + index_bytes,
                              "capacity_bytes": self._config.capacity_bytes, "segments": len(segments)}
-        pool = self._pool
-        if pool is not None and not self._closed:
-            view = pool.view()
-            snapshot["pool"] = {"path": pool.path, "members": view.members,
+        if view is not None:
+            snapshot["pool"] = {"path": self._pool.path, "members": view.members,
                                 "capacity_bytes": view.capacity_bytes, "disk_bytes": view.disk_bytes}
         return snapshot
 
 
 class RoomState(NamedTuple):
     needs_room: bool  # the reclaimer should free a segment (alone: the same as `full`; in a pool,
-                      # less than one segment of room per member is left)
+                      # less than POOL_ROOM_SEGMENTS of room is left)
     full: bool  # one more segment would pass the budget (the pool's, in a pool): a roll waits
     my_turn: bool  # this store is the one to free a segment (alone: always)
     others_sealed: bool  # another pool member could free one

@@ -153,3 +153,16 @@ def test_pages_read_since_written_get_their_second_chance_in_the_pool(pooled, ki
     assert counters["evicted_segments"] >= 3
     assert counters["reinserted_pages"] >= len(old_keys) - PER_BATCH
     assert _present(old, old_keys) >= len(old_keys) - PER_BATCH
+
+
+def test_a_member_short_of_room_wakes_the_one_holding_the_oldest_segment(pooled, kit, monkeypatch):
+    """With polling out of the picture, the datagram alone must bring the room: the writer's rolls
+    never give up waiting and drop their own segments."""
+    from raylsm.store import shard_store
+
+    monkeypatch.setattr(shard_store, "POLL_S", 3600.0)
+    old, new = pooled("old"), pooled("new")
+    _fill(old, kit, "old", 16)
+    _fill(new, kit, "new", 8)
+    assert kit.counters(old)["evicted_segments"] >= 1
+    assert kit.counters(new)["evicted_segments_inline"] == 0
