@@ -199,11 +199,18 @@ class Controller:
                 self._splits_known = True
             return
         with self._lock:
-            handles = {name: record.handle for name, record in self._shards.items() if record.state == SERVING}
-        if len(handles) < 2:
+            serving = [record for record in self._shards.values() if record.state == SERVING]
+        handles = {record.name: record.handle for record in serving}
+        shard = self._config.shard
+        one_pool = (len({record.node_id for record in serving}) < 2 and shard.pool_disk_budget
+                    and shard.store.background_reclaim)
+        if len(handles) < 2 or one_pool:
             with self._lock:
                 self._splits_known = True
-            return  # one shard holds every extent anyway: a split would only re-key pages
+            # One shard, or shards of one node pooling its disk's budget (they evict as one cache, so
+            # an extent that loads one of them costs no hits): a split would only re-key pages and
+            # spread chains over more shards.
+            return
         answers = self._api.call_all(handles, "hot_extents", controller.ping_timeout_s,
                                      self.split_threshold_pages(), controller.split_min_share) if handles else {}
         now = time.time()

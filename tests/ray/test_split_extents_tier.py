@@ -19,7 +19,9 @@ EXTENTS = {"extent_pages": 16, "shallow_depth_pages": 0, "shallow_extent_pages":
 
 @pytest.fixture(scope="module")
 def tier(local_ray, tier_factory):
-    tier = tier_factory(shard={"hot_extent_window_pages": 64}, client=EXTENTS, controller={"split_extents": True, "split_threshold_pages": 32, "split_min_share": 0.0, "reconcile_period_s": 0.5})
+    # One node stands for four: its shards keep fixed shares (no disk budget pool), or the
+    # controller would not split (a pool evicts as one cache).
+    tier = tier_factory(shard={"hot_extent_window_pages": 64, "pool_disk_budget": False}, client=EXTENTS, controller={"split_extents": True, "split_threshold_pages": 32, "split_min_share": 0.0, "reconcile_period_s": 0.5})
     tier.wait_for_shards(SHARD_UNITS)
     return tier
 

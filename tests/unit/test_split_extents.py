@@ -237,3 +237,25 @@ def test_a_restarted_controller_rebuilds_the_split_set_from_the_shards():
     for _ in range(3):
         restarted.reconcile_once()
     assert restarted.ring()["splits"]["extents"] == published["extents"] == [b"A" * 16]
+
+
+class OneNodeCluster(HotCluster):
+    """Two shards of one node (one disk)."""
+
+    def shard_slots(self, resource_name, disk_label):
+        return [ShardSlot(f"shard-n0-{i}", "n0") for i in range(2)]
+
+    def alive_node_ids(self):
+        return {"n0"}
+
+
+@pytest.mark.parametrize("pooled", [True, False])
+def test_shards_of_one_pooled_disk_are_not_split_partitioned_ones_are(pooled):
+    """A disk budget pool evicts as one cache: an extent that loads one of its shards costs no hits,
+    so splitting it would only re-key pages. Fixed shares (no pool) lose hits to it: split."""
+    cluster = OneNodeCluster()
+    cluster.hot = {"shard-n0-0": [b"A" * 16]}
+    controller = Controller(TierConfig.from_dict({"shard": {"pool_disk_budget": pooled}}), api=cluster)
+    for _ in range(3):
+        controller.reconcile_once()
+    assert controller.ring()["splits"]["extents"] == ([] if pooled else [b"A" * 16])
