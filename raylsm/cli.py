@@ -521,7 +521,7 @@ positive_int = NumberRange(int, 1)
 non_negative_int = NumberRange(int, 0)
 SHARDS = NumberRange(int, 1, 256)  # shard actors on one Ray head; one per disk as deployed
 CAPACITY_GB = NumberRange(float, 0, 1e6, low_open=True)  # per shard; a PB bounds typos, not disks
-SEGMENT_MB = NumberRange(int, 1, 16 * 1024)  # StoreConfig.segment_bytes: [1 MiB, 16 GiB]
+SEGMENT_MB = NumberRange(int, 1, 16 * 1024)  # StoreConfig.segment_bytes in whole MiB (the store takes 256 KiB up)
 STORED_PAGES = NumberRange(int, 0, 100_000_000)
 WORKLOAD_REQUESTS = NumberRange(int, 1, 10_000_000)
 CHAIN_PAGES = NumberRange(int, 1, 1 << 20)  # ClientConfig.extent_pages' range

@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 
 from raylsm.bench import interrupts
 from raylsm.errors import ConfigError
+from raylsm.store.config import MIN_SEGMENT_BYTES
 
 MiB = 1 << 20
 
@@ -38,9 +39,10 @@ SEGMENTS_PER_SHARD = 64
 
 
 def segment_bytes_for(per_shard_capacity: int, page_bytes: int) -> int:
-    """Segment size of a shard: capacity / SEGMENTS_PER_SHARD rounded down to 4 KiB, at least 1 MiB
-    and one page (plus headers); ConfigError if the shard cannot hold two segments (the store's minimum)."""
-    segment = max(MiB, per_shard_capacity // SEGMENTS_PER_SHARD // 4096 * 4096)
+    """Segment size of a shard: capacity / SEGMENTS_PER_SHARD rounded down to 4 KiB, at least the
+    store's minimum (256 KiB) and one page (plus headers); ConfigError if the shard cannot hold two
+    segments (the store's minimum)."""
+    segment = max(MIN_SEGMENT_BYTES, per_shard_capacity // SEGMENTS_PER_SHARD // 4096 * 4096)
     segment = max(segment, (page_bytes + 2 * 8192 + 4095) // 4096 * 4096)
     if per_shard_capacity < 2 * segment:
         raise ConfigError(

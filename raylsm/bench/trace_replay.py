@@ -238,7 +238,7 @@ def run(config: ReplayConfig) -> dict:
         f"{capacity_bytes} B = {config.capacity_fraction:g} x {plan.distinct_pages} distinct pages x {page_bytes} B "
         f"({capacity_pages} pages) for every system" + (
             f"; raylsm: {details.get('per_shard_capacity_bytes')} B per shard ({details.get('disk_budget')}) in segments of "
-            f"{details.get('segment_bytes')} B (capacity / shards / {SEGMENTS_PER_SHARD}, >= 1 MiB; the store needs 2 segments)"
+            f"{details.get('segment_bytes')} B (capacity / shards / {SEGMENTS_PER_SHARD}, >= 256 KiB; the store needs 2 segments)"
             if "segment_bytes" in details else "") + (
             "; hicache_file: LRUFileEvictor max_size, eviction_ratio 0.9" if "hicache_file" in measured else ""))
     if "lru_sharded_model" in config.systems:

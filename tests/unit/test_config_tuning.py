@@ -20,7 +20,7 @@ def test_the_defaults_are_valid():
 
 
 @pytest.mark.parametrize("field, value", [
-    ("segment_bytes", 1 * MiB - 4096),
+    ("segment_bytes", 256 * 1024 - 4096),
     ("segment_bytes", 1 * MiB + 1),
     ("segment_bytes", 32 * GiB),
     ("capacity_bytes", 2 * 256 * MiB - 1),
