@@ -27,6 +27,7 @@ import numpy as np
 
 from raylsm.store import format as fmt
 from raylsm.store import page_key
+from raylsm.store.disk_room import sealed_segment_ids
 from raylsm.store.io_buffers import aligned_empty
 from raylsm.store.page_reader import read_verified
 
@@ -52,11 +53,10 @@ def evict_oldest(store: "ShardStore", budget: list[int]) -> list[KeptPage]:
     watermark moves past it in one WriteBatch, then the file is unlinked. Returns [] if there is no
     sealed segment or another eviction freed this one meanwhile."""
     with store._write_lock:
-        active_id = store._active.segment_id if store._active is not None else None
-        sealed = [segment_id for segment_id in store._segments if segment_id != active_id]
+        sealed = sealed_segment_ids(store)
         if not sealed:
             return []
-        segment_id = min(sealed)
+        segment_id = sealed[0]
         segment = store._segments[segment_id]
         if not segment.pin():
             return []

@@ -23,7 +23,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, Sequence
 
 import msgpack
 import numpy as np
@@ -32,7 +32,9 @@ from raylsm import namespaces
 from raylsm.errors import CapacityError, ConfigError, FormatVersionError, StoreClosedError
 from raylsm.store import format as fmt
 from raylsm.store.admission import make_admission_policy
-from raylsm.store.budget_pool import POLL_S, POOL_ROOM_SEGMENTS, BudgetPool, PoolFullError
+from raylsm.store.budget_pool import POLL_S, BudgetPool, PoolFullError
+from raylsm.store.disk_room import RoomState, enforce_capacity, room_state, sealed_segment_ids
+from raylsm.store.live_space import LiveSpace
 from raylsm.store.config import StoreConfig
 from raylsm.store.outcomes import IN_STORE, PutOutcome
 from raylsm.store.io_buffers import aligned_empty, page_views, parts_nbytes
@@ -69,7 +71,7 @@ class ShardStore:
         self._resident: DigestSet | None = state.digests
         self._checksum_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raylsm-checksum")
         self._segments: dict[int, Segment] = state.segments
-        self._live = _LiveSpace(state.live_bytes, state.live_pages)
+        self._live = LiveSpace(state.live_bytes, state.live_pages)
         self._next_segment_id = state.next_segment_id
         self._active: Segment | None = None
         self._reclaimer: SegmentReclaimer | None = None  # started by open() when background_reclaim
@@ -436,48 +438,17 @@ class ShardStore:
 
     def _needs_room(self) -> bool:
         """Whether one more segment would take the store (or its budget pool) past its budget."""
-        return self.room_state().needs_room
+        return room_state(self).needs_room
 
     def room_state(self) -> RoomState:
-        """Whether one more segment would take the store past its budget, and who may free room:
-        alone, this store whenever it has a sealed segment; in a budget pool, the member holding the
-        pool's oldest sealed segment. Publishes this store's figures to its pool."""
-        disk = self._disk_bytes()
-        segment = self._config.segment_bytes
-        if self._pool is None:
-            full = disk + segment > self._config.capacity_bytes
-            return RoomState(full, full, True, False)
-        self._pool.publish(self._config.capacity_bytes, disk, self._oldest_sealed_at())
-        view = self._pool.view()
-        # The reclaimers keep POOL_ROOM_SEGMENTS of room in the pool, so a roll finds room while
-        # the member holding the oldest segment is woken and frees one. A roll waits only when not
-        # even its own segment fits.
-        needs_room = view.disk_bytes + min(view.members, POOL_ROOM_SEGMENTS) * segment > view.capacity_bytes
-        if needs_room and not view.my_turn:
-            self._pool.wake(view.oldest_member)
-        return RoomState(needs_room, view.disk_bytes + segment > view.capacity_bytes, view.my_turn,
-                         view.others_sealed, view.members, view.capacity_bytes, view.disk_bytes)
-
-    def _oldest_sealed_at(self) -> float | None:
-        active = self._active
-        sealed = [segment for segment_id, segment in list(self._segments.items())  # (list: one atomic copy)
-                  if active is None or segment_id != active.segment_id]
-        return min(sealed, key=lambda segment: segment.segment_id).sealed_at if sealed else None
+        """raylsm.store.disk_room.room_state of this store."""
+        return room_state(self)
 
     def _has_sealed_segment(self) -> bool:
-        active_id = self._active.segment_id if self._active is not None else None
-        return any(segment_id != active_id for segment_id in list(self._segments))
+        return bool(sealed_segment_ids(self))
 
     def _enforce_capacity(self) -> None:
-        """Evict oldest sealed segments until disk use is within the budget (after it was lowered);
-        in a budget pool, only while this store holds the pool's oldest (the others do the rest)."""
-        while self._has_sealed_segment():
-            room = self.room_state()
-            disk, capacity = ((room.pool_disk_bytes, room.pool_capacity_bytes) if self._pool is not None
-                              else (self._disk_bytes(), self._config.capacity_bytes))
-            if disk <= capacity or not room.my_turn:
-                return
-            evict_oldest(self, [0])
+        enforce_capacity(self)
 
     def wait_reclaimed(self, timeout_s: float = 30.0) -> bool:
         """Wait until the background reclaimer has made room (tests and benchmarks); True at once
@@ -563,7 +534,7 @@ class ShardStore:
             for segment in self._segments.values():
                 segment.retire()
             self._segments = {}
-            self._live = _LiveSpace({}, {})
+            self._live = LiveSpace({}, {})
             if self._resident is not None:
                 self._resident.clear()
             self._reads_since_written = {}
@@ -784,46 +755,6 @@ class ShardStore:
             snapshot["pool"] = {"path": self._pool.path, "members": view.members,
                                 "capacity_bytes": view.capacity_bytes, "disk_bytes": view.disk_bytes}
         return snapshot
-
-
-class RoomState(NamedTuple):
-    needs_room: bool  # the reclaimer should free a segment (alone: the same as `full`; in a pool,
-                      # less than POOL_ROOM_SEGMENTS of room is left)
-    full: bool  # one more segment would pass the budget (the pool's, in a pool): a roll waits
-    my_turn: bool  # this store is the one to free a segment (alone: always)
-    others_sealed: bool  # another pool member could free one
-    pool_members: int = 0
-    pool_capacity_bytes: int = 0
-    pool_disk_bytes: int = 0
-
-
-class _LiveSpace:
-    """Pages and bytes referenced by the index, per segment (caller holds the write lock)."""
-
-    def __init__(self, live_bytes: dict[int, int], live_pages: dict[int, int]):
-        self._bytes = dict(live_bytes)
-        self._pages = dict(live_pages)
-
-    def add(self, segment_id: int, pages: int, nbytes: int) -> None:
-        self._bytes[segment_id] = self._bytes.get(segment_id, 0) + nbytes
-        self._pages[segment_id] = self._pages.get(segment_id, 0) + pages
-
-    def remove(self, segment_id: int, nbytes: int) -> None:
-        if segment_id in self._bytes:
-            self._bytes[segment_id] -= nbytes
-            self._pages[segment_id] -= 1
-
-    def drop(self, segment_id: int) -> None:
-        self._bytes.pop(segment_id, None)
-        self._pages.pop(segment_id, None)
-
-    def totals(self) -> tuple[int, int]:
-        return sum(self._bytes.values()), sum(self._pages.values())
-
-    def per_segment(self, segment_ids) -> tuple[dict[int, int], dict[int, int]]:
-        """Live bytes and pages of each of `segment_ids` (0 for one without live pages)."""
-        return ({segment_id: self._bytes.get(segment_id, 0) for segment_id in segment_ids},
-                {segment_id: self._pages.get(segment_id, 0) for segment_id in segment_ids})
 
 
 def _pointer_batch(index: PointerIndex, segment_id: int, keys: Sequence[bytes], pages: Sequence[tuple[memoryview, ...]],

@@ -1,0 +1,75 @@
+"""Room on disk: whether a store, or the disk budget pool it belongs to, needs a segment freed, and
+which store frees it.
+
+Owned here: `RoomState` and the functions over one ShardStore that answer it (`room_state`), list
+its sealed segments (`sealed_segment_ids`, the eviction candidates) and bring a lowered budget back
+(`enforce_capacity`). Called by ShardStore (its roll, its open, `apply_tuning`) and by the segment
+reclaimer. A store alone frees its own oldest segment whenever one more would pass its capacity;
+in a pool (raylsm/store/budget_pool.py) the budget is the live members' sum and the member holding
+the pool's oldest sealed segment frees it. Reads the store's segment table without its write lock
+(one atomic copy of the dict); imports no Ray, SGLang or torch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+from raylsm.store.budget_pool import POOL_ROOM_SEGMENTS
+
+if TYPE_CHECKING:
+    from raylsm.store.shard_store import ShardStore
+
+
+class RoomState(NamedTuple):
+    needs_room: bool  # the reclaimer should free a segment (alone: the same as `full`; in a pool,
+                      # less than POOL_ROOM_SEGMENTS of room is left)
+    full: bool  # one more segment would pass the budget: a roll waits
+    my_turn: bool  # this store is the one to free a segment (alone: always)
+    others_sealed: bool  # another pool member could free one
+    disk_bytes: int  # what the budget bounds now: the store's disk bytes, or the pool's
+    capacity_bytes: int  # the budget: the store's capacity, or the sum of the pool's members'
+    pool_members: int = 0  # live members of its pool (0: alone)
+
+
+def sealed_segment_ids(store: "ShardStore") -> list[int]:
+    """Ids of the store's sealed segments (every segment but the active one), oldest first."""
+    active = store._active
+    return sorted(segment_id for segment_id in list(store._segments)  # (list: one atomic copy)
+                  if active is None or segment_id != active.segment_id)
+
+
+def room_state(store: "ShardStore") -> RoomState:
+    """The store's room, and who may free more. In a pool this publishes the store's figures (its
+    heartbeat) and wakes the member whose turn it is when the pool is short of room."""
+    disk = store._disk_bytes()
+    segment = store._config.segment_bytes
+    pool = store._pool
+    if pool is None:
+        capacity = store._config.capacity_bytes
+        full = disk + segment > capacity
+        return RoomState(full, full, True, False, disk, capacity)
+    sealed = sealed_segment_ids(store)
+    segments = store._segments
+    oldest = segments.get(sealed[0]) if sealed else None
+    pool.publish(store._config.capacity_bytes, disk, oldest.sealed_at if oldest is not None else None)
+    view = pool.view()
+    # The reclaimers keep POOL_ROOM_SEGMENTS of room in the pool, so a roll finds room while the
+    # member holding the oldest segment is woken and frees one. A roll waits only when not even its
+    # own segment fits.
+    needs_room = view.disk_bytes + min(view.members, POOL_ROOM_SEGMENTS) * segment > view.capacity_bytes
+    if needs_room and not view.my_turn:
+        pool.wake(view.oldest_member)
+    return RoomState(needs_room, view.disk_bytes + segment > view.capacity_bytes, view.my_turn,
+                     view.others_sealed, view.disk_bytes, view.capacity_bytes, view.members)
+
+
+def enforce_capacity(store: "ShardStore") -> None:
+    """Evict oldest sealed segments (no reinsertion) until disk use is within the budget, after it
+    was lowered; in a pool, only while this store holds the pool's oldest (the others do the rest)."""
+    from raylsm.store.segment_reclaimer import evict_oldest
+
+    while sealed_segment_ids(store):
+        room = room_state(store)
+        if room.disk_bytes <= room.capacity_bytes or not room.my_turn:
+            return
+        evict_oldest(store, [0])
