@@ -143,16 +143,20 @@ def test_a_pool_needs_background_reclaim(tmp_path, kit):
 def test_pages_read_since_written_get_their_second_chance_in_the_pool(pooled, kit):
     """The member holding the oldest segments frees them for a neighbour's puts; each freed segment's
     read pages are re-appended into the room it made, even when the neighbour's waiting roll takes
-    that room first (kept pages never exceed what was freed)."""
+    that room first (kept pages never exceed what was freed). A page read since it was last written
+    is never lost to eviction: old's pages, read after every batch of its neighbour's, all stay.
+    (A page re-appended and not read again is evicted at its next turn: correct, but timing decides
+    which segment's turn comes first, so the pages are read throughout.)"""
     old, new = pooled("old"), pooled("new")
     old_keys = _fill(old, kit, "old", 8)  # 4 MiB: the pool's oldest segments
-    assert all(value is not None for value in old.get_batch(old_keys))  # read: they earn reinsertion
-    _fill(new, kit, "new", 20)  # 10 MiB into a 12 MiB pool
-    assert old.wait_reclaimed() and new.wait_reclaimed()
+    for batch in range(20):  # 10 MiB into a 12 MiB pool
+        _fill(new, kit, ("new", batch), 1)
+        assert old.wait_reclaimed()
+        assert sum(value is not None for value in old.get_batch(old_keys)) == len(old_keys), batch
     counters = kit.counters(old)
     assert counters["evicted_segments"] >= 3
     assert counters["reinserted_pages"] >= len(old_keys) - PER_BATCH
-    assert _present(old, old_keys) >= len(old_keys) - PER_BATCH
+    assert counters["evicted_pages"] == 0
 
 
 def test_a_member_short_of_room_wakes_the_one_holding_the_oldest_segment(pooled, kit, monkeypatch):
