@@ -507,9 +507,29 @@ def down(namespace: str = "raylsm", state_dir: str = EMBEDDED_DIR, address: str 
     return DownResult(cluster.address if cluster else None, controller_found, closed, stopped)
 
 
+def format_workload(workload: dict | None) -> str:
+    """One line of a shard's workload statistics (raylsm/store/workload_stats.py), or "" before its
+    first ask: the asks' hit ratio, the estimated LRU miss ratio at multiples of its disk budget (its
+    miss-ratio curve), ghost hits, and the share of hits on pages written over an hour ago."""
+    if not workload or not workload.get("asks"):
+        return ""
+    curve = ", ".join(f"{ratio:.3f} at {multiple}x" for multiple, ratio in
+                      workload.get("miss_ratio_by_capacity_multiple", {}).items())
+    hit_ratio = workload.get("ask_hit_ratio")
+    parts = [f"{workload['asks']} asks, hit {hit_ratio if hit_ratio is not None else '-'}",
+             f"LRU miss ratio {curve or '-'} of its budget", f"ghost hits ~{workload['ghost_hits_est']}"]
+    hits_by_age = workload.get("hits_by_age_s", {})
+    hits = sum(hits_by_age.values())
+    if hits:
+        old = sum(n for label, n in hits_by_age.items() if label in ("3600-86400", "86400+"))
+        parts.append(f"hits on pages written over 1 h ago {old / hits:.0%}")
+    return "; ".join(parts)
+
+
 def format_status(report: dict) -> str:
     """A fixed-width table of shards (node, state, pages, bytes, capacity, hit rate), then one line
-    per disk budget pool (the shards of one disk that share its budget)."""
+    per disk budget pool (the shards of one disk that share its budget), then one line of workload
+    statistics per shard that has been asked for pages (`format_workload`)."""
     rows = [("shard", "node", "state", "pages", "live GB", "disk GB", "capacity GB", "hit rate")]
     for shard in report["shards"]:
         stats = shard.get("stats") or {}
@@ -535,6 +555,10 @@ def format_status(report: dict) -> str:
     for path, pool in sorted(pools.items()):
         lines.append(f"disk budget pool {path}: {pool['members']} shards, disk {pool['disk_bytes'] / 1e9:.3f} GB "
                      f"of {pool['capacity_bytes'] / 1e9:.1f} GB (they evict as one cache)")
+    for shard in report["shards"]:
+        line = format_workload((shard.get("stats") or {}).get("workload"))
+        if line:
+            lines.append(f"{shard['shard']} workload: {line}")
     lines.append(f"ring version {report['ring_version']}"
                  + (f"; {report['split_extents']} hot extents split (docs/placement.md)" if report.get("split_extents")
                     else ""))

@@ -37,7 +37,7 @@ class ShardMetrics:
     def __init__(self, shard_name: str):
         self._tags = {"shard": shard_name}
         self._lock = threading.Lock()
-        self._last: dict[str, int] = {}
+        self._last: dict[object, int] = {}  # counter name (or workload key) -> last total exported
         self._last_seq = 0
         self._pages = {name: Counter(f"raylsm_{name}_total", description=f"pages by outcome ({name})",
                                      tag_keys=("shard", "outcome")) for name in ("gets", "puts")}
@@ -50,6 +50,19 @@ class ShardMetrics:
         self._capacity = Gauge("raylsm_capacity_bytes", description="disk budget", tag_keys=("shard",))
         self._disk = Gauge("raylsm_disk_bytes", description="bytes on the shard disk: segment files and the RocksDB index (what capacity bounds)", tag_keys=("shard",))
         self._live = Gauge("raylsm_live_bytes", description="bytes referenced by the index", tag_keys=("shard",))
+        self._miss_ratio = Gauge("raylsm_mrc_miss_ratio",
+                                 description="estimated LRU miss ratio of the asks at a multiple of the disk "
+                                             "budget (sampled reuse distances, SHARDS)",
+                                 tag_keys=("shard", "capacity_multiple"))
+        self._ghost_hits = Counter("raylsm_ghost_hits_total",
+                                   description="asks that missed a page this shard evicted (estimated)",
+                                   tag_keys=("shard",))
+        self._hits_by_depth = Counter("raylsm_hits_by_depth_total",
+                                      description="probe hits by prefix depth in pages (estimated)",
+                                      tag_keys=("shard", "depth_pages"))
+        self._hits_by_age = Counter("raylsm_hits_by_age_total",
+                                    description="probe hits by seconds since the page was written (estimated)",
+                                    tag_keys=("shard", "age_seconds"))
         self._latency = Histogram("raylsm_call_latency_ms", description="shard call latency",
                                   boundaries=LATENCY_BOUNDARIES_MS, tag_keys=("shard", "op"))
 
@@ -85,10 +98,36 @@ class ShardMetrics:
             self._last_seq = max(self._last_seq, stats.get("seq", 0))
         if not newest:
             return  # an older snapshot than one already exported: its gauges are out of date
+        workload = stats.get("workload")
+        if workload:
+            self._sync_workload(workload)
         space = stats["space"]
         self._capacity.set(space["capacity_bytes"], tags=self._tags)
         self._disk.set(space["disk_bytes"], tags=self._tags)
         self._live.set(space["live_bytes"], tags=self._tags)
+
+
+    def _sync_workload(self, workload: dict) -> None:
+        """Estimated counts become increments like the store's counters (the newest snapshot only)."""
+        totals = {("ghost", ""): workload["ghost_hits_est"]}
+        totals.update({("depth", label): n for label, n in workload["hits_by_depth_pages"].items()})
+        totals.update({("age", label): n for label, n in workload["hits_by_age_s"].items()})
+        with self._lock:
+            deltas = {}
+            for name, value in totals.items():
+                seen = self._last.get(name, 0)
+                if value > seen:
+                    deltas[name] = value - seen
+                    self._last[name] = value
+        for (kind, label), delta in deltas.items():
+            if kind == "ghost":
+                self._ghost_hits.inc(delta, tags=self._tags)
+            elif kind == "depth":
+                self._hits_by_depth.inc(delta, tags={**self._tags, "depth_pages": label})
+            else:
+                self._hits_by_age.inc(delta, tags={**self._tags, "age_seconds": label})
+        for multiple, ratio in workload["miss_ratio_by_capacity_multiple"].items():
+            self._miss_ratio.set(ratio, tags={**self._tags, "capacity_multiple": multiple})
 
 
 class ClientMetrics:

@@ -87,6 +87,9 @@ class StoreConfig:
     # probes and put's duplicate check never touch RocksDB. Off: they use multi-get / seek-and-scan.
     resident_index: bool = _knob(True, REOPEN, "in-memory digest set of live keys")
     # RocksDB block cache for index and filter blocks of the pointer index.
+    # Fraction of pages whose references the workload statistics track (raylsm/store/
+    # workload_stats.py: the miss-ratio curve, ghost hits, hits by depth and age); 0 turns them off.
+    workload_sample_rate: float = _knob(1 / 64, REOPEN, "fraction of pages the workload statistics track")
     block_cache_bytes: int = _knob(64 * MiB, REOPEN, "RocksDB block cache bytes")
     # RocksDB memtable size (pointers are 25 bytes; 64 MiB holds ~1M pointers).
     write_buffer_bytes: int = _knob(64 * MiB, LIVE, "RocksDB write_buffer_size")
@@ -114,6 +117,8 @@ class StoreConfig:
         _require(self, "reinsertion_policy", self.reinsertion_policy in REINSERTION_POLICIES,
                  f"one of {sorted(REINSERTION_POLICIES)}")
         _require(self, "reinsertion_budget_fraction", 0.0 <= self.reinsertion_budget_fraction <= 1.0, "in [0, 1]")
+        _require(self, "workload_sample_rate", isinstance(self.workload_sample_rate, (int, float))
+                 and 0 <= self.workload_sample_rate <= 1, "in [0, 1]")
         _require(self, "reinsertion_read_credits", isinstance(self.reinsertion_read_credits, int)
                  and 1 <= self.reinsertion_read_credits <= 255, "an int in [1, 255]")
         _require(self, "roll_wait_s", 0.0 <= self.roll_wait_s <= 60.0, "in [0, 60]")

@@ -168,6 +168,10 @@ def _commit(store: "ShardStore", segment, segment_id: int, plan: _Plan) -> list[
     kept_bytes = sum(page.value.nbytes for page in kept)
     store._stats.add(evicted_segments=1, evicted_pages=evicted_pages - len(kept),
                      evicted_bytes=evicted_bytes - kept_bytes)
+    if store._workload is not None:
+        kept_keys = {page.key for page in kept}
+        store._workload.evicted([key for offset, key, _ in plan.entries
+                                 if offset in still_here and key not in kept_keys])
     return kept
 
 
@@ -192,9 +196,9 @@ def reappend(store: "ShardStore", kept: list[KeptPage], into_room: bool, at_orig
     (puts run in between). With `at_origin` only pages whose pointer is still the one evicted are
     written (the eviction has not committed yet); otherwise only absent ones (it has). A page stored
     again or deleted meanwhile is skipped, so a delete is never undone. What does not fit the active
-    segment goes into a new one with `into_room`: the room the eviction freed, even if a put took it
-    meanwhile (kept pages are at most one segment per pass, so disk use stays within the budget plus
-    one segment, and the next pass frees it); the pages left over are returned, uncounted. Counts
+    segment goes into a new one with `into_room`, whether or not the store has room (kept pages are
+    at most one segment per eviction, so disk use stays within the budget plus one segment until the
+    eviction commits); without it the pages left over are returned, uncounted. Counts
     the pages re-appended as reinserted; each keeps its banked reads (`KeptPage.credit`) at its new
     place, as reads since written.
     NOTE: re-appending only while the store (or its budget pool) had room dropped the kept pages

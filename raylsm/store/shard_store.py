@@ -48,6 +48,7 @@ from raylsm.store.reinsertion import make_reinsertion_policy
 from raylsm.store.prefix_probe import count_present_prefix
 from raylsm.store.segment import Segment
 from raylsm.store.segment_reclaimer import SegmentReclaimer, drop_kept, evict_oldest, reappend
+from raylsm.store.workload_stats import WorkloadStats
 from raylsm.store.stats import StoreStats
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class ShardStore:
         self._stats = StoreStats()
         self._admission = make_admission_policy(config)
         self._reinsertion = make_reinsertion_policy(config)
+        self._workload = WorkloadStats(config.workload_sample_rate) if config.workload_sample_rate else None
         state = recover(self._segments_dir, index, with_digests=config.resident_index)
         self._resident: DigestSet | None = state.digests
         self._checksum_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raylsm-checksum")
@@ -273,6 +275,9 @@ class ShardStore:
                     outcomes[slot] = PutOutcome.PRESENT if first == PutOutcome.STORED else first
         stored = sum(written)
         count = Counter(outcomes)
+        if self._workload is not None:
+            held = [slot for slot, outcome in enumerate(outcomes) if outcome in IN_STORE]
+            self._workload.written([keys[slot] for slot in held], [sizes[slot] for slot in held])
         self._stats.observe("put", (time.perf_counter() - started) * 1e3,
                             puts_pages=stored, puts_bytes=sum(n for n, ok in zip(todo_sizes, written) if ok),
                             puts_existing=count[PutOutcome.PRESENT], puts_rejected=count[PutOutcome.DECLINED],
@@ -644,6 +649,8 @@ class ShardStore:
         validate_keys(keys)
         self._check_open()
         count = self._count_present_prefix(keys)
+        if self._workload is not None:
+            self._workload.asked(keys, count)
         self._stats.observe("probe", (time.perf_counter() - started) * 1e3,
                             probe_calls=1, probe_keys=len(keys), probe_hits=count)
         return count
@@ -679,6 +686,8 @@ class ShardStore:
             if pointer is None:  # evicted between the two lookups
                 pointers = pointers[:found]
                 break
+        if self._workload is not None:
+            self._workload.asked(keys, len(pointers))
         self._stats.observe("probe", (time.perf_counter() - started) * 1e3,
                             probe_calls=1, probe_keys=len(keys), probe_hits=len(pointers))
         return self._segments_dir, self._low_watermark(), pointers
@@ -754,6 +763,9 @@ class ShardStore:
         if view is not None:
             snapshot["pool"] = {"path": self._pool.path, "members": view.members,
                                 "capacity_bytes": view.capacity_bytes, "disk_bytes": view.disk_bytes}
+        if self._workload is not None:
+            snapshot["workload"] = self._workload.snapshot(view.capacity_bytes if view is not None
+                                                           else self._config.capacity_bytes)
         return snapshot
 
 

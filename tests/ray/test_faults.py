@@ -283,3 +283,36 @@ def test_out_of_order_snapshots_export_the_stores_totals(local_ray):
     for seq, hits in ((2, 20), (1, 10), (3, 30)):  # snapshots of three threads, synced out of order
         metrics.sync({"seq": seq, "counters": {"gets_hit": hits}, "space": space})
     assert recorder.total == 30
+
+
+def test_workload_statistics_export_as_metrics(local_ray):
+    """Ghost hits and hits by depth become counter increments up to the newest totals; the miss-ratio
+    curve's points become gauges per multiple of the budget."""
+    from raylsm.actors.metrics import ShardMetrics
+
+    class Recorder:
+        def __init__(self):
+            self.values = {}
+
+        def inc(self, value, tags=None):
+            key = tuple(sorted((tags or {}).items()))
+            self.values[key] = self.values.get(key, 0) + value
+
+        def set(self, value, tags=None):
+            self.values[tuple(sorted((tags or {}).items()))] = value
+
+    metrics = ShardMetrics("tests-workload")
+    metrics._ghost_hits, metrics._hits_by_depth, metrics._miss_ratio = Recorder(), Recorder(), Recorder()
+    metrics._hits_by_age = Recorder()
+    space = {"capacity_bytes": 1, "disk_bytes": 1, "live_bytes": 1}
+
+    def workload(ghosts, shallow, ratio):
+        return {"ghost_hits_est": ghosts, "hits_by_depth_pages": {"0-1": shallow, "1-2": 0}, "hits_by_age_s": {},
+                "miss_ratio_by_capacity_multiple": {"1": ratio, "2": ratio / 2}}
+
+    for seq, (ghosts, shallow, ratio) in enumerate(((64, 128, 0.5), (128, 192, 0.4)), start=1):
+        metrics.sync({"seq": seq, "counters": {}, "space": space, "workload": workload(ghosts, shallow, ratio)})
+    assert sum(metrics._ghost_hits.values.values()) == 128
+    assert metrics._hits_by_depth.values[(("depth_pages", "0-1"), ("shard", "tests-workload"))] == 192
+    gauges = metrics._miss_ratio.values
+    assert gauges[(("capacity_multiple", "2"), ("shard", "tests-workload"))] == 0.2
