@@ -421,10 +421,9 @@ class ShardStore:
                 return self._active
         else:
             # One budget for the whole roll, however many segments it frees, so what is kept always
-            # fits the new segment: each kept page is charged its aligned bytes plus its header
-            # entry, and two blocks are held back for the header's prefix and alignment.
-            budget = [min(int(config.segment_bytes * config.reinsertion_budget_fraction),
-                          config.segment_bytes - 2 * fmt.BLOCK_BYTES)]
+            # fits the new segment as one record: each segment's kept pages are charged their
+            # aligned bytes and their record header (segment_reclaimer._plan).
+            budget = [int(config.segment_bytes * config.reinsertion_budget_fraction)]
             while self._needs_room() and self._has_sealed_segment():
                 kept.extend(evict_oldest(self, budget))
         segment = Segment.create(self._segments_dir, self._next_segment_id, config.segment_bytes,
@@ -433,7 +432,7 @@ class ShardStore:
         self._segments[segment.segment_id] = segment
         self._active = segment
         if kept:
-            drop_kept(self, reappend(self, kept, into_room=False))
+            drop_kept(self, reappend(self, kept, into_room=False, record_bytes=config.segment_bytes))
         if self._reclaimer is not None:
             self._reclaimer.wake()
         return segment

@@ -134,3 +134,29 @@ def test_a_page_read_often_banks_reads_for_later_evictions(store_factory, kit, c
         survived = max(survived, kit.counters(store)["reinserted_pages"] // len(keys))
     assert store.probe(keys) == 0  # in the end every one went, at its last turn
     assert survived == credits
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_a_segment_full_of_read_pages_keeps_every_one(store_factory, kit, background):
+    """Kept pages are charged what re-appending them costs (their aligned bytes and one record
+    header), so a segment whose pages were all read keeps all of them: a page dropped from a read
+    chain cuts the chain there (before, 14 of these 15 were kept)."""
+    from raylsm.store import format as fmt
+
+    pages = 15
+    size = (MiB - fmt.header_bytes_for(pages)) // pages  # 15 pages fill a 1 MiB segment exactly
+    assert size % fmt.BLOCK_BYTES == 0
+    store = store_factory(capacity_bytes=6 * MiB, background_reclaim=background)
+    chain = kit.chain("read chain", pages)
+    assert store.put_batch(chain, [kit.value(key, size) for key in chain]) == [True] * pages
+    assert all(v is not None for v in store.get_batch(chain))
+    evicted = kit.counters(store)["evicted_segments"]
+    step = 0
+    while kit.counters(store)["evicted_segments"] < evicted + 2:  # its segment and the next
+        keys = [kit.key(("filler", step, i)) for i in range(4)]
+        store.put_batch(keys, [kit.value(key, 64 * KiB) for key in keys])
+        if background:
+            assert store.wait_reclaimed()
+        step += 1
+    assert kit.counters(store)["reinserted_pages"] == pages
+    assert store.probe(chain) == pages
