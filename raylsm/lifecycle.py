@@ -509,14 +509,14 @@ def down(namespace: str = "raylsm", state_dir: str = EMBEDDED_DIR, address: str 
 
 def format_workload(workload: dict | None) -> str:
     """One line of a shard's workload statistics (raylsm/store/workload_stats.py), or "" before its
-    first ask: the asks' hit ratio, the estimated LRU miss ratio at multiples of its disk budget (its
+    first page reference: references (asks and writes of missed pages) and their hit ratio, the estimated LRU miss ratio at multiples of its disk budget (its
     miss-ratio curve), ghost hits, and the share of hits on pages written over an hour ago."""
-    if not workload or not workload.get("asks"):
+    if not workload or not workload.get("references"):
         return ""
     curve = ", ".join(f"{ratio:.3f} at {multiple}x" for multiple, ratio in
                       workload.get("miss_ratio_by_capacity_multiple", {}).items())
-    hit_ratio = workload.get("ask_hit_ratio")
-    parts = [f"{workload['asks']} asks, hit {hit_ratio if hit_ratio is not None else '-'}",
+    hit_ratio = workload.get("hit_ratio")
+    parts = [f"{workload['references']} page references, hit {hit_ratio if hit_ratio is not None else '-'}",
              f"LRU miss ratio {curve or '-'} of its budget", f"ghost hits ~{workload['ghost_hits_est']}"]
     hits_by_age = workload.get("hits_by_age_s", {})
     hits = sum(hits_by_age.values())

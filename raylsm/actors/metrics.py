@@ -51,7 +51,7 @@ class ShardMetrics:
         self._disk = Gauge("raylsm_disk_bytes", description="bytes on the shard disk: segment files and the RocksDB index (what capacity bounds)", tag_keys=("shard",))
         self._live = Gauge("raylsm_live_bytes", description="bytes referenced by the index", tag_keys=("shard",))
         self._miss_ratio = Gauge("raylsm_mrc_miss_ratio",
-                                 description="estimated LRU miss ratio of the asks at a multiple of the disk "
+                                 description="estimated LRU miss ratio of the page references at a multiple of the disk "
                                              "budget (sampled reuse distances, SHARDS)",
                                  tag_keys=("shard", "capacity_multiple"))
         self._ghost_hits = Counter("raylsm_ghost_hits_total",

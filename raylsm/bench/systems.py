@@ -386,9 +386,9 @@ def shard_summary(stats: dict) -> dict:
     return {"shard": stats.get("shard"), "live_bytes": space.get("live_bytes"), "disk_bytes": space.get("disk_bytes"),
             "capacity_bytes": space.get("capacity_bytes"), "live_pages": space.get("live_pages"),
             "evicted_pages": counters.get("evicted_pages"), "reinserted_pages": counters.get("reinserted_pages"),
-            # the shard's own estimate (raylsm/store/workload_stats.py) of what LRU would miss of its asks
+            # the shard's own estimate (raylsm/store/workload_stats.py) of what LRU would miss of its page references
             "lru_miss_ratio_estimate": (stats.get("workload") or {}).get("miss_ratio_by_capacity_multiple"),
-            "ask_hit_ratio": (stats.get("workload") or {}).get("ask_hit_ratio"),
+            "hit_ratio": (stats.get("workload") or {}).get("hit_ratio"),
             "ghost_hits_estimate": (stats.get("workload") or {}).get("ghost_hits_est")}
 
 

@@ -277,7 +277,8 @@ class ShardStore:
         count = Counter(outcomes)
         if self._workload is not None:
             held = [slot for slot, outcome in enumerate(outcomes) if outcome in IN_STORE]
-            self._workload.written([keys[slot] for slot in held], [sizes[slot] for slot in held])
+            self._workload.written([keys[slot] for slot in held], [sizes[slot] for slot in held],
+                                   [outcomes[slot] == PutOutcome.STORED for slot in held])
         self._stats.observe("put", (time.perf_counter() - started) * 1e3,
                             puts_pages=stored, puts_bytes=sum(n for n, ok in zip(todo_sizes, written) if ok),
                             puts_existing=count[PutOutcome.PRESENT], puts_rejected=count[PutOutcome.DECLINED],

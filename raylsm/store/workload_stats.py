@@ -11,12 +11,13 @@ references to one page) are sampled spatially as SHARDS does (Waldspurger et al.
 Construction with SHARDS", FAST 2015): a page is tracked iff its key digest mod 2**24 is below
 rate x 2**24, so every reference to a tracked page is seen, and a distance between tracked pages
 divided by the rate estimates the distance over all pages. Distances are counted in a Fenwick tree
-over reference times, and converted to bytes with the mean size of the pages put. A reference is an
-ask (a probed page up to and including the first absent one: SGLang loads a prefix and stops at its
-first miss) or a write; only asks are counted in the curve. `mrc` is therefore the miss ratio of
-the asks this shard sees under LRU with write-all admission, at each cache size (the curve
-`raylsm.bench.cache_models.simulate_lru` traces, without the cross-shard prefix rule: a shard sees
-only its part of a chain).
+over reference times, and converted to bytes with the mean size of the pages put. The curve counts
+a request's page references as SGLang makes them: asks (the probed pages up to and including the
+first absent one: SGLang loads a prefix and stops at its first miss) and writes of absent pages
+(the pages it missed, written back; the first miss once). A write of a present page only refreshes
+it. `mrc` is the miss ratio of those references under LRU with write-all admission at each cache
+size: what `raylsm.bench.cache_models.simulate_lru` traces, page by page (a shard sees only its part
+of a chain, so a page past a miss in a larger cache counts as a hit here: the curve is optimistic).
 
 Ghost hits: asks that missed a tracked page this store evicted (scaled by 1/rate): what more
 capacity or a better eviction order would have served. Hits by depth (pages, in powers of two) and
@@ -48,6 +49,8 @@ MODULUS = 1 << 24
 DISTANCE_EDGES = np.array([2.0 ** (k / 2) for k in range(81)])
 DEPTH_EDGES = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)  # pages; the last bucket is open
 AGE_EDGES_S = (0, 1, 10, 60, 600, 3600, 86400)  # seconds; the last bucket is open
+RECENT_MISSES = 4096  # probes' first misses remembered until their write (all pages, not only tracked)
+_ABSENT = object()
 CAPACITY_MULTIPLES = (0.25, 0.5, 1, 2, 4)  # where the curve is read for metrics and `raylsm status`
 
 
@@ -93,12 +96,13 @@ class WorkloadStats:
         self._ghost: OrderedDict[int, None] = OrderedDict()  # tracked digests evicted, oldest first
         self._tree = _Fenwick(2 * max_tracked)
         self._clock = 0
-        # asks by scaled distance: [0] below the first edge, [k + 1] from edge k to edge k + 1
+        # references by scaled distance: [0] below the first edge, [k + 1] from edge k to edge k + 1
         self._distances = np.zeros(len(DISTANCE_EDGES) + 1, dtype=np.int64)
-        self._cold = 0  # asks of tracked pages never referenced before (or forgotten)
-        self._asks = 0  # asks of tracked pages
-        self._asks_all = 0  # asks of any page
+        self._cold = 0  # references of tracked pages never referenced before (or forgotten)
+        self._refs = 0  # references of tracked pages the curve counts (asks, and writes of absent pages)
+        self._refs_all = 0  # the same of any page
         self._hits = 0  # of them present
+        self._recent_misses: OrderedDict[int, None] = OrderedDict()  # digests of probes' first misses
         self._ghost_hits = 0
         self._by_depth = [0] * len(DEPTH_EDGES)
         self._by_age = [0] * len(AGE_EDGES_S)
@@ -111,8 +115,13 @@ class WorkloadStats:
         """A probe of `keys` (chain order) whose first `present` were present: the asks are those
         and the first absent one."""
         asked = keys[:present + 1]
+        missed = key_digest(keys[present]) if present < len(keys) else None
         with self._lock:
-            self._asks_all += len(asked)
+            self._refs_all += len(asked)
+            if missed is not None:  # its write follows (SGLang writes what it missed): one reference
+                self._recent_misses[missed] = None
+                while len(self._recent_misses) > RECENT_MISSES:
+                    self._recent_misses.popitem(last=False)
         tracked = [(index, digest) for index, digest in enumerate(map(key_digest, asked))
                    if digest % MODULUS < self._threshold]
         if not tracked:
@@ -120,12 +129,7 @@ class WorkloadStats:
         now = time.time()
         with self._lock:
             for index, digest in tracked:
-                distance = self._reference(digest)
-                self._asks += 1
-                if distance is None:
-                    self._cold += 1
-                else:
-                    self._distances[int(np.searchsorted(DISTANCE_EDGES, distance / self.sample_rate, side="right"))] += 1
+                self._count(self._reference(digest))
                 if index < present:
                     self._hits += 1
                     depth = page_key.decode(asked[index]).depth
@@ -137,15 +141,24 @@ class WorkloadStats:
                     self._ghost_hits += 1
                     del self._ghost[digest]
 
-    def written(self, keys: Sequence[bytes], sizes: Sequence[int]) -> None:
-        """Pages a put stored (or found already stored), with their sizes in bytes."""
-        tracked = [digest for digest in map(key_digest, keys) if digest % MODULUS < self._threshold]
+    def written(self, keys: Sequence[bytes], sizes: Sequence[int], stored: Sequence[bool]) -> None:
+        """Pages a put holds afterwards, with their sizes in bytes; `stored`: written now (absent
+        before; a miss of the curve unless it was the probe's first miss, counted there) or already
+        present (a refresh, not counted)."""
+        digests = list(map(key_digest, keys))
         now = time.time()
         with self._lock:
             self._written_pages += len(sizes)
             self._written_bytes += int(sum(sizes))
-            for digest in tracked:
-                self._reference(digest)
+            for digest, new in zip(digests, stored):
+                just_asked = self._recent_misses.pop(digest, _ABSENT) is not _ABSENT
+                counted = bool(new) and not just_asked
+                self._refs_all += counted
+                if digest % MODULUS >= self._threshold:
+                    continue
+                distance = self._reference(digest)
+                if counted:
+                    self._count(distance)
                 self._written_at[digest] = now
                 self._ghost.pop(digest, None)
 
@@ -166,11 +179,11 @@ class WorkloadStats:
         """Scaled figures since the store opened. `mrc`: [cache_bytes, miss_ratio] at each distance
         edge (pages times the mean page size), from 1 page up to 64x `capacity_bytes` when given;
         `miss_ratio_at_capacity` interpolates the curve there, `miss_ratio_by_capacity_multiple` at
-        CAPACITY_MULTIPLES of it. Counts of tracked asks are scaled
+        CAPACITY_MULTIPLES of it. Counts of tracked references are scaled
         by 1/rate ("_est" fields). Empty curve before the first ask."""
         with self._lock:
             distances = self._distances.copy()
-            asks, cold, hits, asks_all = self._asks, self._cold, self._hits, self._asks_all
+            refs, cold, hits, refs_all = self._refs, self._cold, self._hits, self._refs_all
             ghost_hits, by_depth, by_age = self._ghost_hits, list(self._by_depth), list(self._by_age)
             page_bytes = self._written_bytes / self._written_pages if self._written_pages else 0.0
             tracked = len(self._time)
@@ -178,11 +191,12 @@ class WorkloadStats:
         curve: list[list[float]] = []
         at_capacity = None
         by_multiple: dict[str, float] = {}
-        if asks:
+        if refs:
             # SHARDS_adj (the paper, section 4.2): a hot page in or out of the sample moves the tracked
-            # asks far from rate x all asks; the difference is credited to the shortest distances.
-            expected = asks_all * self.sample_rate
-            misses_from = cold + np.cumsum(distances[::-1])[::-1][1:]  # asks with distance >= edge k
+            # references far from rate x all references; the difference is credited to the shortest
+            # distances.
+            expected = max(refs_all * self.sample_rate, 1e-9)
+            misses_from = cold + np.cumsum(distances[::-1])[::-1][1:]  # references at distance >= edge k
             misses_from = np.minimum(misses_from, expected) / expected
             limit_pages = math.inf
             if capacity_bytes and page_bytes:
@@ -198,9 +212,9 @@ class WorkloadStats:
         return {
             "sample_rate": self.sample_rate,
             "tracked_pages": tracked,
-            "asks_sampled": asks,
-            "asks": asks_all,
-            "ask_hit_ratio": round(hits / asks, 4) if asks else None,
+            "references_sampled": refs,
+            "references": refs_all,
+            "hit_ratio": round(hits / refs, 4) if refs else None,
             "ghost_hits_est": round(ghost_hits * scale),
             "mean_page_bytes": round(page_bytes),
             "mrc": curve,
@@ -211,6 +225,14 @@ class WorkloadStats:
         }
 
     # ---- the stack ----------------------------------------------------------------------------
+
+    def _count(self, distance: int | None) -> None:
+        """A reference the curve counts, at its stack distance (None: cold). Caller holds the lock."""
+        self._refs += 1
+        if distance is None:
+            self._cold += 1
+        else:
+            self._distances[int(np.searchsorted(DISTANCE_EDGES, distance / self.sample_rate, side="right"))] += 1
 
     def _reference(self, digest: int) -> int | None:
         """Record a reference to a tracked page now; its stack distance in tracked pages (distinct

@@ -124,15 +124,18 @@ def test_roundtrip_of_chains_across_shards_with_fast_path_on_and_off(tier, clien
 def test_status_shows_each_shards_workload_statistics(tier, client, pages):
     """Asks reach the shards' workload statistics (raylsm/store/workload_stats.py) and `raylsm
     status` prints them (the default tracks 1 page in 64: these pages' keys decide which count)."""
-    before = {entry["shard"]: (entry["stats"].get("workload") or {}).get("asks", 0) for entry in tier.status()["shards"]}
+    def references():
+        return {entry["shard"]: (entry["stats"].get("workload") or {}).get("references", 0)
+                for entry in tier.status()["shards"]}
+
+    before = references()
     chain = pages.chain("asked chain", 32)
-    assert all(client.put(pages.namespace, chain, [], pages.values(chain)))
-    assert client.exists(pages.namespace, chain, []) == 32
-    status = tier.status()
-    asks = {entry["shard"]: entry["stats"]["workload"]["asks"] for entry in status["shards"]}
-    assert sum(asks.values()) - sum(before.values()) == 32
-    table = format_status(status)
-    assert sum(f"{name} workload: {count} asks" in table for name, count in asks.items() if count) >= 1
+    assert all(client.put(pages.namespace, chain, [], pages.values(chain)))  # 32 written, absent before
+    assert client.exists(pages.namespace, chain, []) == 32  # 32 asked, present
+    after = references()
+    assert sum(after.values()) - sum(before.values()) == 64
+    table = format_status(tier.status())
+    assert sum(f"{name} workload: {count} page references" in table for name, count in after.items() if count) >= 1
 
 
 def test_exists_counts_leading_present_pages_and_get_reports_each_page(tier, client, pages):

@@ -44,11 +44,12 @@ def _exact_lru_miss_ratios(stream, capacities):
 
 
 def _feed(stats, stream, page_bytes=4 * KiB):
+    """Asks count in the curve; these writes are refreshes (of present pages)."""
     for op, key in stream:
         if op == "ask":
             stats.asked([key], 1)
         else:
-            stats.written([key], [page_bytes])
+            stats.written([key], [page_bytes], [False])
 
 
 def _curve_at(snapshot, pages, page_bytes=4 * KiB):
@@ -64,7 +65,7 @@ def test_every_page_tracked_gives_the_exact_lru_curve(kit):
     assert all(c in DISTANCE_EDGES for c in capacities)
     got = _curve_at(stats.snapshot(), capacities)
     assert got == pytest.approx(_exact_lru_miss_ratios(stream, capacities), abs=1e-4)
-    assert stats.snapshot()["asks"] == sum(op == "ask" for op, _ in stream)
+    assert stats.snapshot()["references"] == sum(op == "ask" for op, _ in stream)
 
 
 def test_a_sampled_curve_estimates_the_exact_one(kit):
@@ -100,14 +101,14 @@ def test_miss_ratio_at_capacity_reads_the_curve(kit):
 def test_ghost_hits_count_asks_for_evicted_pages(kit):
     stats = WorkloadStats(sample_rate=1.0)
     keys = kit.keys(10)
-    stats.written(keys, [4 * KiB] * 10)
+    stats.written(keys, [4 * KiB] * 10, [True] * 10)
     stats.evicted(keys[:4])
     stats.asked([keys[0]], 0)  # absent: it was evicted
     stats.asked([keys[5]], 0)  # absent, never evicted (e.g. deleted)
     stats.asked([keys[1], keys[2]], 0)  # only the first absent key is asked
     assert stats.snapshot()["ghost_hits_est"] == 2
     stats.asked([keys[0]], 0)  # counted once
-    stats.written([keys[1]], [4 * KiB])  # stored again: no longer a ghost
+    stats.written([keys[1]], [4 * KiB], [True])  # stored again: no longer a ghost
     stats.asked([keys[1]], 0)
     assert stats.snapshot()["ghost_hits_est"] == 2
 
@@ -117,7 +118,7 @@ def test_hits_by_depth_and_age(kit, monkeypatch):
     chain = kit.chain("conversation", 20)
     clock = [1000.0]
     monkeypatch.setattr(workload_stats.time, "time", lambda: clock[0])
-    stats.written(chain, [4 * KiB] * len(chain))
+    stats.written(chain, [4 * KiB] * len(chain), [True] * len(chain))
     clock[0] += 30
     stats.asked(chain[:12], 10)  # depths 0..9 present, 10 the first miss
     snapshot = stats.snapshot()
@@ -125,7 +126,7 @@ def test_hits_by_depth_and_age(kit, monkeypatch):
                                                "32-64": 0, "64-128": 0, "128-256": 0, "256-512": 0,
                                                "512-1024": 0, "1024+": 0}
     assert snapshot["hits_by_age_s"]["10-60"] == 10 and sum(snapshot["hits_by_age_s"].values()) == 10
-    assert snapshot["ask_hit_ratio"] == pytest.approx(10 / 11, abs=1e-4)
+    assert snapshot["hit_ratio"] == pytest.approx(10 / (20 + 11), abs=1e-4)  # 20 writes, 11 asks
 
 
 def test_bad_arguments_are_refused():
@@ -146,7 +147,9 @@ def test_a_store_reports_its_workload(store_factory, kit):
         store.put_batch(keys, [kit.value(key, 64 * KiB) for key in keys])
     assert store.probe(chain) == 0
     workload = store.stats()["workload"]
-    assert workload["asks"] == 1 + len(chain) + 1
+    # asks: chain[0] (absent), 40 present, chain[0] (evicted); writes of absent pages: the chain's
+    # 39 others (chain[0] was the probe's first miss: counted once) and 96 fillers
+    assert workload["references"] == (1 + len(chain) + 1) + (len(chain) - 1) + 6 * 16
     assert workload["ghost_hits_est"] == 1
     assert workload["mean_page_bytes"] == 64 * KiB
     assert workload["miss_ratio_at_capacity"] is not None
