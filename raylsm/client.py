@@ -109,7 +109,7 @@ class TierClient:
         self._bounded_reader = BoundedLocalReader(self._local_reader, self._health)
         self._located = LocatedPointers(client.located_pointer_entries, client.located_pointer_ttl_s)
         # Reads done on the fast path, per shard, not yet reported: they ride on the next
-        # probe_located call to that shard, or go in the reporter's flush every READ_REPORT_S.
+        # probe_located or put call to that shard, or go in the reporter's flush every READ_REPORT_S.
         self._unreported_reads: dict[str, dict[int, list[int]]] = {}  # shard -> segment -> offsets
         self._unreported_lock = threading.Lock()
         self._unsettled: list[_Unsettled] = []
@@ -454,8 +454,10 @@ class TierClient:
             failed_slots: list[int] = list(range(routed.first_bad, len(page_hashes)))
 
             def calls_for(shards):
+                # Unreported fast-path reads ride on the put (counted before it can evict their pages).
                 return {shard: ("put_batch", ([routed.keys[s] for s in routed.groups[shard]],
-                                              [_as_arrays(values[s]) for s in routed.groups[shard]], wall_deadline))
+                                              [_as_arrays(values[s]) for s in routed.groups[shard]], wall_deadline,
+                                              self._take_unreported(shard) or None))
                         for shard in shards}
 
             answers = self._collect(self._submit(calls_for(routed.groups)), deadline=deadline, settle_late=True)

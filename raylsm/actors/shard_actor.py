@@ -131,10 +131,15 @@ class ShardServer:
 
     # ---- data path ----------------------------------------------------------------------------
 
-    def put_batch(self, keys: Sequence[bytes], values: Sequence[Any], deadline_s: float | None = None) -> list[int]:
+    def put_batch(self, keys: Sequence[bytes], values: Sequence[Any], deadline_s: float | None = None,
+                  reads: Mapping[int, Sequence[int]] | None = None) -> list[int]:
         """Store pages; a PutOutcome code per page (raylsm.store.outcomes). Pages not written by
-        `deadline_s` (wall clock of the caller, who gives up then) are EXPIRED, not written."""
+        `deadline_s` (wall clock of the caller, who gives up then) are EXPIRED, not written. `reads`:
+        a same-node reader's unreported reads (as `note_reads`), counted first: the put may roll a
+        segment, and the reclaimer then frees the oldest, often the one those reads were from."""
         with self._data_call("put"):
+            if reads:
+                self._store.note_reads(reads)
             outcomes = [int(outcome) for outcome in self._store.put_batch_outcomes(keys, values, deadline_s)]
         stored = [key for key, outcome in zip(keys, outcomes) if outcome == PutOutcome.STORED]
         if stored:

@@ -301,6 +301,25 @@ def _shards_located(tier) -> int:
                for name in tier.router().ring.shards)
 
 
+def test_fast_path_reads_ride_on_the_next_put_to_their_shard(tier, pages, monkeypatch):
+    """A put to a shard carries the reads not yet reported to it, counted before the put can roll
+    a segment (whose eviction may free the very pages just read)."""
+    from raylsm import client as client_module
+
+    monkeypatch.setattr(client_module, "READ_REPORT_S", 3600.0)  # no flush by the reporter
+    client = tier.client(same_node_fast_path=True, ring_refresh_s=3600)
+    chain = pages.chain("read, then put again", 3 * EXTENT_PAGES)
+    values = pages.values(chain)
+    assert all(client.put(pages.namespace, chain, [], values))
+    tier.report_reads()
+    located_before = _shards_located(tier)
+    assert client.exists(pages.namespace, chain, []) == len(chain)
+    assert client.get_into(pages.namespace, chain, [], pages.buffers(len(chain))) == [True] * len(chain)
+    assert _shards_located(tier) == located_before  # not reported yet
+    assert all(client.put(pages.namespace, chain, [], values))  # present: each shard gets a put call
+    assert _shards_located(tier) - located_before == len(chain)
+
+
 def test_a_get_after_exists_reads_the_located_pages_without_a_shard_call(tier, pages, tools):
     # No ring refresh in the test's time: only the client's read reporter can tell the shards.
     client = tier.client(same_node_fast_path=True, ring_refresh_s=3600)
