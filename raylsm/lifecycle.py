@@ -556,7 +556,12 @@ def format_status(report: dict) -> str:
         lines.append(f"disk budget pool {path}: {pool['members']} shards, disk {pool['disk_bytes'] / 1e9:.3f} GB "
                      f"of {pool['capacity_bytes'] / 1e9:.1f} GB (they evict as one cache)")
     for shard in report["shards"]:
-        line = format_workload((shard.get("stats") or {}).get("workload"))
+        stats = shard.get("stats") or {}
+        line = format_workload(stats.get("workload"))
+        counters = stats.get("counters", {})
+        if line and counters.get("puts_bytes"):
+            amplification = (counters["puts_bytes"] + counters.get("reinserted_bytes", 0)) / counters["puts_bytes"]
+            line += f"; write amplification {amplification:.2f} (re-appends)"
         if line:
             lines.append(f"{shard['shard']} workload: {line}")
     lines.append(f"ring version {report['ring_version']}"
