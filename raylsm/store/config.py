@@ -73,7 +73,7 @@ class StoreConfig:
     # NOTE: the segment-clock model (1 shard, segments of capacity / 256, one free segment), L3 hit
     # vs the LRU model, credits 1 -> 2: agentic 0.05 1.050 -> 1.089, 0.10 0.993 -> 1.005; packaged
     # trace (--sample-conversations 0.25) 0.05 1.030 -> 1.041, 0.10 1.000 -> 0.997; multi-turn 0.05
-    # 0.995 -> 1.003, 0.10 0.997 -> 0.995. 3 and 5 change none of these by more than 0.01.
+    # 0.995 -> 1.003, 0.10 0.997 -> 0.995. 3 changes none of these by more than 0.01.
     reinsertion_read_credits: int = _knob(2, LIVE, "reads a page banks for later evictions")
     # Free segments on a background thread (evicting the oldest, re-appending what earned it) so
     # that a put only writes into free space. Off: a put that rolls a segment evicts inline.
