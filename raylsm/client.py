@@ -109,7 +109,8 @@ class TierClient:
         self._bounded_reader = BoundedLocalReader(self._local_reader, self._health)
         self._located = LocatedPointers(client.located_pointer_entries, client.located_pointer_ttl_s)
         # Reads done on the fast path, per shard, not yet reported: they ride on the next
-        # probe_located or put call to that shard, or go in the reporter's flush every READ_REPORT_S.
+        # probe_located, locate_batch or put call to that shard, or go in the reporter's flush every
+        # READ_REPORT_S.
         self._unreported_reads: dict[str, dict[int, list[int]]] = {}  # shard -> segment -> offsets
         self._unreported_lock = threading.Lock()
         self._unsettled: list[_Unsettled] = []
@@ -328,7 +329,7 @@ class TierClient:
             keys = [routed.keys[s] for s in slots]
             located[shard] = self._located.take(shard, keys) if self._located.enabled else None
             if located[shard] is None:
-                calls[shard] = ("locate_batch", (keys,))
+                calls[shard] = ("locate_batch", (keys, self._take_unreported(shard) or None))
 
         def on_answer(call_key: str | _Chunk, value: Any) -> None:
             """As each answer arrives: copy a remote chunk's pages out of the object store, or

@@ -75,14 +75,7 @@ class ShardMetrics:
         Snapshots are taken on several actor threads and may arrive out of order (20, 10, 30): each
         counter only ever moves up to the highest value seen, so the exported total is the store's
         counter (30), whatever the interleaving."""
-        counters = stats["counters"]
-        with self._lock:
-            deltas = {}
-            for name, value in counters.items():
-                seen = self._last.get(name, 0)
-                if value > seen:
-                    deltas[name] = value - seen
-                    self._last[name] = value
+        deltas = self._deltas(stats["counters"])
         for name, (metric, outcome) in _OUTCOMES.items():
             if deltas.get(name, 0) > 0:
                 self._pages[metric].inc(deltas[name], tags={**self._tags, "outcome": outcome})
@@ -106,12 +99,8 @@ class ShardMetrics:
         self._disk.set(space["disk_bytes"], tags=self._tags)
         self._live.set(space["live_bytes"], tags=self._tags)
 
-
-    def _sync_workload(self, workload: dict) -> None:
-        """Estimated counts become increments like the store's counters (the newest snapshot only)."""
-        totals = {("ghost", ""): workload["ghost_hits_est"]}
-        totals.update({("depth", label): n for label, n in workload["hits_by_depth_pages"].items()})
-        totals.update({("age", label): n for label, n in workload["hits_by_age_s"].items()})
+    def _deltas(self, totals: dict) -> dict:
+        """Increments since the last export of each cumulative total (a total only moves up)."""
         with self._lock:
             deltas = {}
             for name, value in totals.items():
@@ -119,7 +108,14 @@ class ShardMetrics:
                 if value > seen:
                     deltas[name] = value - seen
                     self._last[name] = value
-        for (kind, label), delta in deltas.items():
+        return deltas
+
+    def _sync_workload(self, workload: dict) -> None:
+        """Estimated counts become increments like the store's counters (the newest snapshot only)."""
+        totals = {("ghost", ""): workload["ghost_hits_est"]}
+        totals.update({("depth", label): n for label, n in workload["hits_by_depth_pages"].items()})
+        totals.update({("age", label): n for label, n in workload["hits_by_age_s"].items()})
+        for (kind, label), delta in self._deltas(totals).items():
             if kind == "ghost":
                 self._ghost_hits.inc(delta, tags=self._tags)
             elif kind == "depth":

@@ -222,6 +222,7 @@ class ShardStore:
         validate_keys(keys)
         if len(values) != len(keys):
             raise ValueError(f"{len(keys)} keys but {len(values)} values")
+        digests = self._digests(keys)
         outcomes = [PutOutcome.FAILED] * len(keys)
         pages, sizes = [], []
         limit = self._config.segment_bytes - fmt.header_bytes_for(1)
@@ -243,7 +244,7 @@ class ShardStore:
         with self._write_lock:
             self._check_open()
             expired = deadline_s is not None and time.time() > deadline_s
-            present = self._present_flags(keys)
+            present = self._present_flags(keys, digests)
             todo_keys, todo_pages, todo_slots = [], [], []
             first_slot: dict[bytes, int] = {}
             retired = self._retired
@@ -277,7 +278,7 @@ class ShardStore:
         count = Counter(outcomes)
         if self._workload is not None:
             held = [slot for slot, outcome in enumerate(outcomes) if outcome in IN_STORE]
-            self._workload.written([keys[slot] for slot in held], [sizes[slot] for slot in held],
+            self._workload.written([digests[slot] for slot in held], [sizes[slot] for slot in held],
                                    [outcomes[slot] == PutOutcome.STORED for slot in held])
         self._stats.observe("put", (time.perf_counter() - started) * 1e3,
                             puts_pages=stored, puts_bytes=sum(n for n, ok in zip(todo_sizes, written) if ok),
@@ -294,11 +295,11 @@ class ShardStore:
         if self._resident is not None:
             self._resident.discard(key_digest(key))
 
-    def _present_flags(self, keys: Sequence[bytes]) -> list[bool]:
-        """Whether each key has a pointer into a live segment: from the resident set if kept, else
-        one multi-get."""
+    def _present_flags(self, keys: Sequence[bytes], digests: Sequence[int] | None = None) -> list[bool]:
+        """Whether each key has a pointer into a live segment: from the resident set if kept (by
+        `digests`, the keys' key_digests, if the caller has them), else one multi-get."""
         if self._resident is not None:
-            return self._resident.contains_many([key_digest(key) for key in keys])
+            return self._resident.contains_many(digests if digests is not None else [key_digest(key) for key in keys])
         return [raw is not None and self._points_to_live_segment(raw) for raw in self._index.get_many(keys)]
 
     def _points_to_live_segment(self, raw: bytes) -> bool:
@@ -648,15 +649,20 @@ class ShardStore:
         started = time.perf_counter()
         validate_keys(keys)
         self._check_open()
-        count = self._count_present_prefix(keys)
+        digests = self._digests(keys)
+        count = count_present_prefix(self._index, keys, self._resident, self._segments, digests)
         if self._workload is not None:
-            self._workload.asked(keys, count)
+            self._workload.asked(keys, count, digests)
         self._stats.observe("probe", (time.perf_counter() - started) * 1e3,
                             probe_calls=1, probe_keys=len(keys), probe_hits=count)
         return count
 
-    def _count_present_prefix(self, keys: Sequence[bytes]) -> int:
-        return count_present_prefix(self._index, keys, self._resident, self._segments)
+    def _digests(self, keys: Sequence[bytes]) -> list[int] | None:
+        """The keys' key_digests, computed once per call for whoever needs them (the resident set,
+        the workload statistics), or None if neither is kept."""
+        if self._resident is None and self._workload is None:
+            return None
+        return [key_digest(key) for key in keys]
 
     # ---- pointers for same-node readers --------------------------------------------------------
 
@@ -680,14 +686,15 @@ class ShardStore:
         started = time.perf_counter()
         validate_keys(keys)
         self._check_open()
-        count = self._count_present_prefix(keys)
+        digests = self._digests(keys)
+        count = count_present_prefix(self._index, keys, self._resident, self._segments, digests)
         pointers = self._live_pointers(keys[:count]) if count else []
         for found, pointer in enumerate(pointers):
             if pointer is None:  # evicted between the two lookups
                 pointers = pointers[:found]
                 break
         if self._workload is not None:
-            self._workload.asked(keys, len(pointers))
+            self._workload.asked(keys, len(pointers), digests)
         self._stats.observe("probe", (time.perf_counter() - started) * 1e3,
                             probe_calls=1, probe_keys=len(keys), probe_hits=len(pointers))
         return self._segments_dir, self._low_watermark(), pointers
@@ -743,11 +750,13 @@ class ShardStore:
                 self._index.set_rocksdb_options({"write_buffer_size": str(new.index_write_buffer_bytes())})
             return new
 
-    def stats(self) -> dict:
+    def stats(self, workload_max_age_s: float = 0.0) -> dict:
         """Counters, latency histograms and space: live bytes (referenced by pointers), dead bytes
         (written but no longer referenced), segment bytes (segment files, the active one at its
         preallocated size), index bytes (the RocksDB directory), disk bytes (the two together: what
-        capacity_bytes bounds, to within one segment), capacity."""
+        capacity_bytes bounds, to within one segment), capacity; the disk budget pool it belongs to;
+        its workload statistics (raylsm.store.workload_stats; a curve computed at most
+        `workload_max_age_s` ago may be returned again)."""
         with self._write_lock:
             segments = list(self._segments.values())
             live, pages = self._live.totals()
@@ -765,7 +774,7 @@ class ShardStore:
                                 "capacity_bytes": view.capacity_bytes, "disk_bytes": view.disk_bytes}
         if self._workload is not None:
             snapshot["workload"] = self._workload.snapshot(view.capacity_bytes if view is not None
-                                                           else self._config.capacity_bytes)
+                                                           else self._config.capacity_bytes, workload_max_age_s)
         return snapshot
 
 

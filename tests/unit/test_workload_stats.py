@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from raylsm.store import workload_stats
+from raylsm.store.page_key import key_digest
 from raylsm.store.workload_stats import DISTANCE_EDGES, WorkloadStats
 
 KiB, MiB = 1024, 1024 * 1024
@@ -49,7 +50,7 @@ def _feed(stats, stream, page_bytes=4 * KiB):
         if op == "ask":
             stats.asked([key], 1)
         else:
-            stats.written([key], [page_bytes], [False])
+            stats.written([key_digest(key)], [page_bytes], [False])
 
 
 def _curve_at(snapshot, pages, page_bytes=4 * KiB):
@@ -101,14 +102,14 @@ def test_miss_ratio_at_capacity_reads_the_curve(kit):
 def test_ghost_hits_count_asks_for_evicted_pages(kit):
     stats = WorkloadStats(sample_rate=1.0)
     keys = kit.keys(10)
-    stats.written(keys, [4 * KiB] * 10, [True] * 10)
+    stats.written([key_digest(key) for key in keys], [4 * KiB] * 10, [True] * 10)
     stats.evicted(keys[:4])
     stats.asked([keys[0]], 0)  # absent: it was evicted
     stats.asked([keys[5]], 0)  # absent, never evicted (e.g. deleted)
     stats.asked([keys[1], keys[2]], 0)  # only the first absent key is asked
     assert stats.snapshot()["ghost_hits_est"] == 2
     stats.asked([keys[0]], 0)  # counted once
-    stats.written([keys[1]], [4 * KiB], [True])  # stored again: no longer a ghost
+    stats.written([key_digest(keys[1])], [4 * KiB], [True])  # stored again: no longer a ghost
     stats.asked([keys[1]], 0)
     assert stats.snapshot()["ghost_hits_est"] == 2
 
@@ -118,7 +119,7 @@ def test_hits_by_depth_and_age(kit, monkeypatch):
     chain = kit.chain("conversation", 20)
     clock = [1000.0]
     monkeypatch.setattr(workload_stats.time, "time", lambda: clock[0])
-    stats.written(chain, [4 * KiB] * len(chain), [True] * len(chain))
+    stats.written([key_digest(key) for key in chain], [4 * KiB] * len(chain), [True] * len(chain))
     clock[0] += 30
     stats.asked(chain[:12], 10)  # depths 0..9 present, 10 the first miss
     snapshot = stats.snapshot()
@@ -158,3 +159,17 @@ def test_a_store_reports_its_workload(store_factory, kit):
 def test_a_store_without_workload_statistics(store_factory, tmp_path):
     store = store_factory(tmp_path / "quiet", workload_sample_rate=0)
     assert "workload" not in store.stats()
+
+
+def test_a_snapshot_is_reused_only_within_its_max_age(kit):
+    """The shard actor exports stats after every call: the curve is recomputed at most once a second
+    there, and always for a caller that asks for it fresh."""
+    stats = WorkloadStats(sample_rate=1.0)
+    keys = kit.keys(8)
+    stats.asked(keys, 0)
+    first = stats.snapshot(1 << 20, max_age_s=60)
+    stats.asked(keys, 0)
+    assert stats.snapshot(1 << 20, max_age_s=60)["references"] == first["references"] == 1
+    assert stats.snapshot(2 << 20, max_age_s=60)["references"] == 2  # another capacity: recomputed
+    stats.asked(keys, 0)
+    assert stats.snapshot(2 << 20)["references"] == 3  # fresh
