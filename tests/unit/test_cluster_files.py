@@ -4,10 +4,16 @@ and docs show exists (issue 15, section 1).
 - cluster/ray-cluster.yaml against the cluster launcher's own JSON schema, shipped in the installed
   Ray package (ray/autoscaler/ray-schema.json), and through the launcher's own config preparation and
   validation in a subprocess (this test tier forbids importing Ray in-process);
-- cluster/kuberay-raycluster.yaml, each document against the schema of its kind in cluster/schemas/
-  (strict subsets of the RayCluster, PodMonitor and Kubernetes core APIs), plus the checks KubeRay
-  makes when it admits a RayCluster, and what raylsm needs of it: a per-node disk label, one kv pod
-  per disk node, a disk the image's user can write;
+- cluster/kuberay-raycluster.yaml and cluster/prometheus-rules.yaml, each document twice over:
+  against the CRD schemas of its kind as the operators publish them (cluster/schemas/upstream/:
+  KubeRay 1.5.0 and 1.7.0's RayCluster, Prometheus Operator 0.93.0's PodMonitor and PrometheusRule),
+  with what the API server adds to plain JSON Schema (fields a CRD does not declare are dropped, or
+  refused by kubectl's strict field validation; list-maps keep their keys unique); and against the
+  strict hand-written subsets in cluster/schemas/*.schema.yaml, for what the CRDs do not check: a
+  closed list of the fields the files mean to use, each document's top-level metadata, and the
+  enums and ranges of pod fields that the API server checks only when KubeRay creates the pods;
+- the RayCluster, against the checks KubeRay makes when it admits one, and what raylsm needs of it:
+  a per-node disk label, one kv pod per disk node, a disk the image's user can write;
 - the pinned Ray, Python and SGLang versions agree across the Makefile, the Dockerfile and both
   cluster files, and the SGLang launch line keeps raylsm's call timeout inside SGLang's prefetch
   budget;
@@ -21,6 +27,9 @@ and docs show exists (issue 15, section 1).
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
+import gzip
 import json
 import os
 import re
@@ -42,6 +51,13 @@ KUBERAY = CLUSTER / "kuberay-raycluster.yaml"
 RULES = CLUSTER / "prometheus-rules.yaml"
 DASHBOARD = CLUSTER / "grafana-dashboard.json"
 KUBERNETES_MANIFESTS = (KUBERAY, RULES)
+UPSTREAM = SCHEMAS / "upstream"
+# The CRD schemas of each kind, as its operator publishes them (cluster/schemas/upstream/README.md says
+# where each came from); a document must pass every one listed. KubeRay at both ends of the range
+# docs/install.md supports.
+UPSTREAM_SCHEMAS = {("ray.io/v1", "RayCluster"): ("kuberay-v1.5.0-raycluster", "kuberay-v1.7.0-raycluster"),
+                    ("monitoring.coreos.com/v1", "PodMonitor"): ("prometheus-operator-v0.93.0-podmonitor",),
+                    ("monitoring.coreos.com/v1", "PrometheusRule"): ("prometheus-operator-v0.93.0-prometheusrule",)}
 SCHEMA_OF_KIND = {("ray.io/v1", "RayCluster"): "raycluster.schema.yaml",
                   ("monitoring.coreos.com/v1", "PodMonitor"): "podmonitor.schema.yaml",
                   ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule.schema.yaml"}
@@ -160,6 +176,275 @@ def test_launcher_only_kv_nodes_offer_shards_and_they_mount_their_disk():
         assert any("labels.yaml" in command for command in commands), f"{name} writes no labels file"
 
 
+# ---- Kubernetes manifests against their operators' own CRD schemas ---------------------------------
+
+
+def test_every_cluster_yaml_is_checked():
+    """A YAML file added to cluster/ is either the launcher's config or a manifest the tests below read."""
+    assert set(CLUSTER.glob("*.yaml")) == {LAUNCHER, *KUBERNETES_MANIFESTS}
+
+
+@functools.cache
+def upstream(name: str) -> dict:
+    """{"source": where it came from, "openAPIV3Schema": the CRD's schema} (read-only: shared)."""
+    with gzip.open(UPSTREAM / f"{name}.json.gz", "rt", encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def as_json_schema(node):
+    """A CRD's structural schema (OpenAPI 3.0's schema object) as JSON Schema draft 4, whose keywords it
+    shares (OpenAPI 3.0 took its schema object from draft wright-00, the draft 4 family). Two of
+    Kubernetes' extensions change what a value may be, and so are spelled out: an
+    `x-kubernetes-int-or-string` node takes an integer or a string (whether or not it also carries
+    the usual `anyOf`), and a `nullable` one also takes null. The others shape what the API server
+    keeps rather than what it accepts (api_server_problems). `format` is not checked: the CRDs here
+    use int32, int64 and date-time (status only), and the API server does not bound int32/int64.
+    `pattern`s are Go (RE2) regular expressions, translated (go_pattern_in_python)."""
+    if isinstance(node, list):
+        return [as_json_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for key, value in node.items():
+        if key == "properties":
+            out[key] = {name: as_json_schema(sub) for name, sub in value.items()}
+        elif key in ("items", "additionalProperties", "not", "anyOf", "allOf", "oneOf"):
+            out[key] = as_json_schema(value)
+        else:
+            out[key] = value
+    if isinstance(node.get("pattern"), str):
+        out["pattern"] = go_pattern_in_python(node["pattern"])
+    if node.get("x-kubernetes-int-or-string"):
+        out["type"] = ["integer", "string"]
+        if out.get("anyOf") == [{"type": "integer"}, {"type": "string"}]:
+            del out["anyOf"]  # the form Kubernetes asks for, the same as `type` (one error, not two)
+    if node.get("nullable"):
+        if "type" in out:
+            out["type"] = [*([out["type"]] if isinstance(out["type"], str) else out["type"]), "null"]
+        if "enum" in out:
+            out["enum"] = [*out["enum"], None]
+    return out
+
+
+def go_pattern_in_python(pattern: str) -> str:
+    """A Go regular expression as Python's `re` reads it the same, for the forms the CRDs use: Go takes
+    flags such as `(?i)` after `^`, Python only at the very start; Go's `$` matches at the end of the
+    text only, Python's also before a final newline (so `\\Z`)."""
+    flags = re.match(r"^\^(\(\?[a-z]+\))", pattern)
+    if flags:
+        pattern = flags.group(1) + "^" + pattern[flags.end():]
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    return pattern
+
+
+@functools.cache
+def upstream_validator(name: str) -> jsonschema.Draft4Validator:
+    schema = as_json_schema(upstream(name)["openAPIV3Schema"])
+    jsonschema.Draft4Validator.check_schema(schema)
+    return jsonschema.Draft4Validator(schema)
+
+
+def upstream_schema_errors(doc: dict, name: str) -> list[str]:
+    return [f"/{'/'.join(map(str, error.absolute_path))}: {error.message}"
+            for error in upstream_validator(name).iter_errors(doc)]
+
+
+def api_server_problems(value, schema: dict, path: str = "", resource_root: bool = True) -> list[str]:
+    """What the API server does with `value` under a CRD's structural schema that JSON Schema does not:
+
+    - a field the schema does not declare is pruned: dropped without a word, or, under kubectl's
+      default strict field validation, refused. Either way the setting never reaches the operator.
+      Maps (`additionalProperties`) declare every key; under `x-kubernetes-preserve-unknown-fields`
+      undeclared fields are kept and declared ones are still walked; `apiVersion`, `kind` and
+      `metadata` of the resource (and of an `x-kubernetes-embedded-resource`) are the API server's
+      own, not the CRD's (the strict subsets check each document's top-level metadata);
+    - a list-map (`x-kubernetes-list-type: map`) refuses two items with the same keys (a key's schema
+      default standing in when an item leaves it out, as the API server defaults it first), a set
+      (`set`) two equal items;
+    - an `x-kubernetes-validations` (CEL) rule: not evaluated here, so a manifest that sets a field
+      carrying one is reported, for whoever adds the field to check the rule."""
+    problems = []
+    if "x-kubernetes-validations" in schema:
+        rules = [rule["rule"] for rule in schema["x-kubernetes-validations"]]
+        problems.append(f"{path or '/'}: carries CEL rules this test cannot evaluate: {rules}")
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        open_map = schema.get("additionalProperties")
+        own_fields = resource_root or schema.get("x-kubernetes-embedded-resource", False)
+        for key, item in value.items():
+            where = f"{path}/{key}"
+            if own_fields and key in ("apiVersion", "kind", "metadata"):
+                continue
+            if key in properties:
+                problems += api_server_problems(item, properties[key], where, False)
+            elif isinstance(open_map, dict):
+                problems += api_server_problems(item, open_map, where, False)
+            elif not (open_map is True or schema.get("x-kubernetes-preserve-unknown-fields")):
+                problems.append(f"{where}: not declared by the CRD (the API server drops it, or refuses it "
+                                f"under strict field validation)")
+    elif isinstance(value, list):
+        items = schema.get("items", {})
+        for index, item in enumerate(value):
+            problems += api_server_problems(item, items, f"{path}/{index}", False)
+        list_type = schema.get("x-kubernetes-list-type")
+        if list_type == "map":
+            keys = schema["x-kubernetes-list-map-keys"]
+            defaults = {key: items.get("properties", {}).get(key, {}).get("default") for key in keys}
+            seen = [tuple(item.get(key, defaults[key]) for key in keys) for item in value if isinstance(item, dict)]
+            problems += [f"{path}: two items with {dict(zip(keys, twice))} (a list-map keyed by {keys})"
+                         for twice in sorted({entry for entry in seen if seen.count(entry) > 1}, key=str)]
+        elif list_type == "set":
+            seen = [json.dumps(item, sort_keys=True) for item in value]
+            problems += [f"{path}: {twice} twice (a set)"
+                         for twice in sorted({entry for entry in seen if seen.count(entry) > 1})]
+    return problems
+
+
+def upstream_cases() -> list[tuple[Path, int, str]]:
+    cases = []
+    for path in KUBERNETES_MANIFESTS:
+        for index, doc in enumerate(manifest_documents(path)):
+            names = UPSTREAM_SCHEMAS.get((doc.get("apiVersion"), doc.get("kind")), ("(none)",))
+            cases += [(path, index, name) for name in names]
+    return cases
+
+
+def upstream_case_id(value) -> str:
+    return value.name if isinstance(value, Path) else str(value)
+
+
+@pytest.mark.parametrize("path,document,schema", upstream_cases(), ids=upstream_case_id)
+def test_kubernetes_manifests_match_their_operators_crd_schema(path, document, schema):
+    doc = manifest_documents(path)[document]
+    assert schema != "(none)", f"no upstream CRD schema for {doc.get('apiVersion')} {doc.get('kind')}: vendor " \
+                               "one (cluster/schemas/refresh_upstream.py) and name it in UPSTREAM_SCHEMAS"
+    errors = upstream_schema_errors(doc, schema)
+    assert not errors, "\n".join(errors)
+
+
+@pytest.mark.parametrize("path,document,schema", upstream_cases(), ids=upstream_case_id)
+def test_kubernetes_manifests_set_only_what_their_operators_crd_declares(path, document, schema):
+    doc = manifest_documents(path)[document]
+    assert schema != "(none)", f"no upstream CRD schema for {doc.get('apiVersion')} {doc.get('kind')}"
+    problems = api_server_problems(doc, upstream(schema)["openAPIV3Schema"])
+    assert not problems, "\n".join(problems)
+
+
+def test_upstream_schemas_are_the_kinds_they_are_used_for_and_say_where_they_came_from():
+    readme = (UPSTREAM / "README.md").read_text(encoding="utf-8")
+    for (api_version, kind), names in UPSTREAM_SCHEMAS.items():
+        for name in names:
+            source = upstream(name)["source"]
+            assert f"{source['group']}/{source['version']}" == api_version and source["kind"] == kind, name
+            assert re.fullmatch(r"[0-9a-f]{40}", source["commit"]) and source["tag"] in name, name
+            assert source["license"] == "Apache-2.0", name
+            row = next((line for line in readme.splitlines() if f"`{name}.json.gz`" in line), "")
+            assert source["tag"] in row and source["commit"] in row and source["path"] in row, \
+                f"cluster/schemas/upstream/README.md does not give {name}'s source"
+    assert set(UPSTREAM.glob("*.json.gz")) == {UPSTREAM / f"{name}.json.gz"
+                                              for names in UPSTREAM_SCHEMAS.values() for name in names}
+
+
+@pytest.mark.parametrize("schema", UPSTREAM_SCHEMAS[("ray.io/v1", "RayCluster")])
+def test_the_upstream_checks_catch_mistyped_misspelled_and_repeated_fields(schema):
+    """Each kind of mistake fails, and the two checks are both needed: JSON Schema lets a misspelled
+    field through (CRD objects do not close their properties; the API server prunes instead)."""
+    crd = upstream(schema)["openAPIV3Schema"]
+
+    def problems(doc: dict) -> tuple[list[str], list[str]]:
+        return upstream_schema_errors(doc, schema), api_server_problems(doc, crd)
+
+    assert problems(raycluster()) == ([], [])
+
+    misspelled = raycluster()
+    misspelled["spec"]["workerGroupSpecs"][0]["template"]["spec"]["nodeSelectr"] = {"a": "b"}
+    errors, pruned = problems(misspelled)
+    assert errors == [] and len(pruned) == 1 and "/nodeSelectr: not declared" in pruned[0], (errors, pruned)
+
+    mistyped = raycluster()
+    mistyped["spec"]["workerGroupSpecs"][0]["replicas"] = "2"
+    mistyped["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "6379"
+    errors, _ = problems(mistyped)
+    assert len(errors) == 2 and all("is not of type 'integer'" in error for error in errors), errors
+
+    # Quantities are int-or-string: 8 and "8" pass, a list does not.
+    limits = lambda doc: doc["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    quantity = raycluster()
+    limits(quantity)["cpu"] = 8
+    assert problems(quantity) == ([], [])
+    limits(quantity)["cpu"] = [8]
+    errors, _ = problems(quantity)
+    assert len(errors) == 1 and "/cpu:" in errors[0], errors
+
+    repeated = raycluster()
+    containers = repeated["spec"]["headGroupSpec"]["template"]["spec"]["containers"]
+    containers.append(copy.deepcopy(containers[0]))  # a second container named ray-head
+    containers[0]["ports"].append({"containerPort": 6379, "name": "gcs-again"})  # protocol defaults to TCP
+    _, duplicates = problems(repeated)
+    assert len(duplicates) == 2 and any("'containerPort': 6379, 'protocol': 'TCP'" in line for line in duplicates) \
+        and any("{'name': 'ray-head'}" in line for line in duplicates), duplicates
+
+    # What the CRD cannot see: rayStartParams is any map of strings to it, so the `labels` key that
+    # KubeRay refuses passes both checks here. test_kuberay_admits_the_raycluster is what stops it.
+    labelled = raycluster()
+    labelled["spec"]["workerGroupSpecs"][0]["rayStartParams"]["labels"] = "raylsm-disk=x"
+    assert problems(labelled) == ([], [])
+
+
+def test_the_upstream_checks_catch_mistakes_in_the_prometheus_rules():
+    (rules,) = manifest_documents(RULES)
+    schema = "prometheus-operator-v0.93.0-prometheusrule"
+    crd = upstream(schema)["openAPIV3Schema"]
+    assert upstream_schema_errors(rules, schema) == [] and api_server_problems(rules, crd) == []
+    broken = copy.deepcopy(rules)
+    rule = broken["spec"]["groups"][0]["rules"][0]
+    rule["fro"] = rule.pop("for")
+    del broken["spec"]["groups"][0]["name"]
+    assert len(upstream_schema_errors(broken, schema)) == 1  # a group needs its name
+    assert [problem.split(":")[0] for problem in api_server_problems(broken, crd)] == ["/spec/groups/0/rules/0/fro"]
+    rule["expr"] = 1  # int-or-string
+    assert len(upstream_schema_errors(broken, schema)) == 1
+    rule["expr"] = ["up"]
+    assert len(upstream_schema_errors(broken, schema)) == 2
+
+
+def test_the_api_server_walk_follows_kubernetes_structural_schemas():
+    """The extensions the vendored CRDs do not use today, on a schema made up for the purpose."""
+    schema = {"type": "object", "properties": {
+        "spec": {"type": "object", "properties": {
+            "open": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
+                     "properties": {"known": {"type": "object", "properties": {"a": {"type": "string"}}}}},
+            "map": {"type": "object",
+                    "additionalProperties": {"type": "object", "properties": {"b": {"type": "integer"}}}},
+            "embedded": {"type": "object", "x-kubernetes-embedded-resource": True,
+                         "properties": {"spec": {"type": "object", "properties": {}}}},
+            "port": {"x-kubernetes-int-or-string": True},
+            "maybe": {"type": "string", "nullable": True, "enum": ["x"]},
+            "set": {"type": "array", "items": {"type": "string"}, "x-kubernetes-list-type": "set"},
+            "strategy": {"type": "string", "pattern": "^(?i)(abort|warn)?$"},  # Go's flags, after ^
+            "guarded": {"type": "string", "x-kubernetes-validations": [{"rule": "self == oldSelf"}]}}}}}
+    good = {"apiVersion": "x/v1", "kind": "X", "metadata": {"name": "x"},
+            "spec": {"open": {"anything": [1], "known": {"a": "y"}}, "map": {"k": {"b": 1}},
+                     "embedded": {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "spec": {}},
+                     "port": 8080, "maybe": None, "set": ["a", "b"], "strategy": "Abort"}}
+    validator = jsonschema.Draft4Validator(as_json_schema(schema))
+    assert api_server_problems(good, schema) == [] and list(validator.iter_errors(good)) == []
+    good["spec"]["port"] = "http"
+    assert list(validator.iter_errors(good)) == []
+    bad = copy.deepcopy(good)
+    bad["spec"]["open"]["known"]["z"] = 1  # declared under preserve-unknown: still walked
+    bad["spec"]["map"]["k"]["c"] = 1
+    bad["spec"]["embedded"]["spec"]["d"] = 1
+    bad["spec"]["set"] = ["a", "a"]
+    bad["spec"]["guarded"] = "g"
+    assert [problem.split(":")[0] for problem in api_server_problems(bad, schema)] == \
+        ["/spec/open/known/z", "/spec/map/k/c", "/spec/embedded/spec/d", "/spec/set", "/spec/guarded"]
+    bad["spec"]["port"], bad["spec"]["maybe"], bad["spec"]["strategy"] = 1.5, "y", "warn\n"
+    assert sorted("/".join(map(str, error.absolute_path)) for error in validator.iter_errors(bad)) == \
+        ["spec/maybe", "spec/port", "spec/strategy"]
+
+
 # ---- KubeRay ---------------------------------------------------------------------------------------
 
 
@@ -192,13 +477,18 @@ def test_schemas_are_strict():
 
 def test_kuberay_admits_the_raycluster():
     """What KubeRay (1.5 and later) checks when it admits a RayCluster, beyond the schema
-    (ValidateRayClusterSpec): no `labels` in rayStartParams (the group's `labels` field instead), label
-    keys and values in Kubernetes syntax, resources either in rayStartParams or in `resources`, replica
-    bounds in order, unique group names."""
+    (ray-operator/controllers/ray/utils/validation.go): ValidateRayClusterMetadata, a name of at most
+    53 characters that is a DNS-1035 label; ValidateRayClusterSpec, at least one container per group,
+    no `labels` in rayStartParams (the group's `labels` field instead), label keys and values in
+    Kubernetes syntax, resources either in rayStartParams or in `resources`, and (from 1.6) replica
+    bounds non-negative and in order; its optional webhook, unique worker group names."""
+    name = raycluster()["metadata"]["name"]
+    assert len(name) <= 53 and re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", name), name
     spec = raycluster()["spec"]
     groups = [("head", spec["headGroupSpec"])] + [(group["groupName"], group) for group in spec["workerGroupSpecs"]]
     assert len({name for name, _ in groups}) == len(groups)
     for name, group in groups:
+        assert group["template"]["spec"]["containers"], f"{name}: a group needs a container"
         params = group.get("rayStartParams", {})
         assert "labels" not in params, f"{name}: KubeRay rejects rayStartParams['labels']"
         for key, value in group.get("labels", {}).items():
@@ -206,7 +496,7 @@ def test_kuberay_admits_the_raycluster():
         in_params = any(params.get(key) for key in ("num-cpus", "num-gpus", "memory", "resources"))
         assert not (in_params and group.get("resources")), f"{name}: resources in both places"
         if name != "head":
-            assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"], name
+            assert 0 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"], name
 
 
 def test_kv_pods_name_their_disk_and_keep_one_pod_per_disk_node():
