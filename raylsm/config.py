@@ -167,6 +167,18 @@ class ControllerConfig:
     split_min_share: float = 1 / 16
     split_ttl_s: float = 3600.0
     max_split_extents: int = 4096
+    # Store tuning (raylsm.controller.tuning): every tuning_period_s the controller reads each
+    # serving shard's miniature simulations and moves it to the candidate configuration
+    # (raylsm.store.mini_sims.CANDIDATES) they say hits most, with the hysteresis below. Off: every
+    # shard keeps its configured admission and reinsertion. A shard configured with none of the
+    # candidates is not tuned.
+    tuning: bool = True
+    tuning_period_s: float = 5.0
+    tuning_decay: float = 0.5
+    tuning_min_references: int = 256
+    tuning_margin_abs: float = 0.005
+    tuning_margin_rel: float = 0.03
+    tuning_confirm_windows: int = 2
 
     def validate(self) -> "ControllerConfig":
         _require(self, "reconcile_period_s", 0.05 <= self.reconcile_period_s <= 3600, "in [0.05, 3600]")
@@ -175,6 +187,12 @@ class ControllerConfig:
         _require(self, "split_min_share", 0.0 <= self.split_min_share <= 1.0, "in [0, 1]")
         _require(self, "split_ttl_s", 0 < self.split_ttl_s <= 30 * 86400, "in (0, 30 days]")
         _require(self, "max_split_extents", 0 <= self.max_split_extents <= 1 << 20, "in [0, 2**20]")
+        _require(self, "tuning_period_s", 0.05 <= self.tuning_period_s <= 86400, "in [0.05, 86400]")
+        _require(self, "tuning_decay", 0.0 <= self.tuning_decay < 1.0, "in [0, 1)")
+        _require(self, "tuning_min_references", 1 <= self.tuning_min_references <= 1 << 30, "in [1, 2**30]")
+        _require(self, "tuning_margin_abs", 0.0 <= self.tuning_margin_abs <= 1.0, "in [0, 1]")
+        _require(self, "tuning_margin_rel", 0.0 <= self.tuning_margin_rel <= 10.0, "in [0, 10]")
+        _require(self, "tuning_confirm_windows", 1 <= self.tuning_confirm_windows <= 1000, "in [1, 1000]")
         return self
 
 

@@ -526,10 +526,30 @@ def format_workload(workload: dict | None) -> str:
     return "; ".join(parts)
 
 
+def format_tuning(tuning: dict | None) -> str:
+    """One line of a shard's tuning (raylsm.controller.tuning), or "" if the controller does not
+    tune it: the version and choice, whether the shard acknowledged it, the candidates' modelled hit
+    ratios, and a challenger the policy is confirming."""
+    if not tuning:
+        return ""
+    version = tuning["version"]
+    state = ("configured default" if not version else
+             "applied" if tuning.get("acked_version") == version else "pushed, not acknowledged yet")
+    line = f"version {version} {tuning['choice']} ({state})"
+    scores = tuning.get("scores") or {}
+    if scores:
+        line += "; modelled hit " + ", ".join(f"{name} {score:.3f}" for name, score in
+                                              sorted(scores.items(), key=lambda item: -item[1]))
+    if tuning.get("challenger"):
+        line += f"; {tuning['challenger']} leads ({tuning['streak']} windows)"
+    return line
+
+
 def format_status(report: dict) -> str:
     """A fixed-width table of shards (node, state, pages, bytes, capacity, hit rate), then one line
     per disk budget pool (the shards of one disk that share its budget), then one line of workload
-    statistics per shard that has been asked for pages (`format_workload`)."""
+    statistics per shard that has been asked for pages (`format_workload`) and one of its tuning
+    (`format_tuning`)."""
     rows = [("shard", "node", "state", "pages", "live GB", "disk GB", "capacity GB", "hit rate")]
     for shard in report["shards"]:
         stats = shard.get("stats") or {}
@@ -564,6 +584,10 @@ def format_status(report: dict) -> str:
             line += f"; write amplification {amplification:.2f} (re-appends)"
         if line:
             lines.append(f"{shard['shard']} workload: {line}")
+    for shard in report["shards"]:
+        line = format_tuning(shard.get("tuning"))
+        if line:
+            lines.append(f"{shard['shard']} tuning: {line}")
     lines.append(f"ring version {report['ring_version']}"
                  + (f"; {report['split_extents']} hot extents split (docs/placement.md)" if report.get("split_extents")
                     else ""))

@@ -25,6 +25,7 @@ import numpy as np
 import ray
 
 from raylsm.actors.metrics import ShardMetrics
+from raylsm.actors.store_tuning import StoreTuning
 from raylsm.config import ShardConfig
 from raylsm.errors import StoreLockedError
 from raylsm.store import ShardStore
@@ -54,6 +55,7 @@ class ShardServer:
         self._in_flight: dict[int, float] = {}  # data call id -> start (monotonic)
         self._in_flight_lock = threading.Lock()
         self._call_ids = itertools.count()
+        self._tuning = StoreTuning(self._store, shard_name)
         # Reads are fenced until this incarnation has the tier's namespace table: a shard that was
         # down while a namespace was cleared must not serve that namespace's old pages.
         self._synced = threading.Event()
@@ -93,10 +95,13 @@ class ShardServer:
         self._metrics.sync(stats)
         return {**stats, **self.info()}
 
-    def apply_tuning(self, changes: dict) -> dict:
-        """Apply live store config changes (ConfigError if any field cannot change live)."""
-        import dataclasses
-        return dataclasses.asdict(self._store.apply_tuning(changes))
+    def apply_tuning(self, changes: dict, version: int | None = None) -> dict:
+        """Apply a tuning (raylsm.actors.store_tuning.StoreTuning.apply)."""
+        return self._tuning.apply(changes, version)
+
+    def tuning_window(self) -> dict:
+        """What the controller's tuning policy reads (StoreTuning.window)."""
+        return self._tuning.window()
 
     # ---- namespace table (raylsm.namespaces) -------------------------------------------------------
 

@@ -23,6 +23,7 @@ from typing import Any
 from raylsm import namespaces
 from raylsm.config import TierConfig
 from raylsm.controller.ray_api import RayClusterApi, ShardSlot
+from raylsm.controller.tuning import ShardTuning, TuningParams, tune, window_of
 
 logger = logging.getLogger(__name__)
 
@@ -61,12 +62,20 @@ class Controller:
         # Not published until one round asked the shards: a restarted controller must not tell
         # clients "no splits" and make them re-key the hot extents twice.
         self._splits_known = False
+        # Store tuning (raylsm.controller.tuning): each shard's tuning, the version each shard last
+        # acknowledged, and its last reading of its miniature simulations. Rebuilt from the shards
+        # after a restart (each reports the version and choice it runs).
+        self._tunings: dict[str, ShardTuning] = {}
+        self._tuning_acked: dict[str, int] = {}
+        self._sims_seen: dict[str, dict] = {}
+        self._tuning_version = self._ring_version
+        self._tuned_at = -float("inf")
 
     # ---- the loop -----------------------------------------------------------------------------
 
     def reconcile_once(self) -> None:
         for step in (self._reconcile_membership, self._reconcile_health, self._reconcile_namespaces,
-                     self._reconcile_splits, self._publish_ring):
+                     self._reconcile_splits, self._reconcile_tuning, self._publish_ring):
             try:
                 step()
                 self._errors.pop(step.__name__, None)
@@ -232,6 +241,82 @@ class Controller:
                 logger.info("split extents version %d: %d extents (%d new)", self._splits_version,
                             len(self._splits), len(set(self._splits) - before))
 
+    def _reconcile_tuning(self) -> None:
+        """Every tuning_period_s: read each serving shard's window, run the tuning policy, push the
+        tunings a shard has not acknowledged (a changed one, or one a restarted shard lost). A shard
+        that fails or does not answer within ping_timeout_s is skipped this round."""
+        controller = self._config.controller
+        now = time.monotonic()
+        if not controller.tuning or now - self._tuned_at < controller.tuning_period_s:
+            return
+        self._tuned_at = now
+        with self._lock:
+            handles = {name: record.handle for name, record in self._shards.items() if record.state == SERVING}
+        answers = self._api.call_all(handles, "tuning_window", controller.ping_timeout_s)
+        windows, current = {}, {}
+        with self._lock:
+            for name in set(self._tunings) - set(self._shards):  # removed shards
+                self._tunings.pop(name, None)
+                self._tuning_acked.pop(name, None)
+                self._sims_seen.pop(name, None)
+            for name, answer in answers.items():
+                if not isinstance(answer, dict) or "choice" not in answer:
+                    continue
+                tuning = self._tunings.get(name)
+                if tuning is None:
+                    if answer["choice"] is None:
+                        continue  # configured with none of the candidates: not tuned
+                    # A new shard, or this controller restarted: what the shard runs is the start.
+                    tuning = ShardTuning(answer["choice"], int(answer.get("version", 0)))
+                window = window_of(self._sims_seen.get(name), answer.get("sims") or {})
+                self._sims_seen[name] = answer.get("sims") or {}
+                if window:
+                    windows[name] = window
+                current[name] = tuning
+                self._tuning_acked[name] = int(answer.get("version", 0))
+        round_version: list[int] = []
+
+        def next_version() -> int:  # one new version per round that changes anything
+            if not round_version:
+                self._tuning_version = max(self._tuning_version + 1, int(time.time() * 1000))
+                round_version.append(self._tuning_version)
+            return round_version[0]
+
+        params = TuningParams(decay=controller.tuning_decay, min_references=controller.tuning_min_references,
+                              margin_abs=controller.tuning_margin_abs, margin_rel=controller.tuning_margin_rel,
+                              confirm_windows=controller.tuning_confirm_windows)
+        tuned = tune(windows, current, params, next_version)
+        with self._lock:
+            self._tunings.update(tuned)
+            # Pushed: a tuning the controller chose (version > 0) that the shard does not run.
+            pushes = {name: (handles[name], "apply_tuning", (tuning.changes(), tuning.version))
+                      for name, tuning in tuned.items()
+                      if tuning.version and self._tuning_acked.get(name) != tuning.version}
+        for name, tuning in tuned.items():
+            if tuning.version != current[name].version:
+                logger.info("shard %s: tuning version %d chooses %s (was %s; scores %s)", name, tuning.version,
+                            tuning.choice, current[name].choice,
+                            {key: round(value, 4) for key, value in tuning.scores.items()})
+        if not pushes:
+            return
+        acks = self._api.call_each(pushes, controller.ping_timeout_s)
+        with self._lock:
+            for name, ack in acks.items():
+                if isinstance(ack, dict) and "version" in ack:
+                    self._tuning_acked[name] = int(ack["version"])
+                else:
+                    logger.warning("shard %s did not acknowledge tuning version %d: %r", name,
+                                   self._tunings[name].version if name in self._tunings else -1, ack)
+
+    def tunings(self) -> dict:
+        """Each tuned shard's tuning: {shard: {"version", "acked_version", "choice", "challenger",
+        "streak", "scores"}}."""
+        with self._lock:
+            return {name: {"version": tuning.version, "acked_version": self._tuning_acked.get(name, 0),
+                           "choice": tuning.choice, "challenger": tuning.challenger, "streak": tuning.streak,
+                           "scores": {key: round(value, 4) for key, value in tuning.scores.items()}}
+                    for name, tuning in self._tunings.items()}
+
     def _publish_ring(self) -> None:
         with self._lock:
             # A shard joins the ring once it has served; an unreachable one stays (Ray restarts it on
@@ -276,6 +361,9 @@ class Controller:
                 record.last_stats = shard_stats
             shards.append({"shard": name, "node_id": record.node_id, "state": "failed" if record.error else record.state,
                            "error": record.error, "stats": shard_stats or record.last_stats})
+        tunings = self.tunings()
+        for shard in shards:
+            shard["tuning"] = tunings.get(shard["shard"])
         with self._lock:
             version, splits = self._ring_version, len(self._splits)
         return {"ring_version": version, "split_extents": splits, "shards": shards, "errors": dict(self._errors)}

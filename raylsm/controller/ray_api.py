@@ -74,6 +74,19 @@ class RayClusterApi:
                 results[refs[ref]] = error
         return results
 
+    def call_each(self, calls: dict[str, tuple[Any, str, tuple]], timeout_s: float) -> dict[str, Any]:
+        """`call_all` with a method and arguments of each shard's own: {name: (handle, method,
+        args)}; all in flight at once, one deadline."""
+        refs = {getattr(handle, method).remote(*args): name for name, (handle, method, args) in calls.items()}
+        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s) if refs else ([], [])
+        results: dict[str, Any] = {name: None for name in calls}
+        for ref in ready:
+            try:
+                results[refs[ref]] = ray.get(ref)
+            except ray.exceptions.RayError as error:
+                results[refs[ref]] = error
+        return results
+
     def kill(self, handle: Any) -> None:
         try:
             ray.kill(handle, no_restart=True)

@@ -36,7 +36,7 @@ from raylsm.store.budget_pool import POLL_S, BudgetPool, PoolFullError
 from raylsm.store.disk_room import RoomState, enforce_capacity, room_state, sealed_segment_ids
 from raylsm.store.live_space import LiveSpace
 from raylsm.store.config import StoreConfig
-from raylsm.store.outcomes import IN_STORE, PutOutcome
+from raylsm.store.outcomes import ACCEPTED, IN_STORE, PutOutcome
 from raylsm.store.io_buffers import aligned_empty, page_views, parts_nbytes
 from raylsm.store import page_key
 from raylsm.store.page_key import key_digest, validate_keys
@@ -48,6 +48,7 @@ from raylsm.store.reinsertion import make_reinsertion_policy
 from raylsm.store.prefix_probe import count_present_prefix
 from raylsm.store.segment import Segment
 from raylsm.store.segment_reclaimer import SegmentReclaimer, drop_kept, evict_oldest, reappend
+from raylsm.store.mini_sims import MiniSims
 from raylsm.store.workload_stats import WorkloadStats
 from raylsm.store.stats import StoreStats
 
@@ -68,7 +69,9 @@ class ShardStore:
         self._stats = StoreStats()
         self._admission = make_admission_policy(config)
         self._reinsertion = make_reinsertion_policy(config)
-        self._workload = WorkloadStats(config.workload_sample_rate) if config.workload_sample_rate else None
+        self._workload = WorkloadStats(config.workload_sample_rate, sims=MiniSims(
+            config.capacity_bytes, config.workload_sample_rate, config.admission_ghost_entries)
+        ) if config.workload_sample_rate else None
         state = recover(self._segments_dir, index, with_digests=config.resident_index)
         self._resident: DigestSet | None = state.digests
         self._checksum_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raylsm-checksum")
@@ -277,9 +280,11 @@ class ShardStore:
         stored = sum(written)
         count = Counter(outcomes)
         if self._workload is not None:
-            held = [slot for slot, outcome in enumerate(outcomes) if outcome in IN_STORE]
-            self._workload.written([digests[slot] for slot in held], [sizes[slot] for slot in held],
-                                   [outcomes[slot] == PutOutcome.STORED for slot in held])
+            # Offered pages: held (stored now, or present) or declined by admission (absent, like
+            # a stored one: the curve and the models assume their own admission).
+            offered = [slot for slot, outcome in enumerate(outcomes) if outcome in ACCEPTED]
+            self._workload.written([digests[slot] for slot in offered], [sizes[slot] for slot in offered],
+                                   [outcomes[slot] != PutOutcome.PRESENT for slot in offered])
         self._stats.observe("put", (time.perf_counter() - started) * 1e3,
                             puts_pages=stored, puts_bytes=sum(n for n, ok in zip(todo_sizes, written) if ok),
                             puts_existing=count[PutOutcome.PRESENT], puts_rejected=count[PutOutcome.DECLINED],
@@ -749,6 +754,11 @@ class ShardStore:
             if new.index_write_buffer_bytes() != old.index_write_buffer_bytes():
                 self._index.set_rocksdb_options({"write_buffer_size": str(new.index_write_buffer_bytes())})
             return new
+
+    def drain_sims(self) -> dict | None:
+        """Run the miniature simulations over the references recorded since the last call
+        (raylsm.store.mini_sims.MiniSims.drain); None when the workload statistics are off."""
+        return self._workload.sims.drain() if self._workload is not None and self._workload.sims else None
 
     def stats(self, workload_max_age_s: float = 0.0) -> dict:
         """Counters, latency histograms and space: live bytes (referenced by pointers), dead bytes

@@ -46,6 +46,7 @@ from typing import Sequence
 import numpy as np
 
 from raylsm.store import page_key
+from raylsm.store.mini_sims import MiniSims
 from raylsm.store.page_key import key_digest
 
 MODULUS = 1 << 24
@@ -85,9 +86,11 @@ class _Fenwick:
 
 
 class WorkloadStats:
-    def __init__(self, sample_rate: float = 1 / 64, max_tracked: int = 1 << 16) -> None:
+    def __init__(self, sample_rate: float = 1 / 64, max_tracked: int = 1 << 16,
+                 sims: MiniSims | None = None) -> None:
         """`sample_rate`: the fraction of pages tracked, in (0, 1]; `max_tracked`: tracked pages kept
-        (the least recently referenced beyond it are forgotten: a later reference counts as cold)."""
+        (the least recently referenced beyond it are forgotten: a later reference counts as cold);
+        `sims`: miniature simulations fed the same references (of their own, larger sample)."""
         if not 0 < sample_rate <= 1:
             raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate!r}")
         if max_tracked < 1:
@@ -114,6 +117,7 @@ class WorkloadStats:
         self._written_pages = 0
         self._written_bytes = 0
         self._cached: tuple[float, int | None, dict] | None = None  # (monotonic time, capacity, snapshot)
+        self.sims = sims
 
     # ---- what the store reports ---------------------------------------------------------------
 
@@ -129,8 +133,18 @@ class WorkloadStats:
                 self._recent_misses[missed] = None
                 while len(self._recent_misses) > RECENT_MISSES:
                     self._recent_misses.popitem(last=False)
-        tracked = [(index, digest) for index, digest in enumerate(asked_digests)
-                   if digest % MODULUS < self._threshold]
+        sims = self.sims
+        sim_threshold = sims.threshold if sims is not None else 0
+        threshold = self._threshold
+        sampled = [(index, digest, digest % MODULUS) for index, digest in enumerate(asked_digests)
+                   if digest % MODULUS < max(threshold, sim_threshold)]
+        if not sampled:
+            return
+        if sim_threshold:
+            for _, digest, residue in sampled:
+                if residue < sim_threshold:
+                    sims.record(digest)
+        tracked = [(index, digest) for index, digest, residue in sampled if residue < threshold]
         if not tracked:
             return
         now = time.time()
@@ -149,17 +163,23 @@ class WorkloadStats:
                     del self._ghost[digest]
 
     def written(self, digests: Sequence[int], sizes: Sequence[int], stored: Sequence[bool]) -> None:
-        """Pages a put holds afterwards, by key_digest, with their sizes in bytes; `stored`: written
-        now (absent before; a miss of the curve unless it was the probe's first miss, counted there)
-        or already present (a refresh, not counted)."""
+        """Pages a put was offered, by key_digest, with their sizes in bytes; `stored`: absent before,
+        written now or declined by admission (a miss of the curve unless it was the probe's first
+        miss, counted there), or already present (a refresh, not counted)."""
         now = time.time()
+        sims = self.sims
         with self._lock:
             self._written_pages += len(sizes)
             self._written_bytes += int(sum(sizes))
+            if sims is not None and not sims.threshold and sizes:
+                sims.start(int(sizes[0]), MODULUS)
+            sim_threshold = sims.threshold if sims is not None else 0
             for digest, new in zip(digests, stored):
                 just_asked = self._recent_misses.pop(digest, _ABSENT) is not _ABSENT
                 counted = bool(new) and not just_asked
                 self._refs_all += counted
+                if counted and digest % MODULUS < sim_threshold:
+                    sims.record(digest)
                 if digest % MODULUS >= self._threshold:
                     continue
                 distance = self._reference(digest)

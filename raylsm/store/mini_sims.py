@@ -1,0 +1,167 @@
+"""Miniature simulations of candidate store configurations on the shard's own sampled references: what
+each admission and reinsertion choice would hit on this shard's workload, for the controller's tuning
+policy (issue 10, section 2; raylsm.controller.tuning).
+
+Owned here: `MiniSims` and the candidate configurations (`CANDIDATES`). WorkloadStats records the
+references of sampled pages (`record_ask`, `record_write`, a list append each, under its lock);
+`drain` runs the simulations over what was recorded (the controller's pull every few seconds, not
+the data path) and returns each candidate's cumulative references and hits. Thread-safe: one lock for
+the event buffer, one for the simulations. Imports no Ray, SGLang or torch.
+
+The method is Waldspurger et al.'s miniature simulation ("Cache Modeling and Optimization using
+Miniature Simulations", USENIX ATC 2017): a cache of capacity C fed the references of a spatial
+sample of rate R (a page is in it iff its key digest mod 2**24 < R x 2**24, as SHARDS samples) behaves
+like the full cache fed all references, scaled by R, so one small model per candidate configuration
+predicts that configuration's hit ratio on this workload. The rate is chosen at the first write so a
+model holds about SIM_PAGES pages (never below the workload statistics' rate): the paper's models
+were accurate from about a thousand sampled pages.
+
+What is modelled, page by page: a reference is a hit if the model holds the page; a miss is an offer,
+stored or not by the admission choice ("admit_all"; "second_touch": stored the second time it is
+offered within a ghost of the store's admission_ghost_entries x R offers); eviction takes the oldest
+page, and a page read since it was written (plus the reads it banked, up to
+reinsertion_read_credits) is re-appended instead ("read_since_written", a CLOCK; "none" is FIFO).
+Not modelled: segment granularity (the store evicts and re-appends a segment's pages together),
+the reinsertion budget fraction, and prefix semantics (a page past a request's first miss counts as a
+hit if the model holds it; the models share that optimism, so it shifts them alike).
+References are those the workload statistics' curve counts: asks up to a probe's first miss, and
+writes of absent pages, the first miss counted once (raylsm.store.workload_stats).
+NOTE: cost (2 cores, Python 3.11): `drain` runs 1.5-2.5 us per recorded reference and candidate;
+recording costs a list append per sampled reference.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from typing import Mapping
+
+from raylsm.store.config import StoreConfig
+
+SIM_PAGES = 1024  # pages a model holds at the shard's capacity (sets the sampling rate)
+MAX_EVENTS = 1 << 18  # references buffered between drains; more are dropped (counted)
+
+# The configurations the models compare, by name: StoreConfig changes. The controller may choose any
+# of them; `raylsm bench adaptive` runs each as a static configuration.
+CANDIDATES: dict[str, dict] = {
+    "fifo": {"admission_policy": "admit_all", "reinsertion_policy": "none"},
+    "clock1": {"admission_policy": "admit_all", "reinsertion_policy": "read_since_written",
+               "reinsertion_read_credits": 1},
+    "clock2": {"admission_policy": "admit_all", "reinsertion_policy": "read_since_written",
+               "reinsertion_read_credits": 2},
+    "clock4": {"admission_policy": "admit_all", "reinsertion_policy": "read_since_written",
+               "reinsertion_read_credits": 4},
+    "second_touch_clock1": {"admission_policy": "second_touch", "reinsertion_policy": "read_since_written",
+                            "reinsertion_read_credits": 1},
+    "second_touch_clock2": {"admission_policy": "second_touch", "reinsertion_policy": "read_since_written",
+                            "reinsertion_read_credits": 2},
+}
+TUNED_FIELDS = ("admission_policy", "reinsertion_policy", "reinsertion_read_credits")
+
+
+def candidate_of(config: StoreConfig) -> str | None:
+    """The candidate name `config` runs, or None if it is none of them."""
+    for name, changes in CANDIDATES.items():
+        if all(getattr(config, field) == value for field, value in changes.items()):
+            return name
+    return None
+
+
+class _Model:
+    """One candidate's cache: pages in FIFO order with their reads since written and banked reads."""
+
+    def __init__(self, changes: Mapping, ghost_entries: int) -> None:
+        self.second_touch = changes["admission_policy"] == "second_touch"
+        self.reinsert = changes["reinsertion_policy"] == "read_since_written"
+        self.credits = changes.get("reinsertion_read_credits", 1)
+        self.pages: OrderedDict[int, list[int]] = OrderedDict()  # digest -> [reads, banked]
+        self.ghost: OrderedDict[int, None] = OrderedDict()
+        self.ghost_entries = max(1, ghost_entries)
+        self.references = 0
+        self.hits = 0
+
+    def reference(self, digest: int, capacity: int) -> None:
+        """A counted reference: a hit if held, else a miss and an offer (what follows a miss in
+        SGLang: the page is computed and written back)."""
+        entry = self.pages.get(digest)
+        self.references += 1
+        if entry is not None:
+            self.hits += 1
+            entry[0] += 1
+            return
+        if self.second_touch:
+            if digest in self.ghost:
+                del self.ghost[digest]
+            else:
+                self.ghost[digest] = None
+                if len(self.ghost) > self.ghost_entries:
+                    self.ghost.popitem(last=False)
+                return
+        pages = self.pages
+        pages[digest] = [0, 0]
+        while len(pages) > capacity:
+            victim, (reads, banked) = pages.popitem(last=False)
+            earned = reads + banked
+            if self.reinsert and earned > 0:
+                pages[victim] = [0, min(earned, self.credits) - 1]
+
+
+class MiniSims:
+    def __init__(self, capacity_bytes: int, min_rate: float, ghost_entries: int,
+                 candidates: Mapping[str, Mapping] = CANDIDATES) -> None:
+        """`capacity_bytes`: the shard's capacity the models stand for; `min_rate`: the lowest
+        sampling rate (the workload statistics'); `ghost_entries`: second_touch's ghost size at full
+        scale (StoreConfig.admission_ghost_entries)."""
+        self._capacity_bytes = capacity_bytes
+        self._min_rate = min_rate
+        self._ghost_entries = ghost_entries
+        self._candidates = dict(candidates)
+        self.threshold = 0  # digests mod 2**24 below this are sampled; 0 until the first write
+        self.rate = 0.0
+        self._capacity_pages = 0
+        self._events: list[int] = []
+        self._dropped = 0
+        self._events_lock = threading.Lock()
+        self._sim_lock = threading.Lock()
+        self._models: dict[str, _Model] = {}
+        self._incarnation = time.time_ns()  # tells a reader that the counts started again
+
+    def start(self, page_bytes: int, modulus: int) -> None:
+        """Fix the sampling rate from the first written page's size (the caller's lock held)."""
+        if self.threshold or page_bytes <= 0:
+            return
+        pages = max(1, self._capacity_bytes // page_bytes)
+        self.rate = min(1.0, max(self._min_rate, SIM_PAGES / pages))
+        self.threshold = max(1, round(self.rate * modulus))
+        self._capacity_pages = max(1, round(pages * self.rate))
+        ghost = round(self._ghost_entries * self.rate)
+        self._models = {name: _Model(changes, ghost) for name, changes in self._candidates.items()}
+
+    def record(self, digest: int) -> None:
+        """A counted reference of a sampled page (an ask up to a probe's first miss, or a write
+        of an absent page that was not that first miss)."""
+        with self._events_lock:
+            if len(self._events) < MAX_EVENTS:
+                self._events.append(digest)
+            else:
+                self._dropped += 1
+
+    def drain(self) -> dict:
+        """Run the models over the references recorded since the last drain. Returns
+        {"incarnation", "rate", "capacity_pages", "dropped", "candidates": {name: {"references",
+        "hits"}}}, counts cumulative since these models started (`incarnation`, a nanosecond time),
+        of sampled references (divide by rate for all)."""
+        with self._events_lock:
+            events, self._events = self._events, []
+            dropped = self._dropped
+        with self._sim_lock:
+            capacity = self._capacity_pages
+            for model in self._models.values():
+                reference = model.reference
+                for digest in events:
+                    reference(digest, capacity)
+            return {"incarnation": self._incarnation, "rate": self.rate, "capacity_pages": capacity,
+                    "dropped": dropped,
+                    "candidates": {name: {"references": model.references, "hits": model.hits}
+                                   for name, model in self._models.items()}}
