@@ -281,6 +281,7 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
     _add_bench_tier(bench_subparsers)
     _add_bench_workload(bench_subparsers)
     _add_bench_trace(bench_subparsers)
+    _add_bench_adaptive(bench_subparsers)
     _add_bench_fleet(bench_subparsers)
     _add_bench_memory(bench_subparsers)
 
@@ -359,6 +360,26 @@ def _run_bench_trace(args: argparse.Namespace) -> int:
     from raylsm.bench.trace_replay import run_trace_command
 
     return run_trace_command(args)
+
+
+def _add_bench_adaptive(subparsers: argparse._SubParsersAction) -> None:
+    from raylsm.bench.adaptive import add_adaptive_arguments  # argparse only; heavy imports are lazy
+
+    parser = subparsers.add_parser(
+        "adaptive", help="the controller's store tuning vs every static configuration, on a four-phase workload",
+        description="Replays one workload in four phases (chat, chat with a scan burst, agents on hot shared "
+                    "prefixes, chat again) through the SGLang adapter, once with the controller tuning each "
+                    "shard's store and once per static configuration it may choose, each on a fresh private "
+                    "tier at the same capacity; prints per-phase and overall hit ratio, modelled TTFT, get p99 "
+                    "and balance, and the issue's goals.")
+    add_adaptive_arguments(parser)
+    parser.set_defaults(handler=_run_bench_adaptive)
+
+
+def _run_bench_adaptive(args: argparse.Namespace) -> int:
+    from raylsm.bench.adaptive import run_adaptive_command
+
+    return run_adaptive_command(args)
 
 
 def _add_bench_fleet(subparsers: argparse._SubParsersAction) -> None:

@@ -221,7 +221,13 @@ class TierSession:
 
     def __init__(self, shards: int, capacity_bytes: int, page_bytes: int, data_dir: str,
                  ray_address: str | None = None, direct_io: bool = True, inline_reply_bytes: int = 0,
-                 pool_disk_budget: bool = True) -> None:
+                 pool_disk_budget: bool = True, private: bool = False, store_changes: dict | None = None,
+                 controller: dict | None = None) -> None:
+        """`private`: always a private Ray and tier (never a `raylsm up` head's); `store_changes`:
+        StoreConfig fields of the shards started here; `controller`: ControllerConfig fields."""
+        self.private = private
+        self.store_changes = dict(store_changes or {})
+        self.controller = dict(controller or {})
         self.inline_reply_bytes = inline_reply_bytes
         self.pool_disk_budget = pool_disk_budget
         self.requested_shards = shards
@@ -246,12 +252,12 @@ class TierSession:
         import ray
 
         from raylsm import lifecycle
-        from raylsm.config import RAY_NAMESPACE, ShardConfig, TierConfig
+        from raylsm.config import RAY_NAMESPACE, ControllerConfig, ShardConfig, TierConfig
         from raylsm.controller.controller_actor import get_controller
         from raylsm.store.config import StoreConfig
 
         address = self.ray_address
-        if address is None:
+        if address is None and not self.private:
             address = _embedded_ray_address()
             if address:
                 _token_auth_as_for_auto()  # what ray.init(address="auto") does for a local cluster
@@ -276,10 +282,11 @@ class TierSession:
         self.per_shard_capacity = self.capacity_bytes // self.requested_shards
         self.segment_bytes = segment_bytes_for(self.per_shard_capacity, self.page_bytes)
         store = StoreConfig(capacity_bytes=self.per_shard_capacity, segment_bytes=self.segment_bytes,
-                            direct_io=self.direct_io)
+                            direct_io=self.direct_io, **self.store_changes).validate()
         config = TierConfig(shard=ShardConfig(data_dir=os.path.join(self.data_dir, "shards"), store=store,
                                               inline_reply_bytes=self.inline_reply_bytes,
-                                              pool_disk_budget=self.pool_disk_budget))
+                                              pool_disk_budget=self.pool_disk_budget),
+                            controller=ControllerConfig(**self.controller).validate())
         self.owns_controller = True
         lifecycle.up(config, shards=self.requested_shards)  # Ray is initialized: controller + shards only
         self.shard_names = sorted(ray.get(get_controller(RAY_NAMESPACE).ring.remote())["shards"])
@@ -296,7 +303,7 @@ class TierSession:
         self.segment_bytes = segment_bytes_for(self.per_shard_capacity, self.page_bytes)
         for name in self.shard_names:
             handle = ray.get_actor(name, namespace="raylsm")
-            current = ray.get(handle.apply_tuning.remote({}))
+            current = ray.get(handle.apply_tuning.remote({}))["config"]
             self._restore[name] = {"capacity_bytes": current["capacity_bytes"],
                                    "segment_bytes": current["segment_bytes"], "direct_io": current["direct_io"]}
             ray.get(handle.apply_tuning.remote({"capacity_bytes": self.per_shard_capacity,
