@@ -100,8 +100,9 @@ image-gpu: dist
 	  --build-arg RAY_VERSION=$(RAY_VERSION) --build-arg SGLANG_VERSION=$(SGLANG_VERSION) \
 	  -t $(IMAGE_REPO)-sglang:$(VERSION) .
 
-# The cluster files against the schemas of the tools that read them, and every raylsm command the
-# files and docs use against the command line (also part of `make test`).
+# The cluster files against the schemas of the tools that read them, every raylsm command the
+# files and docs use against the command line, and every metric the dashboard, the alerts and
+# docs/deploy.md name against the metrics raylsm exports (also part of `make test`).
 check-cluster: venv
 	$(BIN)/python -m pytest -q tests/unit/test_cluster_files.py
 

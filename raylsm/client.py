@@ -125,6 +125,11 @@ class TierClient:
         self._reporter = threading.Thread(target=self._report_loop, name="raylsm-read-report", daemon=True)
         self._reporter.start()
 
+    @property
+    def metrics(self) -> ClientMetrics:
+        """This process's client-side metrics (the SGLang adapter times its calls with them)."""
+        return self._metrics
+
     # ---- ring ---------------------------------------------------------------------------------
 
     @property

@@ -1,7 +1,8 @@
 """The controller as a named, detached Ray actor running the reconcile loop in a thread.
 
 Called by `raylsm up` / tests (`start_controller`) and by clients (`get_controller`). The actor is
-threaded so that `ring()` and `status()` answer while the loop runs.
+threaded so that `ring()` and `status()` answer while the loop runs. A second thread exports the
+controller's metrics (raylsm.controller.metrics) every EXPORT_PERIOD_S, off the reconcile loop.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import ray
 
 from raylsm.config import CONTROLLER_NAME, TierConfig
 from raylsm.controller.controller import Controller
+from raylsm.controller.metrics import EXPORT_PERIOD_S, ControllerMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -25,10 +27,27 @@ class ControllerServer:
         self._controller.reconcile_once()
         self._thread = threading.Thread(target=self._loop, name="raylsm-reconcile", daemon=True)
         self._thread.start()
+        self._metrics_thread = threading.Thread(target=self._export_loop, name="raylsm-controller-metrics",
+                                                daemon=True)
+        self._metrics_thread.start()
 
     def _loop(self) -> None:
         while not self._stop.wait(self._period_s):
             self._controller.reconcile_once()
+
+    def _export_loop(self) -> None:
+        metrics = ControllerMetrics()
+        splits_version = -1  # the split extents' version last seen: ring() sends the extents only when it moves
+        while True:
+            try:
+                ring = self._controller.ring(splits_version)
+                if ring["splits"] is not None:
+                    splits_version = ring["splits"]["version"]
+                metrics.export(self._controller.status(), ring)
+            except Exception:  # metrics must never stop the controller
+                logger.exception("controller metrics export failed")
+            if self._stop.wait(EXPORT_PERIOD_S):
+                return
 
     def reconcile_now(self) -> dict:
         self._controller.reconcile_once()

@@ -13,7 +13,8 @@ thread-safe.
 
 Outcomes: a miss, a dead shard, a timeout, a bad buffer or any error is a False / 0 / None for SGLang
 plus a counter in `raylsm_stats()`; constructor errors (a bad extra config, no reachable tier) raise,
-which makes SGLang roll the attach back.
+which makes SGLang roll the attach back. Each batch call that reaches the tier is timed once, as
+SGLang's thread sees it (`ray_raylsm_client_call_duration_seconds{op}`, raylsm.actors.metrics).
 """
 
 from __future__ import annotations
@@ -104,24 +105,27 @@ class RayLSMStorage(HiCacheStorage):
     # ---- v1 zero-copy interface ----------------------------------------------------------------
 
     def batch_exists(self, keys: List[str], extra_info: Optional[HiCacheStorageExtraInfo] = None) -> int:
+        started = time.perf_counter()
         try:
             hashes, prefix = self._hashes(keys, extra_info)
             return self._client.exists(self._ns(), hashes, prefix)
         except Exception:
             self._count_error("exists")
             return 0
+        finally:
+            self._observe("batch_exists", started)
 
     def batch_get_v1(self, keys: List[str], host_indices: torch.Tensor,
                      extra_info: Optional[HiCacheStorageExtraInfo] = None) -> List[bool]:
-        return self._transfer_v1("get", self._client.get_into, keys, host_indices, extra_info)
+        return self._transfer_v1("get", "batch_get_v1", self._client.get_into, keys, host_indices, extra_info)
 
     def batch_set_v1(self, keys: List[str], host_indices: torch.Tensor,
                      extra_info: Optional[HiCacheStorageExtraInfo] = None) -> List[bool]:
         if not self._is_writer:
             return [True] * len(keys)  # MLA: one writer rank stores what every rank reads
-        return self._transfer_v1("set", self._client.put, keys, host_indices, extra_info)
+        return self._transfer_v1("set", "batch_set_v1", self._client.put, keys, host_indices, extra_info)
 
-    def _transfer_v1(self, op: str, transfer: Any, keys: List[str], host_indices: torch.Tensor,
+    def _transfer_v1(self, op: str, call: str, transfer: Any, keys: List[str], host_indices: torch.Tensor,
                      extra_info: Optional[HiCacheStorageExtraInfo]) -> List[bool]:
         """Move pages between the host pool's page parts and the tier; False per page on any error."""
         started = time.perf_counter()
@@ -130,8 +134,10 @@ class RayLSMStorage(HiCacheStorage):
             results = transfer(self._ns(), hashes, prefix, self._page_views.pages(host_indices, len(keys)))
         except Exception:
             self._count_error(op)
+            self._observe(call, started)
             return [False] * len(keys)
         self._log_transfer(op, sum(results), started)
+        self._observe(call, started)
         return results
 
     # ---- generic interface (one flat tensor per page) ---------------------------------------------
@@ -147,6 +153,7 @@ class RayLSMStorage(HiCacheStorage):
                   target_sizes: Optional[Any] = None) -> List[Optional[torch.Tensor]]:
         if target_locations is None:
             return [None] * len(keys)  # raylsm reads into the caller's memory only
+        started = time.perf_counter()
         try:
             hashes = [bytes.fromhex(key) for key in keys]
             buffers = [_tensor_bytes(tensor) for tensor in target_locations]
@@ -154,6 +161,8 @@ class RayLSMStorage(HiCacheStorage):
         except Exception:
             self._count_error("get")
             return [None] * len(keys)
+        finally:
+            self._observe("batch_get", started)
         return [tensor if hit else None for tensor, hit in zip(target_locations, hits)]
 
     def set(self, key: str, value: Optional[Any] = None, target_location: Optional[Any] = None,
@@ -164,12 +173,15 @@ class RayLSMStorage(HiCacheStorage):
                   target_sizes: Optional[Any] = None) -> bool:
         if values is None or not self._is_writer:
             return values is not None
+        started = time.perf_counter()
         try:
             hashes = [bytes.fromhex(key) for key in keys]
             return all(self._client.put(self._ns(), hashes, None, [_tensor_bytes(v) for v in values]))
         except Exception:
             self._count_error("set")
             return False
+        finally:
+            self._observe("batch_set", started)
 
     # ---- lifecycle and stats ------------------------------------------------------------------
 
@@ -255,6 +267,10 @@ class RayLSMStorage(HiCacheStorage):
         with self._lock:
             self._transfer_log[op].append((pages, time.perf_counter() - started))
             del self._transfer_log[op][:-1024]
+
+    def _observe(self, call: str, started: float) -> None:
+        """One observation per SGLang call that reached the tier (never raises)."""
+        self._client.metrics.observe_call(call, time.perf_counter() - started)
 
     def _count_error(self, op: str) -> None:
         logger.exception("raylsm: %s failed; reported as a miss", op)

@@ -278,7 +278,7 @@ def test_out_of_order_snapshots_export_the_stores_totals(local_ray):
             self.total += value
 
     metrics = ShardMetrics("tests-metrics")
-    metrics._pages["gets"] = recorder = Recorder()
+    metrics._pages["get"] = recorder = Recorder()
     space = {"capacity_bytes": 1, "disk_bytes": 1, "live_bytes": 1}
     for seq, hits in ((2, 20), (1, 10), (3, 30)):  # snapshots of three threads, synced out of order
         metrics.sync({"seq": seq, "counters": {"gets_hit": hits}, "space": space})

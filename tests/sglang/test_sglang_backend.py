@@ -311,6 +311,26 @@ def test_get_stats_returns_sglang_storage_metrics(make_backend, page_keys):
     assert backend.get_stats().backup_pgs == []  # per interval: the log restarts
 
 
+def test_each_sglang_call_that_reaches_the_tier_is_timed_once(make_backend, page_keys, monkeypatch):
+    """One client-side duration per call (ray_raylsm_client_call_duration_seconds{op}), labelled by
+    SGLang's method; an MLA reader's set and a get without buffers do not reach the tier."""
+    pool = MHAHostPoolStandIn()
+    backend = make_backend(pool, model_name="tests/timed")
+    timed = []
+    monkeypatch.setattr(backend._client.metrics, "observe_call", lambda op, seconds: timed.append((op, seconds)))
+    keys = page_keys("timed", 4)
+    assert backend.batch_set_v1(keys, pool.host_indices(0, 4), info([])) == [True] * 4
+    assert backend.batch_exists(keys, info([])) == 4
+    assert backend.batch_get_v1(keys, pool.host_indices(8, 4), info([])) == [True] * 4
+    flat = [pool.get_data_page(page * PAGE) for page in range(2)]
+    assert backend.batch_set(page_keys("timed, generic", 2), flat) is True
+    assert backend.batch_get(page_keys("timed, generic", 2), [pool.get_dummy_flat_data_page() for _ in flat])[0] \
+        is not None
+    assert backend.batch_get(keys, None) == [None] * 4
+    assert [op for op, _ in timed] == ["batch_set_v1", "batch_exists", "batch_get_v1", "batch_set", "batch_get"]
+    assert all(0 < seconds < 10 for _, seconds in timed)
+
+
 def test_close_is_safe_twice(make_backend):
     backend = make_backend(MHAHostPoolStandIn())
     backend.close()

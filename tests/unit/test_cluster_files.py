@@ -20,8 +20,11 @@ and docs show exists (issue 15, section 1).
 - every `raylsm ...` command line in cluster/*, docs/*.md, README.md, the Makefile and the Dockerfile
   names a command and flags that `raylsm.cli.build_parser()` has;
 - the Grafana dashboard and the Prometheus rules query metrics, labels and label values that raylsm
-  exports (raylsm/actors/metrics.py, as Ray 2.60 exports them: prefix `ray_`, counters keep their
-  `_total`, histograms add `_bucket`, `_sum`, `_count`).
+  exports, and docs/deploy.md's metrics table lists exactly those metrics with their labels and
+  values: the metric classes (raylsm/actors/metrics.py, raylsm/controller/metrics.py) created
+  against a fake `ray.util.metrics` (tests/unit/conftest.py), named as Ray 2.60 exports them
+  (prefix `ray_`, counters keep their `_total`, histograms add `_bucket`, `_sum`, `_count`); the
+  names follow Prometheus' conventions (base units, counters that say what they count).
 """
 
 from __future__ import annotations
@@ -656,36 +659,76 @@ def test_the_docs_show_commands_at_all():
     assert {"up", "status", "down", "bench trace"} <= shown, shown
 
 
-# ---- metrics in the dashboard and the alerts -------------------------------------------------------
+# ---- metrics in the dashboard, the alerts and docs/deploy.md --------------------------------------
 
 RAY_METRIC_LABELS = {"Component", "NodeAddress", "SessionName", "Version", "WorkerId", "instance", "job"}
-METRIC_DEFINITION = re.compile(r'\b(Counter|Gauge|Histogram)\(\s*f?"([^"]+)".*?tag_keys=\(([^)]*)\)', re.S)
+DEPLOY_DOC = ROOT / "docs" / "deploy.md"
+# Unit words a name must not carry: Prometheus names use base units (seconds, bytes).
+NON_BASE_UNITS = {"ms", "us", "ns", "millis", "micros", "msec", "kb", "mb", "gb", "kib", "mib", "gib", "percent"}
 
 
-def exported_metrics() -> dict[str, set[str]]:
-    """{exported metric name: its tag keys}, from the definitions in raylsm/actors/metrics.py (read as
-    text: importing it needs Ray)."""
-    source = (ROOT / "raylsm" / "actors" / "metrics.py").read_text()
+def metric_families(ray_metrics) -> dict[str, tuple[str, set[str]]]:
+    """{name as Ray 2.60 exports it: (kind, label keys)} of every metric raylsm defines: the metric
+    classes of every metrics module created against a fake `ray.util.metrics` (conftest.py). Ray
+    prefixes `ray_`, counters keep (or get) `_total`; a histogram is named by its base name here."""
+    families = {}
+    for name, metric in ray_metrics.define_all().items():
+        exported = "ray_" + name
+        if metric.kind == "Counter" and not exported.endswith("_total"):
+            exported += "_total"
+        families[exported] = (metric.kind, set(metric.tag_keys))
+    return families
+
+
+def exported_metrics(ray_metrics) -> dict[str, set[str]]:
+    """{exported series name: its label keys}; a histogram's are `_bucket` (with `le`), `_sum`, `_count`."""
     exported: dict[str, set[str]] = {}
-    for match in METRIC_DEFINITION.finditer(source):
-        kind, name, tags = match.groups()
-        names = [name]
-        variable = re.search(r"\{(\w+)\}", name)
-        if variable:  # a name built in a comprehension: `for <variable> in ("gets", "puts")`
-            values = re.search(rf"for {variable.group(1)} in \(([^)]*)\)", source[match.end():])
-            names = [name.replace(variable.group(0), value)
-                     for value in re.findall(r'"([^"]+)"', values.group(1))]
-        tag_keys = set(re.findall(r'"([^"]+)"', tags))
-        for base in names:
-            base = "ray_" + base
-            if kind == "Counter":
-                exported[base if base.endswith("_total") else base + "_total"] = tag_keys
-            elif kind == "Gauge":
-                exported[base] = tag_keys
-            else:
-                exported.update({base + "_bucket": tag_keys | {"le"}, base + "_sum": tag_keys,
-                                 base + "_count": tag_keys})
+    for name, (kind, tag_keys) in metric_families(ray_metrics).items():
+        if kind == "Histogram":
+            exported.update({name + "_bucket": tag_keys | {"le"}, name + "_sum": tag_keys, name + "_count": tag_keys})
+        else:
+            exported[name] = tag_keys
     return exported
+
+
+def closed_label_values(ray_metrics) -> dict[tuple[str, str], set[str]]:
+    """{(family, label): every value the code gives that label}, for labels whose values the code
+    enumerates; other labels' values (shard names, shard methods) are open."""
+    from raylsm.store import workload_stats
+
+    actors = ray_metrics.modules["raylsm.actors.metrics"]
+    controller = ray_metrics.modules["raylsm.controller.metrics"]
+    outcomes = actors._OUTCOMES.values()
+    shard_ops = set(re.findall(r'_data_call\("(\w+)"\)', (ROOT / "raylsm/actors/shard_actor.py").read_text()))
+    snapshot = workload_stats.WorkloadStats().snapshot()
+    return {
+        ("ray_raylsm_get_pages_total", "outcome"): {outcome for metric, outcome in outcomes if metric == "get"},
+        ("ray_raylsm_put_pages_total", "outcome"): {outcome for metric, outcome in outcomes if metric == "put"},
+        ("ray_raylsm_probe_pages_total", "outcome"): {outcome for metric, outcome in outcomes if metric == "probe"},
+        ("ray_raylsm_page_bytes_total", "direction"): set(actors._BYTES.values()),
+        ("ray_raylsm_shard_call_duration_seconds", "op"): shard_ops,
+        ("ray_raylsm_client_failed_pages_total", "cause"): set(actors.ClientMetrics.CAUSES),
+        ("ray_raylsm_client_call_duration_seconds", "op"): set(actors.ClientMetrics.SGLANG_CALLS),
+        ("ray_raylsm_controller_shard_state", "state"): set(controller.STATES),
+        ("ray_raylsm_estimated_miss_ratio", "capacity_multiple"): {str(multiple) for multiple
+                                                                   in workload_stats.CAPACITY_MULTIPLES},
+        ("ray_raylsm_hit_pages_by_depth_total", "depth_pages"): set(snapshot["hits_by_depth_pages"]),
+        ("ray_raylsm_hit_pages_by_age_total", "age_seconds"): set(snapshot["hits_by_age_s"]),
+    }
+
+
+def family_of(series: str, names) -> str:
+    """The metric a series belongs to (a histogram's `_bucket`, `_sum`, `_count` -> its base name);
+    `names`: the families, or the exported series."""
+    for suffix in ("_bucket", "_sum", "_count"):
+        base = series[:-len(suffix)]
+        if series.endswith(suffix) and (base in names or base + "_bucket" in names):
+            return base
+    return series
+
+
+def raylsm_sources() -> str:
+    return "\n".join(path.read_text() for path in (ROOT / "raylsm").rglob("*.py"))
 
 
 def queries() -> list[tuple[str, str]]:
@@ -702,7 +745,13 @@ def queries() -> list[tuple[str, str]]:
     return found
 
 
-def query_problems(expr: str, exported: dict[str, set[str]], sources: str) -> list[str]:
+def query_problems(expr: str, exported: dict[str, set[str]], sources: str,
+                   closed: dict[tuple[str, str], set[str]] | None = None) -> list[str]:
+    """What is wrong with one PromQL expression: unbalanced brackets, a metric raylsm does not export,
+    a label it does not have, a label value the code never sets (one of a closed set where the code
+    enumerates the values, else a string literal in raylsm's sources; `=~` alternatives of plain
+    words are each checked too), a `by`/`without`/`label_values` label no metric of it has."""
+    closed = closed or {}
     problems = []
     depth = []
     for char in expr:  # brackets balance (no PromQL parser is light enough for CI)
@@ -725,8 +774,19 @@ def query_problems(expr: str, exported: dict[str, set[str]], sources: str) -> li
         for key, operator, value in re.findall(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"', selector):
             if key not in exported[name] | RAY_METRIC_LABELS:
                 problems.append(f"{name}: no label {key!r}")
-            elif operator == "=" and not value.startswith("$") and f'"{value}"' not in sources:
-                problems.append(f"{name}{{{key}={value!r}}}: raylsm never sets that value")
+                continue
+            if value.startswith("$"):
+                continue
+            if operator in ("=", "!="):
+                values = [value]
+            elif re.fullmatch(r"[\w.+-]+(\|[\w.+-]+)*", value):
+                values = value.split("|")
+            else:
+                continue  # a real regular expression: not checked
+            known = closed.get((family_of(name, exported), key))
+            for one in values:
+                if (one not in known) if known is not None else (f'"{one}"' not in sources):
+                    problems.append(f"{name}{{{key}={one!r}}}: raylsm never sets that value")
     for labels in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr):
         problems += [f"by ({label}): no such label" for label in re.findall(r"\w+", labels) if label not in tag_keys]
     for label in re.findall(r"label_values\(\s*\w+\s*,\s*(\w+)\s*\)", expr):
@@ -735,25 +795,186 @@ def query_problems(expr: str, exported: dict[str, set[str]], sources: str) -> li
     return problems
 
 
-def test_dashboard_and_alerts_query_metrics_raylsm_exports():
-    exported = exported_metrics()
-    assert {"ray_raylsm_gets_total", "ray_raylsm_capacity_bytes", "ray_raylsm_call_latency_ms_bucket",
-            "ray_raylsm_client_failed_pages_total"} <= set(exported), exported
-    sources = "\n".join(path.read_text() for path in (ROOT / "raylsm").rglob("*.py"))
+def test_the_controller_metrics_know_every_shard_state(ray_metrics):
+    """raylsm.controller.metrics spells the controller's states out (it imports no Ray beyond its
+    metrics): they are the controller module's state constants and the "failed" of its status()."""
+    import ast
+
+    tree = ast.parse((ROOT / "raylsm" / "controller" / "controller.py").read_text())
+    constants = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                names = target.elts if isinstance(target, ast.Tuple) else [target]
+                values = node.value.elts if isinstance(node.value, ast.Tuple) else [node.value]
+                constants.update({name.id: value.value for name, value in zip(names, values)
+                                  if isinstance(name, ast.Name) and isinstance(value, ast.Constant)})
+    states = {constants[name] for name in ("STARTING", "SERVING", "UNREACHABLE")} | {"failed"}
+    assert set(ray_metrics.modules["raylsm.controller.metrics"].STATES) == states
+
+
+def test_every_metrics_module_and_class_is_read(ray_metrics):
+    """The checks below see every metric raylsm defines: only the modules of conftest.METRIC_CLASSES
+    import `ray.util.metrics`, and every *Metrics class in them is created."""
+    from conftest import METRIC_CLASSES
+
+    defining = {".".join(path.relative_to(ROOT).with_suffix("").parts) for path in (ROOT / "raylsm").rglob("*.py")
+                if "ray.util.metrics" in path.read_text()}
+    assert defining == set(METRIC_CLASSES)
+    for module_name, classes in METRIC_CLASSES.items():
+        module = ray_metrics.modules[module_name]
+        defined_here = {name for name, value in vars(module).items()
+                        if isinstance(value, type) and value.__module__ == module_name and name.endswith("Metrics")}
+        assert defined_here == set(classes), module_name
+
+
+def test_metric_names_follow_prometheus_conventions(ray_metrics):
+    """Base units, counters that end in `_total` and say what they count, histograms of durations in
+    seconds with buckets from 100 us to 10 s."""
+    defined = ray_metrics.define_all()
+    assert len(defined) >= 25, sorted(defined)
+    for name, metric in defined.items():
+        words = name.split("_")
+        assert re.fullmatch(r"raylsm(_[a-z0-9]+)+", name), name
+        assert not NON_BASE_UNITS & set(words), f"{name}: not in base units"
+        assert metric.description, name
+        if metric.kind == "Counter":
+            assert name.endswith("_total") and {"pages", "bytes", "calls"} & set(words), \
+                f"{name}: a counter ends in _total and says what it counts (pages, bytes, calls)"
+        if metric.kind == "Histogram":
+            assert name.endswith(("_seconds", "_bytes")), f"{name}: a histogram in a base unit"
+            if name.endswith("_seconds"):
+                assert metric.boundaries[0] <= 1e-4 and 10 <= metric.boundaries[-1] <= 60, (name, metric.boundaries)
+                assert metric.boundaries == sorted(metric.boundaries), name
+
+
+def test_dashboard_and_alerts_query_metrics_raylsm_exports(ray_metrics):
+    exported = exported_metrics(ray_metrics)
+    closed = closed_label_values(ray_metrics)
+    sources = raylsm_sources()
     problems = [f"{where}: {problem}" for where, expr in queries()
-                for problem in query_problems(expr, exported, sources)]
+                for problem in query_problems(expr, exported, sources, closed)]
     assert not problems, "\n".join(problems)
     assert len(queries()) >= 10
 
 
-def test_the_metrics_check_catches_a_wrong_name_label_or_value():
-    exported = exported_metrics()
+def test_the_dashboard_shows_each_kind_of_metric_and_the_alerts_cover_what_operators_page_on(ray_metrics):
+    """Shard side and client side latency, the controller, recovery, capacity and failures are on the
+    dashboard; the alerts include a shard down, a hit-ratio drop, a disk near its budget, timeouts."""
+    with open(DASHBOARD, encoding="utf-8") as handle:
+        dashboard_exprs = " ".join(target["expr"] for panel in json.load(handle)["panels"] for target in panel["targets"])
+    shown = {family_of(name, metric_families(ray_metrics))
+             for name in re.findall(r"\b(ray_[A-Za-z0-9_]+)", dashboard_exprs)}
+    families = set(metric_families(ray_metrics))
+    assert shown == families, f"not on the dashboard: {sorted(families - shown)}; not exported: {sorted(shown - families)}"
+    rules = {rule["alert"]: str(rule["expr"]) for doc in manifest_documents(RULES)
+             for group in doc["spec"]["groups"] for rule in group["rules"]}
+    assert "ray_raylsm_controller_shard_state" in rules["RaylsmShardDown"]
+    assert "ray_raylsm_probe_pages_total" in rules["RaylsmHitRatioDrop"]
+    assert "ray_raylsm_disk_headroom_bytes" in rules["RaylsmDiskNearBudget"]
+    assert 'cause=~"timeout|stalled"' in rules["RaylsmClientTimeouts"]
+
+
+def test_the_metrics_check_catches_a_wrong_name_label_or_value(ray_metrics):
+    exported = exported_metrics(ray_metrics)
+    closed = closed_label_values(ray_metrics)
     sources = '"hit" "get"'
-    assert query_problems('rate(ray_raylsm_get_total[5m])', exported, sources) != []
-    assert query_problems('sum by (shrd) (rate(ray_raylsm_gets_total[5m]))', exported, sources) != []
-    assert query_problems('rate(ray_raylsm_gets_total{outcome="hits"}[5m])', exported, sources) != []
-    assert query_problems('rate(ray_raylsm_gets_total{outcome="hit"}[5m]', exported, sources) != []
-    assert query_problems('rate(ray_raylsm_gets_total{outcome="hit"}[5m])', exported, sources) == []
+
+    def problems(expr):
+        return query_problems(expr, exported, sources, closed)
+
+    assert problems('rate(ray_raylsm_get_total[5m])') != []
+    assert problems('rate(ray_raylsm_call_latency_ms_bucket[5m])') != []
+    assert problems('sum by (shrd) (rate(ray_raylsm_get_pages_total[5m]))') != []
+    assert problems('rate(ray_raylsm_get_pages_total{outcome="hits"}[5m])') != []
+    assert problems('rate(ray_raylsm_get_pages_total{outcome=~"hit|corupt"}[5m])') != []
+    assert problems('rate(ray_raylsm_client_failed_pages_total{cause=~"timeout|stall"}[5m])') != []
+    assert problems('ray_raylsm_controller_shard_state{state="down"}') != []
+    assert problems('rate(ray_raylsm_get_pages_total{outcome="hit"}[5m]') != []
+    assert problems('rate(ray_raylsm_get_pages_total{outcome="hit"}[5m])') == []
+    assert problems('histogram_quantile(0.99, sum by (le, op) (rate('
+                    'ray_raylsm_client_call_duration_seconds_bucket{op=~"batch_exists|batch_get_v1"}[5m])))') == []
+    assert problems('sum by (state) (max by (shard, state) (ray_raylsm_controller_shard_state))') == []
+
+
+# The metrics table of docs/deploy.md: `| metric | labels | meaning |`, one row per metric; labels
+# are `key` or `key (value, value, ...)`, comma-separated.
+DOC_TABLE_HEADER = "| metric | labels | meaning |"
+
+
+def documented_metrics(text: str) -> dict[str, dict[str, set[str] | None]]:
+    """{metric: {label: its listed values, or None if none are listed}} from the metrics table."""
+    lines = text.splitlines()
+    start = lines.index(DOC_TABLE_HEADER) + 2
+    documented = {}
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        names = re.findall(r"`([^`]+)`", cells[0])
+        assert len(names) == 1, f"one metric per row: {line}"
+        labels = {}
+        for item in re.findall(r"(\w+)(?:\s*\(([^)]*)\))?(?:,|$)", cells[1]):
+            key, values = item
+            labels[key] = {value.strip() for value in values.split(",")} if values else None
+        assert names[0] not in documented, f"{names[0]} twice"
+        documented[names[0]] = labels
+    return documented
+
+
+def doc_table_problems(documented, families, closed, sources: str) -> list[str]:
+    problems = [f"{name}: not documented" for name in sorted(set(families) - set(documented))]
+    problems += [f"{name}: documented, not exported" for name in sorted(set(documented) - set(families))]
+    for name in sorted(set(documented) & set(families)):
+        labels, tag_keys = documented[name], families[name][1]
+        if set(labels) != tag_keys:
+            problems.append(f"{name}: labels {sorted(labels)}, exported {sorted(tag_keys)}")
+        for key, values in labels.items():
+            known = closed.get((name, key))
+            if known is not None and values != known:
+                problems.append(f"{name}: {key} values {sorted(values or ())}, the code's {sorted(known)}")
+            elif known is None and values:
+                problems += [f"{name}: {key}={value!r}, never set" for value in sorted(values)
+                             if f'"{value}"' not in sources]
+    return problems
+
+
+def test_deploy_doc_lists_exactly_the_exported_metrics(ray_metrics):
+    """docs/deploy.md's table: every metric raylsm exports and no other, each with its labels, and
+    every value of a label the code enumerates (a value listed for an open label is one the code sets)."""
+    documented = documented_metrics(DEPLOY_DOC.read_text(encoding="utf-8"))
+    problems = doc_table_problems(documented, metric_families(ray_metrics), closed_label_values(ray_metrics),
+                                  raylsm_sources())
+    assert not problems, "\n".join(problems)
+
+
+def test_the_doc_check_catches_a_missing_metric_label_or_value(ray_metrics):
+    families = metric_families(ray_metrics)
+    closed = closed_label_values(ray_metrics)
+    sources = raylsm_sources()
+    text = DEPLOY_DOC.read_text(encoding="utf-8")
+    assert doc_table_problems(documented_metrics(text), families, closed, sources) == []
+    broken = {
+        "a metric missing": re.sub(r"\n\| `ray_raylsm_ghost_hit_pages_total` \|[^\n]*", "", text),
+        "an old name": text.replace("`ray_raylsm_shard_call_duration_seconds`", "`ray_raylsm_call_latency_ms`"),
+        "a label missing": text.replace("| op (batch_exists,", "| (batch_exists,"),
+        "a cause missing": text.replace("timeout, stalled, bad_input, error)", "timeout, error)"),
+        "a value never set": text.replace("probe_located, get_batch,", "probe_located, get_batches,"),
+    }
+    for what, changed in broken.items():
+        assert changed != text, what
+        assert doc_table_problems(documented_metrics(changed), families, closed, sources) != [], what
+
+
+def test_the_sglang_calls_timed_are_the_adapters_batch_calls():
+    """`ClientMetrics.SGLANG_CALLS` are RayLSMStorage's batch methods, and the adapter times each."""
+    adapter = (ROOT / "raylsm" / "sglang" / "backend.py").read_text()
+    metrics = (ROOT / "raylsm" / "actors" / "metrics.py").read_text()
+    (calls,) = re.findall(r"SGLANG_CALLS = \(([^)]*)\)", metrics)
+    calls = set(re.findall(r'"(\w+)"', calls))
+    assert calls == set(re.findall(r"\n    def (batch_\w+)\(", adapter))
+    timed = set(re.findall(r'_observe\("(\w+)"', adapter)) | set(re.findall(r'_transfer_v1\("\w+", "(\w+)"', adapter))
+    assert timed == calls
 
 
 def test_dashboard_is_a_grafana_dashboard():

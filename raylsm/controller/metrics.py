@@ -1,0 +1,49 @@
+"""The controller's Prometheus metrics: shards by state, the ring's version and size, split extents.
+
+Owned here: their names and labels, and turning one `Controller.status()` / `ring()` pair into
+gauge values. Called by the controller actor (`controller_actor.py`) from its own metrics thread
+every EXPORT_PERIOD_S, never from the reconcile loop: `status()` asks every shard for its stats
+(up to its timeout), and a slow shard must not delay membership. Names get Ray's `ray_` prefix;
+docs/deploy.md lists them. Not thread-safe: one exporting thread.
+"""
+
+from __future__ import annotations
+
+from ray.util.metrics import Gauge
+
+# Ray exports custom metrics every 10 s (metrics_report_interval_ms); a faster export adds nothing.
+EXPORT_PERIOD_S = 10.0
+# The states `Controller.status()` reports: raylsm.controller.controller's, and "failed" (its last
+# incarnation died, none serves yet). Spelled out, not imported: this module imports no more than
+# Ray's metrics (tests/unit/test_cluster_files.py checks the two agree). A state not listed here is
+# exported as it appears.
+STATES = ("starting", "serving", "unreachable", "failed")
+
+
+class ControllerMetrics:
+    def __init__(self) -> None:
+        self._shard_state = Gauge("raylsm_controller_shard_state",
+                                  description="1 for the state a shard is in, 0 for the others (a shard the "
+                                              "controller forgot: 0 in every state)", tag_keys=("shard", "state"))
+        self._ring_version = Gauge("raylsm_controller_ring_version",
+                                   description="version of the published ring (moves on every membership change)",
+                                   tag_keys=())
+        self._ring_shards = Gauge("raylsm_controller_ring_shards", description="shards in the published ring",
+                                  tag_keys=())
+        self._split_extents = Gauge("raylsm_controller_split_extents",
+                                    description="hot extents split over several shards (docs/placement.md)",
+                                    tag_keys=())
+        self._states = list(STATES)
+        self._shards: set[str] = set()  # every shard ever exported (a forgotten one goes to 0)
+
+    def export(self, status: dict, ring: dict) -> None:
+        """Set the gauges from one `Controller.status()` and `Controller.ring()`."""
+        states = {shard["shard"]: shard["state"] for shard in status["shards"]}
+        self._states += sorted(set(states.values()) - set(self._states))
+        self._shards |= set(states)
+        for shard in sorted(self._shards):
+            for state in self._states:
+                self._shard_state.set(int(states.get(shard) == state), tags={"shard": shard, "state": state})
+        self._ring_version.set(ring["version"])
+        self._ring_shards.set(len(ring["shards"]))
+        self._split_extents.set(status["split_extents"])
