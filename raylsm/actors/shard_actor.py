@@ -48,6 +48,7 @@ class ShardServer:
             warnings.simplefilter("ignore")
             self._restarted = context.was_current_actor_reconstructed
         self._metrics = ShardMetrics(shard_name)
+        self._metrics.opened(self._path, self._store.recovery)
         # Extents that receive the most distinct pages (a hot shared prefix; docs/placement.md).
         self._hot_extents = HotExtents(window_pages=config.hot_extent_window_pages)
         self._hot_lock = threading.Lock()

@@ -9,9 +9,10 @@ by tests. Single-threaded; Ray, SGLang and torch are imported only when a run st
 The workload, laid end to end (block ids of each source kept apart):
 1. `chat`: the first third (by time) of the packaged conversation trace (sampled by conversation);
 2. `scan`: its second third, with one-off long prompts (the generator's `scan` shape) interleaved at
-   `scan_ratio` times chat's pages: the burst that flushes a cache that admits everything;
+   `scan_ratio` times the pages chat writes in it (its blocks not seen before): the burst that
+   flushes a cache that admits everything;
 3. `agents`: agentic sessions on a few long shared prefixes of Zipf popularity, one very hot (the
-   generator's `agentic` shape), as many pages as a chat phase;
+   generator's `agentic` shape), AGENT_PAGES_PER_CHAT_PAGE times a chat third's prompt pages;
 4. `chat-again`: the trace's last third: the conversations go on.
 Capacity is fixed for the run (`capacity_fraction` of the workload's distinct page bytes).
 
@@ -42,8 +43,13 @@ from raylsm.errors import ConfigError
 PHASES = ("chat", "scan", "agents", "chat-again")
 SCAN_IDS = 1 << 40  # block ids of the generated scan prompts start here, the agents' at twice this
 DEFAULT_CONFIG = "static_default"
-QUICK_SAMPLE_RATE = 1 / 16
-FULL_SAMPLE_RATE = 1 / 4
+# The agents phase sends this many prompt pages per prompt page of a chat third: its sessions'
+# working set must outgrow the simulated L1/L2 for L3 to see its reuse.
+AGENT_PAGES_PER_CHAT_PAGE = 4
+QUICK_SAMPLE_RATE = 1 / 32
+FULL_SAMPLE_RATE = 1 / 8
+# --quick also writes smaller pages: its seven runs must finish within 5 minutes on 2 cores.
+QUICK_PAYLOAD_SCALE = 1 / 32
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +59,14 @@ class AdaptiveConfig:
     quick: bool = False
     sample_rate: float | None = None  # conversations of the packaged trace kept (None: 1/4, --quick 1/16)
     capacity_fraction: float = 0.05
-    scan_ratio: float = 3.0  # scan pages per chat page in the scan phase
+    scan_ratio: float = 3.0  # scan pages per page chat writes in the scan phase
     shards: int = 4
+    # Each shard a fixed share of the capacity (no disk budget pool), as shards on separate nodes
+    # have; the controller splits hot extents only then (a pool evicts as one cache).
+    partitioned: bool = True
     page_tokens: int = 64
     profile: str = "qwen2.5-0.5b"
-    payload_scale: float = 1 / 16
+    payload_scale: float | None = None  # page bytes = page_tokens x KV bytes/token x this (None: 1/16, --quick 1/32)
     host_cache_fraction: float = 0.02
     prefill_tokens_per_s: float = 10_000.0
     tuning_period_s: float = 2.0  # the controller run's tuning period
@@ -111,7 +120,7 @@ def tier_settings(name: str, tuning_period_s: float) -> tuple[dict, dict]:
 
 def build_workload(config: AdaptiveConfig) -> tuple[list[TraceRequest], list[int]]:
     """The requests in order and the phase index of each."""
-    from raylsm.bench.trace import load_sampled, request_page_count
+    from raylsm.bench.trace import TRACE_BLOCK_TOKENS, load_sampled, request_page_count
     from raylsm.bench.workload import WorkloadConfig, generate
 
     rate = config.sample_rate or (QUICK_SAMPLE_RATE if config.quick else FULL_SAMPLE_RATE)
@@ -135,8 +144,21 @@ def build_workload(config: AdaptiveConfig) -> tuple[list[TraceRequest], list[int
                 break
         return out
 
-    scan = generated("scan", SCAN_IDS, int(config.scan_ratio * pages(parts[1])), config.seed) if config.scan_ratio else []
-    agents = generated("agentic", 2 * SCAN_IDS, pages(parts[0]), config.seed + 1)
+    def new_pages(requests, seen: set) -> int:
+        """Pages of blocks not seen before: what chat writes (its misses), not what it re-sends."""
+        fresh = 0
+        for request in requests:
+            for block in request.hash_ids:
+                if block not in seen:
+                    seen.add(block)
+                    fresh += 1
+        return fresh * TRACE_BLOCK_TOKENS // config.page_tokens
+
+    seen: set = set()
+    new_pages(parts[0], seen)
+    chat_writes = new_pages(parts[1], seen)
+    scan = generated("scan", SCAN_IDS, int(config.scan_ratio * chat_writes), config.seed) if config.scan_ratio else []
+    agents = generated("agentic", 2 * SCAN_IDS, AGENT_PAGES_PER_CHAT_PAGE * pages(parts[0]), config.seed + 1)
 
     requests: list[TraceRequest] = []
     phases: list[int] = []
@@ -178,6 +200,9 @@ class ConfigRun:
     get_ms: list[list[float]] = field(default_factory=list)  # per request, its get calls
     tunings: list[dict] = field(default_factory=list)  # the controller's choices over the run
     wrong_pages: int = 0
+    failed_put_chunks: int = 0  # 128-page backups refused or timed out (their pages are misses later)
+    shard_pages: list[dict] = field(default_factory=list)  # per request: pages asked of each shard
+    client_counters: dict = field(default_factory=dict)  # the adapter's client counters (failures by cause)
 
 
 def run(config: AdaptiveConfig) -> dict:
@@ -188,13 +213,14 @@ def run(config: AdaptiveConfig) -> dict:
     started = time.perf_counter()
     requests, phase_of = build_workload(config)
     plan = make_plan(requests, config.page_tokens, config.host_cache_fraction)
-    shape = pool_shape(config.profile, config.page_tokens, config.payload_scale)
+    scale = config.payload_scale or (QUICK_PAYLOAD_SCALE if config.quick else 1 / 16)
+    shape = pool_shape(config.profile, config.page_tokens, scale)
     capacity_bytes = int(config.capacity_fraction * plan.distinct_pages * shape.page_bytes)
     names = list(config.configs) or config_names()
     counts = [phase_of.count(i) for i in range(len(PHASES))]
     print(f"raylsm bench adaptive: {len(plan)} requests ({', '.join(f'{p} {n}' for p, n in zip(PHASES, counts))}), "
           f"{plan.distinct_pages} distinct pages; capacity {capacity_bytes} B ({config.capacity_fraction:g}); "
-          f"{config.shards} shards; configurations: {', '.join(names)}", file=sys.stderr)
+          f"{config.shards} shards ({'partitioned' if config.partitioned else 'pooled'}); configurations: {', '.join(names)}", file=sys.stderr)
     root = config.data_dir or os.path.join(".raylsm", "bench", f"adaptive-{os.getpid()}")
     runs = []
     try:
@@ -231,6 +257,7 @@ def _run_one(config: AdaptiveConfig, name: str, plan, shape, capacity_bytes: int
         logging.getLogger(logger_name).setLevel(logging.ERROR)
     store_changes, controller = tier_settings(name, config.tuning_period_s)
     tier = TierSession(config.shards, capacity_bytes, shape.page_bytes, data_dir, private=True,
+                       pool_disk_budget=not config.partitioned,
                        store_changes=store_changes, controller=controller)
     result = ConfigRun(name)
     system = None
@@ -246,6 +273,7 @@ def _run_one(config: AdaptiveConfig, name: str, plan, shape, capacity_bytes: int
         system.clear()
         controller_handle = get_controller(RAY_NAMESPACE)
         record = SystemRun(name, measured=True)
+        router = _ShardRouter(tier.shard_names, system.routing_id(), system.split_extents)
         progress = progress_bar(len(plan), config.progress)
         polled = time.monotonic()
         for index, chain in enumerate(plan.chains):
@@ -253,6 +281,7 @@ def _run_one(config: AdaptiveConfig, name: str, plan, shape, capacity_bytes: int
             replay_request(system, record, chain, [page.hex() for page in chain], plan.host_hit_pages[index],
                            pattern, picker)
             result.get_ms.append(record.get_ms[calls:])
+            result.shard_pages.append(router.pages_by_shard(chain, plan.host_hit_pages[index]))
             if name == "controller" and time.monotonic() - polled >= config.tuning_period_s:
                 polled = time.monotonic()
                 tunings = ray.get(controller_handle.status.remote()).get("shards", [])
@@ -261,6 +290,8 @@ def _run_one(config: AdaptiveConfig, name: str, plan, shape, capacity_bytes: int
             progress.update(1)
         progress.close()
         result.hits, result.load_ms, result.wrong_pages = record.l3_hit_pages, record.load_ms, record.wrong_pages
+        result.failed_put_chunks = record.failed_put_chunks
+        result.client_counters = dict((system.stats().get("client") or {}).get("counters") or {})
         print(f"raylsm bench adaptive: {name} ran in {time.perf_counter() - phase:.1f} s", file=sys.stderr)
         return result
     finally:
@@ -271,10 +302,38 @@ def _run_one(config: AdaptiveConfig, name: str, plan, shape, capacity_bytes: int
             tier.stop()
 
 
+class _ShardRouter:
+    """Which shard each page a request asks of L3 goes to, by the client's extents, ring and current
+    split extents (the controller splits hot extents during a run)."""
+
+    def __init__(self, shard_names, routing_id: bytes, split_extents) -> None:
+        from raylsm.config import ClientConfig
+        from raylsm.router import ExtentConfig, ExtentRouter, HashRing
+
+        client = ClientConfig()
+        self._ring = HashRing(sorted(shard_names), client.virtual_nodes)
+        self._extents = ExtentConfig(client.extent_pages, client.shallow_depth_pages, client.shallow_extent_pages,
+                                     client.split_extent_pages)
+        self._router = ExtentRouter(self._ring, self._extents)
+        self._split_extents = split_extents
+        self._routing_id = routing_id
+
+    def pages_by_shard(self, chain, start: int) -> dict:
+        from raylsm.router import ExtentRouter
+
+        splits = self._split_extents()
+        if splits != self._router.split_extents:
+            self._router = ExtentRouter(self._ring, self._extents, splits)
+        counts: dict[str, int] = {}
+        for shard in self._router.route_pages(self._routing_id, chain[start:], chain[:start]):
+            counts[shard] = counts.get(shard, 0) + 1
+        return counts
+
+
 # ---- the report ---------------------------------------------------------------------------------
 
 
-def _figures(config: AdaptiveConfig, plan, run: ConfigRun, indices: Sequence[int], owners) -> dict:
+def _figures(config: AdaptiveConfig, plan, run: ConfigRun, indices: Sequence[int]) -> dict:
     from raylsm.bench.replay import ttft_ms
     from raylsm.bench.report import percentile
 
@@ -285,8 +344,8 @@ def _figures(config: AdaptiveConfig, plan, run: ConfigRun, indices: Sequence[int
     gets = [ms for i in indices for ms in run.get_ms[i]]
     load: dict[str, int] = {}
     for i in indices:
-        for shard in owners[i]:
-            load[shard] = load.get(shard, 0) + 1
+        for shard, count in run.shard_pages[i].items():
+            load[shard] = load.get(shard, 0) + count
     mean = sum(load.values()) / config.shards if load else 0
     p99 = percentile(gets, 99)
     return {"hit_token_ratio": round(hits / asked, 4) if asked else 0.0,
@@ -297,32 +356,23 @@ def _figures(config: AdaptiveConfig, plan, run: ConfigRun, indices: Sequence[int
 
 def build_report(config: AdaptiveConfig, plan, phase_of: Sequence[int], runs: Sequence[ConfigRun],
                  page_bytes: int, capacity_bytes: int) -> dict:
-    from raylsm.config import ClientConfig
-    from raylsm.router import ExtentConfig, ExtentRouter, HashRing
-    from raylsm.store.page_key import namespace_id
-
-    client = ClientConfig()
-    ring = HashRing([f"shard-{i}" for i in range(config.shards)], client.virtual_nodes)
-    router = ExtentRouter(ring, ExtentConfig(client.extent_pages, client.shallow_depth_pages,
-                                             client.shallow_extent_pages, client.split_extent_pages))
-    routing = namespace_id(f"adaptive-{config.profile}")
-    owners = [router.route_pages(routing, chain[start:], chain[:start])
-              for chain, start in zip(plan.chains, plan.host_hit_pages)]
     by_phase = [[i for i, phase in enumerate(phase_of) if phase == p] for p in range(len(PHASES))]
     everything = list(range(len(plan)))
     out_runs = []
     for run in runs:
         out_runs.append({"config": run.name,
-                         "per_phase": [_figures(config, plan, run, indices, owners) for indices in by_phase],
-                         "overall": _figures(config, plan, run, everything, owners),
-                         "wrong_pages": run.wrong_pages,
+                         "per_phase": [_figures(config, plan, run, indices) for indices in by_phase],
+                         "overall": _figures(config, plan, run, everything),
+                         "wrong_pages": run.wrong_pages, "failed_put_chunks": run.failed_put_chunks,
+                         "client_counters": run.client_counters,
                          **({"tunings": run.tunings} if run.tunings else {})})
     report = {"phases": list(PHASES), "runs": out_runs,
               "requests_per_phase": [len(indices) for indices in by_phase],
               "capacity_bytes": capacity_bytes, "page_bytes": page_bytes, "shards": config.shards,
               "capacity_fraction": config.capacity_fraction, "distinct_pages": plan.distinct_pages,
-              "balance_note": ("pages asked of the most loaded shard over the mean, by the ring the client "
-                               "routes with (no split extents)")}
+              "partitioned": config.partitioned,
+              "balance_note": ("pages asked of the most loaded shard over the mean, routed as the client routed "
+                               "them (its ring, extents and the controller's split extents at the time)")}
     report["goals"] = goals(report)
     return report
 
@@ -424,8 +474,11 @@ def add_adaptive_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--capacity-fraction", type=float, default=0.05, metavar="F",
                         help="L3 capacity as a fraction of the workload's distinct page bytes, in (0, 1] (default 0.05)")
     parser.add_argument("--scan-ratio", type=float, default=3.0, metavar="R",
-                        help="scan pages per chat page in the scan phase, in [0, 100] (default 3)")
+                        help="scan pages per page chat writes in the scan phase, in [0, 100] (default 3)")
     parser.add_argument("--shards", type=int, default=4, help="shards of each run's tier, in [1, 64] (default 4)")
+    parser.add_argument("--pooled", action="store_true",
+                        help="the shards pool this machine's disk budget and evict as one cache (default: each "
+                             "a fixed share, as shards on separate nodes have)")
     parser.add_argument("--tuning-period", type=float, default=2.0, dest="tuning_period_s", metavar="S",
                         help="the controller run's tuning period in seconds, in [0.05, 600] (default 2)")
     parser.add_argument("--configs", default="", metavar="LIST",
@@ -442,7 +495,8 @@ def add_adaptive_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
 
 def config_from_args(args: argparse.Namespace) -> AdaptiveConfig:
     return AdaptiveConfig(quick=args.quick, sample_rate=args.sample_rate, capacity_fraction=args.capacity_fraction,
-                          scan_ratio=args.scan_ratio, shards=args.shards, tuning_period_s=args.tuning_period_s,
+                          scan_ratio=args.scan_ratio, shards=args.shards, partitioned=not args.pooled,
+                          tuning_period_s=args.tuning_period_s,
                           configs=tuple(name for name in args.configs.split(",") if name), seed=args.seed,
                           data_dir=args.data_dir, json_path=args.json_path, plot_path=args.plot_path,
                           progress=not args.no_progress)

@@ -41,6 +41,14 @@ from raylsm.store.config import StoreConfig
 
 SIM_PAGES = 1024  # pages a model holds at the shard's capacity (sets the sampling rate)
 MAX_EVENTS = 1 << 18  # references buffered between drains; more are dropped (counted)
+# Cache turnovers of the running configuration's model between rebases (`drain`): long enough for an
+# admission choice to pay off (second-touch needs two offers of a page before its hits), short
+# enough that a model's past choices stop weighing on it soon after a phase ends.
+# NOTE: rebasing every turnover, a scan flood never showed second-touch's worth (its model lost the
+# pages it protected at each rebase: tests/ray/test_tuning_cluster.py timed out); without rebasing,
+# `raylsm bench adaptive --quick` kept second-touch through most of the agents phase (0.19 L3 hit
+# there against 0.25 for the default).
+REBASE_TURNOVERS = 4
 
 # The configurations the models compare, by name: StoreConfig changes. The controller may choose any
 # of them; `raylsm bench adaptive` runs each as a static configuration.
@@ -80,6 +88,7 @@ class _Model:
         self.ghost_entries = max(1, ghost_entries)
         self.references = 0
         self.hits = 0
+        self.inserts = 0  # pages stored (rebase counts its turnovers)
 
     def reference(self, digest: int, capacity: int) -> None:
         """A counted reference: a hit if held, else a miss and an offer (what follows a miss in
@@ -100,6 +109,7 @@ class _Model:
                 return
         pages = self.pages
         pages[digest] = [0, 0]
+        self.inserts += 1
         while len(pages) > capacity:
             victim, (reads, banked) = pages.popitem(last=False)
             earned = reads + banked
@@ -126,6 +136,8 @@ class MiniSims:
         self._sim_lock = threading.Lock()
         self._models: dict[str, _Model] = {}
         self._incarnation = time.time_ns()  # tells a reader that the counts started again
+        self._rebased_at = 0  # the running model's inserts at the last rebase
+        self._rebases = 0
 
     def start(self, page_bytes: int, modulus: int) -> None:
         """Fix the sampling rate from the first written page's size (the caller's lock held)."""
@@ -147,11 +159,18 @@ class MiniSims:
             else:
                 self._dropped += 1
 
-    def drain(self) -> dict:
+    def drain(self, running: str | None = None) -> dict:
         """Run the models over the references recorded since the last drain. Returns
-        {"incarnation", "rate", "capacity_pages", "dropped", "candidates": {name: {"references",
-        "hits"}}}, counts cumulative since these models started (`incarnation`, a nanosecond time),
-        of sampled references (divide by rate for all)."""
+        {"incarnation", "rate", "capacity_pages", "dropped", "rebases", "candidates": {name:
+        {"references", "hits"}}}, counts cumulative since these models started (`incarnation`, a
+        nanosecond time), of sampled references (divide by rate for all).
+
+        `running`: the candidate the store runs. Once its model has stored REBASE_TURNOVERS caches'
+        worth of pages since the last rebase, every other model restarts from a copy of its pages
+        (keeping its own ghost): each then predicts what its policy would do from the store's
+        present state, not from the state its own past choices built (which lags a workload that
+        shifts: a model that declined a phase's pages keeps missing them long after the phase's
+        winner would have changed)."""
         with self._events_lock:
             events, self._events = self._events, []
             dropped = self._dropped
@@ -161,7 +180,14 @@ class MiniSims:
                 reference = model.reference
                 for digest in events:
                     reference(digest, capacity)
+            base = self._models.get(running) if running is not None else None
+            if base is not None and base.inserts - self._rebased_at >= REBASE_TURNOVERS * capacity:
+                for model in self._models.values():
+                    if model is not base:
+                        model.pages = OrderedDict((digest, list(entry)) for digest, entry in base.pages.items())
+                self._rebased_at = base.inserts
+                self._rebases += 1
             return {"incarnation": self._incarnation, "rate": self.rate, "capacity_pages": capacity,
-                    "dropped": dropped,
+                    "dropped": dropped, "rebases": self._rebases,
                     "candidates": {name: {"references": model.references, "hits": model.hits}
                                    for name, model in self._models.items()}}

@@ -48,7 +48,7 @@ from raylsm.store.reinsertion import make_reinsertion_policy
 from raylsm.store.prefix_probe import count_present_prefix
 from raylsm.store.segment import Segment
 from raylsm.store.segment_reclaimer import SegmentReclaimer, drop_kept, evict_oldest, reappend
-from raylsm.store.mini_sims import MiniSims
+from raylsm.store.mini_sims import MiniSims, candidate_of
 from raylsm.store.workload_stats import WorkloadStats
 from raylsm.store.stats import StoreStats
 
@@ -757,8 +757,11 @@ class ShardStore:
 
     def drain_sims(self) -> dict | None:
         """Run the miniature simulations over the references recorded since the last call
-        (raylsm.store.mini_sims.MiniSims.drain); None when the workload statistics are off."""
-        return self._workload.sims.drain() if self._workload is not None and self._workload.sims else None
+        (raylsm.store.mini_sims.MiniSims.drain, rebased on the model of the configuration this store
+        runs); None when the workload statistics are off."""
+        if self._workload is None or self._workload.sims is None:
+            return None
+        return self._workload.sims.drain(running=candidate_of(self._config))
 
     def stats(self, workload_max_age_s: float = 0.0) -> dict:
         """Counters, latency histograms and space: live bytes (referenced by pointers), dead bytes

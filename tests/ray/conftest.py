@@ -269,8 +269,9 @@ def tier_factory(data_dir):
         raw = {
             "shard": {"data_dir": data_dir, "store": dict(SMALL_STORE), **(shard or {})},
             "client": {"call_timeout_s": CALL_TIMEOUT_S, "ring_refresh_s": 0.5, **(client or {})},
-            # Hot-extent splitting off unless a test turns it on: it re-routes pages mid-test.
-            "controller": {"reconcile_period_s": 1.0, "split_extents": False, **(controller or {})},
+            # Hot-extent splitting and store tuning off unless a test turns them on: they re-route pages
+            # and change admission mid-test.
+            "controller": {"reconcile_period_s": 1.0, "split_extents": False, "tuning": False, **(controller or {})},
         }
         tier = Tier(TierConfig.from_dict(raw))
         made.append(tier)
