@@ -12,13 +12,15 @@ served. Scores are hit ratios over an exponentially decayed window (`decay` per 
 windows weigh most, so a phase change shows within a few periods). Hysteresis, so that two close
 candidates never make it oscillate: a candidate replaces the current choice only after it leads it
 by `margin_abs` and `margin_rel` (relative to the current score), in the decayed scores and in the
-window alone, in `confirm_windows` consecutive windows of at least `min_references` sampled
-references; a window with fewer references changes nothing. A change gets a new version (`next_version`, above every version given before).
+window alone (there also by `significance` standard errors of the difference of two binomial
+ratios: sampling noise is no lead), in `confirm_windows` consecutive windows of at least
+`min_references` sampled references; a window with fewer references changes nothing. A change gets a new version (`next_version`, above every version given before).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
@@ -34,6 +36,7 @@ class TuningParams:
     margin_abs: float = 0.005  # hit ratio a challenger must lead by...
     margin_rel: float = 0.03  # ...and this fraction of the current choice's score
     confirm_windows: int = 2  # ...in this many windows in a row
+    significance: float = 2.0  # ...and by this many standard errors of the window's difference
 
 
 @dataclass(frozen=True)
@@ -99,10 +102,15 @@ def _tune_one(window: Window | None, tuning: ShardTuning, params: TuningParams,
     margin = max(params.margin_abs, params.margin_rel * current)
     refs, hits = window[best]
     own_refs, own_hits = window[tuning.choice]
+    challenger_ratio, own_ratio = hits / refs, own_hits / max(own_refs, 1)
+    # Sampling noise of the window's difference (two binomial ratios): a lead inside
+    # `significance` standard errors is no lead.
+    noise = params.significance * math.sqrt((challenger_ratio * (1 - challenger_ratio) / refs)
+                                            + own_ratio * (1 - own_ratio) / max(own_refs, 1))
     # It must lead in the decayed scores and in this window alone (a past spike that decays
     # does not count as a lead).
     if (best == tuning.choice or scores[best] - current < margin
-            or hits / refs - own_hits / max(own_refs, 1) < margin):
+            or challenger_ratio - own_ratio < max(margin, noise)):
         return dataclasses.replace(updated, challenger=None, streak=0)
     streak = tuning.streak + 1 if tuning.challenger == best else 1
     if streak < params.confirm_windows:

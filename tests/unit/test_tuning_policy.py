@@ -131,3 +131,12 @@ def test_window_of_refuses_a_restarted_shard_and_a_first_reading():
     assert window_of(first, later) == {"clock2": (20, 4)}
     assert window_of(later, {**later, "incarnation": 2}) is None  # counts started again
     assert window_of(later, first) is None  # counts went back
+
+
+def test_a_lead_inside_the_sampling_noise_never_switches():
+    # 300 references a window: 0.010 against 0.000 clears the margins (0.005, 3%) but not two
+    # standard errors (about 0.011); at 3,000 references it does.
+    noisy = _run([_window({name: 0.0 for name in CANDIDATES} | {"clock4": 0.01}, 300)] * 5)
+    assert {tuning.choice for tuning in noisy} == {"clock2"}
+    clear = _run([_window({name: 0.0 for name in CANDIDATES} | {"clock4": 0.01}, 3000)] * 2)
+    assert clear[-1].choice == "clock4"
