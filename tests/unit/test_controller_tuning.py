@@ -17,9 +17,6 @@ from raylsm.controller.controller import Controller
 from raylsm.controller.ray_api import ShardSlot
 from raylsm.lifecycle import format_status
 from raylsm.store.mini_sims import CANDIDATES
-from tests.conftest import Kit
-
-KIT = Kit()
 
 KiB = 1024
 PAGE = 16 * KiB
@@ -76,11 +73,11 @@ def _config(**controller):
 _one_off = itertools.count()
 
 
-def _scan_flood(store, rounds: int, seed: int) -> None:
+def _scan_flood(store, rounds: int, seed: int, kit) -> None:
     """A 200-page hot loop, 3 one-off pages between its references, through probe and put."""
     value = np.zeros(PAGE, np.uint8)
-    hot = [KIT.key(("hot", seed, i)) for i in range(200)]
-    scan = (KIT.key(("scan", i)) for i in _one_off)
+    hot = [kit.key(("hot", seed, i)) for i in range(200)]
+    scan = (kit.key(("scan", i)) for i in _one_off)
     for _ in range(rounds):
         for key in hot:
             if store.probe([key]):
@@ -108,13 +105,13 @@ def _reconcile(controller, times=1):
         controller.reconcile_once()
 
 
-def test_a_scan_flood_moves_shards_to_second_touch_and_they_acknowledge_the_version(cluster):
+def test_a_scan_flood_moves_shards_to_second_touch_and_they_acknowledge_the_version(cluster, kit):
     controller = Controller(_config(), api=cluster)
     _reconcile(controller, 2)  # serving; first readings
     stores = {name: tuner._store for name, tuner in cluster.tuners.items()}
     for round_ in range(6):
         for seed, store in enumerate(stores.values()):
-            _scan_flood(store, 1, seed)
+            _scan_flood(store, 1, seed, kit)
         _reconcile(controller)
     tunings = controller.tunings()
     for name, store in stores.items():
@@ -129,13 +126,13 @@ def test_a_scan_flood_moves_shards_to_second_touch_and_they_acknowledge_the_vers
     assert not controller.status()["errors"]
 
 
-def test_a_silent_shard_stalls_nothing_and_gets_its_tuning_when_it_answers(cluster):
+def test_a_silent_shard_stalls_nothing_and_gets_its_tuning_when_it_answers(cluster, kit):
     controller = Controller(_config(), api=cluster)
     _reconcile(controller, 2)
     stores = [tuner._store for tuner in cluster.tuners.values()]
     for round_ in range(4):
         for seed, store in enumerate(stores):
-            _scan_flood(store, 1, seed)
+            _scan_flood(store, 1, seed, kit)
         _reconcile(controller)
     cluster.down.add("shard-b-0")
     # Shard b restarts while silent: a new incarnation runs its configured default, version 0.
@@ -151,12 +148,12 @@ def test_a_silent_shard_stalls_nothing_and_gets_its_tuning_when_it_answers(clust
     assert b.version == controller.tunings()["shard-b-0"]["version"]
 
 
-def test_a_restarted_controller_adopts_what_the_shards_run(cluster):
+def test_a_restarted_controller_adopts_what_the_shards_run(cluster, kit):
     first = Controller(_config(), api=cluster)
     _reconcile(first, 2)
     for round_ in range(5):
         for seed, tuner in enumerate(cluster.tuners.values()):
-            _scan_flood(tuner._store, 1, seed)
+            _scan_flood(tuner._store, 1, seed, kit)
         _reconcile(first)
     before = first.tunings()
     assert all(tuning["version"] > 0 for tuning in before.values())
@@ -173,21 +170,21 @@ def test_a_restarted_controller_adopts_what_the_shards_run(cluster):
     assert ack["version"] == tuner.version and tuner._store.config.admission_policy == "second_touch"
 
 
-def test_tuning_off_pushes_nothing(cluster):
+def test_tuning_off_pushes_nothing(cluster, kit):
     controller = Controller(_config(tuning=False), api=cluster)
     _reconcile(controller, 2)
     for seed, tuner in enumerate(cluster.tuners.values()):
-        _scan_flood(tuner._store, 5, seed)
+        _scan_flood(tuner._store, 5, seed, kit)
     _reconcile(controller, 3)
     assert controller.tunings() == {} and cluster.pushes == []
 
 
-def test_a_shard_configured_with_none_of_the_candidates_is_not_tuned(store_factory, tmp_path):
+def test_a_shard_configured_with_none_of_the_candidates_is_not_tuned(store_factory, tmp_path, kit):
     store = store_factory(path=tmp_path / "p", capacity_bytes=8 * 1024 * KiB, segment_bytes=256 * KiB,
                           reinsertion_policy="prefix_aware")
     cluster = TunedCluster({"shard-p-0": StoreTuning(store, "shard-p-0")})
     controller = Controller(_config(), api=cluster)
     _reconcile(controller, 2)
-    _scan_flood(store, 5, 0)
+    _scan_flood(store, 5, 0, kit)
     _reconcile(controller, 3)
     assert controller.tunings() == {} and store.config.reinsertion_policy == "prefix_aware"
