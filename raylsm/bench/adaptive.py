@@ -373,8 +373,27 @@ def build_report(config: AdaptiveConfig, plan, phase_of: Sequence[int], runs: Se
               "partitioned": config.partitioned,
               "balance_note": ("pages asked of the most loaded shard over the mean, routed as the client routed "
                                "them (its ring, extents and the controller's split extents at the time)")}
+    report["models"] = _models(plan, by_phase, capacity_bytes // page_bytes)
     report["goals"] = goals(report)
     return report
+
+
+def _models(plan, by_phase: Sequence[Sequence[int]], capacity_pages: int) -> list[dict]:
+    """LRU and the offline optimum (Belady) on the same L3 stream at the same capacity in pages
+    (raylsm.bench.cache_models; one cache, no shards): L3 hit ratio per phase and overall."""
+    from raylsm.bench import cache_models
+
+    streams = plan.l3_streams()
+    out = []
+    for name, simulate in (("lru_model", cache_models.simulate_lru), ("belady_optimal", cache_models.simulate_belady)):
+        hits = simulate(streams, capacity_pages).per_request_hits
+
+        def ratio(indices) -> float:
+            asked = sum(len(streams[i]) for i in indices)
+            return round(sum(hits[i] for i in indices) / asked, 4) if asked else 0.0
+        out.append({"config": name, "per_phase": [{"hit_token_ratio": ratio(indices)} for indices in by_phase],
+                    "overall": {"hit_token_ratio": ratio(range(len(streams)))}})
+    return out
 
 
 def goals(report: dict) -> dict:
@@ -418,6 +437,9 @@ def format_report(report: dict) -> str:
         rows.append([run["config"]] + [f"{figures['hit_token_ratio']:.4f}" for figures in run["per_phase"]] + [
             f"{overall['hit_token_ratio']:.4f}", f"{overall['ttft_model_ms_mean']}", f"{overall['get_p99_ms']}",
             f"{run['per_phase'][agents]['balance_max_over_mean']}"])
+    for model in report.get("models", []):
+        rows.append([model["config"]] + [f"{figures['hit_token_ratio']:.4f}" for figures in model["per_phase"]] + [
+            f"{model['overall']['hit_token_ratio']:.4f}", "-", "-", "-"])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
