@@ -284,7 +284,8 @@ class ShardStore:
             # a stored one: the curve and the models assume their own admission).
             offered = [slot for slot, outcome in enumerate(outcomes) if outcome in ACCEPTED]
             self._workload.written([digests[slot] for slot in offered], [sizes[slot] for slot in offered],
-                                   [outcomes[slot] != PutOutcome.PRESENT for slot in offered])
+                                   [outcomes[slot] != PutOutcome.PRESENT for slot in offered],
+                                   [keys[slot] for slot in offered])
         self._stats.observe("put", (time.perf_counter() - started) * 1e3,
                             puts_pages=stored, puts_bytes=sum(n for n, ok in zip(todo_sizes, written) if ok),
                             puts_existing=count[PutOutcome.PRESENT], puts_rejected=count[PutOutcome.DECLINED],

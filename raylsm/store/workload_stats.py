@@ -46,10 +46,9 @@ from typing import Sequence
 import numpy as np
 
 from raylsm.store import page_key
-from raylsm.store.mini_sims import MiniSims
+from raylsm.store.mini_sims import MODULUS, MiniSims
 from raylsm.store.page_key import key_digest
 
-MODULUS = 1 << 24
 # Reuse-distance histogram edges, in pages (scaled): 2**(k/2), 1 page to 2**40 pages.
 DISTANCE_EDGES = np.array([2.0 ** (k / 2) for k in range(81)])
 _EDGES = DISTANCE_EDGES.tolist()  # (bisect on a list: np.searchsorted costs microseconds per scalar)
@@ -134,17 +133,10 @@ class WorkloadStats:
                 while len(self._recent_misses) > RECENT_MISSES:
                     self._recent_misses.popitem(last=False)
         sims = self.sims
-        sim_threshold = sims.threshold if sims is not None else 0
+        if sims is not None and sims.threshold:
+            sims.record(sims.sample(asked, asked_digests))
         threshold = self._threshold
-        sampled = [(index, digest, digest % MODULUS) for index, digest in enumerate(asked_digests)
-                   if digest % MODULUS < max(threshold, sim_threshold)]
-        if not sampled:
-            return
-        if sim_threshold:
-            for _, digest, residue in sampled:
-                if residue < sim_threshold:
-                    sims.record(digest)
-        tracked = [(index, digest) for index, digest, residue in sampled if residue < threshold]
+        tracked = [(index, digest) for index, digest in enumerate(asked_digests) if digest % MODULUS < threshold]
         if not tracked:
             return
         now = time.time()
@@ -162,24 +154,27 @@ class WorkloadStats:
                     self._ghost_hits += 1
                     del self._ghost[digest]
 
-    def written(self, digests: Sequence[int], sizes: Sequence[int], stored: Sequence[bool]) -> None:
+    def written(self, digests: Sequence[int], sizes: Sequence[int], stored: Sequence[bool],
+                keys: Sequence[bytes] | None = None) -> None:
         """Pages a put was offered, by key_digest, with their sizes in bytes; `stored`: absent before,
         written now or declined by admission (a miss of the curve unless it was the probe's first
-        miss, counted there), or already present (a refresh, not counted)."""
+        miss, counted there), or already present (a refresh, not counted). `keys`: the pages' keys,
+        in chain order (the miniature simulations sample by extent; without them they see no
+        writes)."""
         now = time.time()
         sims = self.sims
+        counted_slots = []
         with self._lock:
             self._written_pages += len(sizes)
             self._written_bytes += int(sum(sizes))
             if sims is not None and not sims.threshold and sizes:
                 sims.start(int(sizes[0]), MODULUS)
-            sim_threshold = sims.threshold if sims is not None else 0
-            for digest, new in zip(digests, stored):
+            for slot, (digest, new) in enumerate(zip(digests, stored)):
                 just_asked = self._recent_misses.pop(digest, _ABSENT) is not _ABSENT
                 counted = bool(new) and not just_asked
                 self._refs_all += counted
-                if counted and digest % MODULUS < sim_threshold:
-                    sims.record(digest)
+                if counted:
+                    counted_slots.append(slot)
                 if digest % MODULUS >= self._threshold:
                     continue
                 distance = self._reference(digest)
@@ -187,6 +182,8 @@ class WorkloadStats:
                     self._count(distance)
                 self._written_at[digest] = now
                 self._ghost.pop(digest, None)
+        if sims is not None and sims.threshold and keys is not None and counted_slots:
+            sims.record(sims.sample([keys[slot] for slot in counted_slots], [digests[slot] for slot in counted_slots]))
 
     def evicted(self, keys: Sequence[bytes]) -> None:
         """Pages an eviction dropped (not those it re-appended)."""

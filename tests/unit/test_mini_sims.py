@@ -27,7 +27,7 @@ def _sims(capacity_pages: int) -> MiniSims:
 
 def _ratios(sims: MiniSims, digests) -> dict[str, float]:
     for digest in digests:
-        sims.record(digest)
+        sims.record([(digest, digest)])  # each page its own extent, each reference its own call
     counts = sims.drain()["candidates"]
     return {name: count["hits"] / count["references"] for name, count in counts.items()}
 
@@ -101,7 +101,7 @@ def test_events_beyond_the_buffer_are_dropped_and_counted(monkeypatch):
     monkeypatch.setattr(mini_sims, "MAX_EVENTS", 10)
     sims = _sims(5)
     for page in range(15):
-        sims.record(page)
+        sims.record([(page, page)])
     drained = sims.drain()
     assert drained["dropped"] == 5
     assert all(count["references"] == 10 for count in drained["candidates"].values())
@@ -148,11 +148,26 @@ def test_workload_statistics_feed_the_models_the_references_the_curve_counts(kit
     keys = kit.keys(4)
     digests = [key_digest(key) for key in keys]
     stats.asked(keys, 0, digests)  # the first miss: one reference (its write is not another)
-    stats.written(digests, [PAGE] * 4, [True] * 4)  # + 3 writes of absent pages
+    stats.written(digests, [PAGE] * 4, [True] * 4, keys)  # + 3 writes of absent pages
     stats.asked(keys, 4, digests)  # 4 asks, all present
-    stats.written(digests[:1], [PAGE], [False])  # a refresh: not a reference
+    stats.written(digests[:1], [PAGE], [False], keys[:1])  # a refresh: not a reference
     counts = stats.sims.drain()["candidates"]
     # The first ask came before the rate was known (no write yet): 3 + 4 references, and the three
     # pages offered (missed) once are hits of the admit-all models, not of second-touch's.
     assert {count["references"] for count in counts.values()} == {7}
     assert counts["clock1"]["hits"] == 3 and counts["second_touch_clock1"]["hits"] == 0
+
+
+def test_a_chain_stops_at_its_first_miss_in_the_models_as_sglang_stops():
+    # One extent of 4 pages, asked in one call; a one-off page pushes its first page out of the
+    # FIFO model: the next ask of the chain misses that page, and its 3 held pages count as misses
+    # too (SGLang loads a prefix only).
+    sims = _sims(4)
+    chain = [(7, page) for page in range(4)]
+    sims.record(chain)  # 4 misses, offered
+    sims.record([(8, 100)])  # evicts page 0 from the FIFO model
+    sims.record(chain)
+    fifo = sims.drain()["candidates"]["fifo"]
+    assert fifo == {"references": 9, "hits": 0}
+    sims.record([(7, 1), (7, 2)])  # the chain's held pages from a later depth: hits
+    assert sims.drain()["candidates"]["fifo"]["hits"] == 2

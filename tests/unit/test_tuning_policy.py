@@ -44,7 +44,7 @@ def _recorded_windows(phases, capacity_pages=100, window_refs=1500):
     for stream in phases:
         for start in range(0, len(stream), window_refs):
             for digest in stream[start:start + window_refs]:
-                sims.record(digest)
+                sims.record([(digest, digest)])  # each page its own extent, each reference its own call
             readings.append(sims.drain())
     return [window_of(before, now) for before, now in zip(readings, readings[1:])]
 
