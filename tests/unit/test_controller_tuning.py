@@ -66,7 +66,7 @@ class TunedCluster:
 
 
 def _config(**controller):
-    return TierConfig.from_dict({"controller": {"tuning_period_s": 0.05, "tuning_min_references": 100,
+    return TierConfig.from_dict({"controller": {"tuning": True, "tuning_period_s": 0.05, "tuning_min_references": 100,
                                                 "split_extents": False, **controller}})
 
 
