@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 import logging
 import os
 import shutil
@@ -250,7 +251,7 @@ def _run_one(config: AdaptiveConfig, name: str, plan, shape, capacity_bytes: int
     from raylsm.bench.host_pool import MiniHostKVPool, PagePattern
     from raylsm.bench.replay import STORAGE_BATCH_SIZE, SlotPicker, SystemRun, replay_request
     from raylsm.bench.report import progress_bar
-    from raylsm.bench.systems import RaylsmSystem, TierSession
+    from raylsm.bench.systems import RaylsmSystem, ShardCounter, TierSession
     from raylsm.config import RAY_NAMESPACE
     from raylsm.controller.controller_actor import get_controller
 
@@ -274,7 +275,7 @@ def _run_one(config: AdaptiveConfig, name: str, plan, shape, capacity_bytes: int
         system.clear()
         controller_handle = get_controller(RAY_NAMESPACE)
         record = SystemRun(name, measured=True)
-        router = _ShardRouter(tier.shard_names, system.routing_id(), system.split_extents)
+        router = ShardCounter(tier.shard_names, system.routing_id(), system.split_extents)
         progress = progress_bar(len(plan), config.progress)
         polled = time.monotonic()
         for index, chain in enumerate(plan.chains):
@@ -282,7 +283,7 @@ def _run_one(config: AdaptiveConfig, name: str, plan, shape, capacity_bytes: int
             replay_request(system, record, chain, [page.hex() for page in chain], plan.host_hit_pages[index],
                            pattern, picker)
             result.get_ms.append(record.get_ms[calls:])
-            result.shard_pages.append(router.pages_by_shard(chain, plan.host_hit_pages[index]))
+            result.shard_pages.append(dict(Counter(router.route(chain, plan.host_hit_pages[index], len(chain)))))
             if name == "controller" and time.monotonic() - polled >= config.tuning_period_s:
                 polled = time.monotonic()
                 tunings = ray.get(controller_handle.status.remote()).get("shards", [])
@@ -301,34 +302,6 @@ def _run_one(config: AdaptiveConfig, name: str, plan, shape, capacity_bytes: int
                 system.close()
         finally:
             tier.stop()
-
-
-class _ShardRouter:
-    """Which shard each page a request asks of L3 goes to, by the client's extents, ring and current
-    split extents (the controller splits hot extents during a run)."""
-
-    def __init__(self, shard_names, routing_id: bytes, split_extents) -> None:
-        from raylsm.config import ClientConfig
-        from raylsm.router import ExtentConfig, ExtentRouter, HashRing
-
-        client = ClientConfig()
-        self._ring = HashRing(sorted(shard_names), client.virtual_nodes)
-        self._extents = ExtentConfig(client.extent_pages, client.shallow_depth_pages, client.shallow_extent_pages,
-                                     client.split_extent_pages)
-        self._router = ExtentRouter(self._ring, self._extents)
-        self._split_extents = split_extents
-        self._routing_id = routing_id
-
-    def pages_by_shard(self, chain, start: int) -> dict:
-        from raylsm.router import ExtentRouter
-
-        splits = self._split_extents()
-        if splits != self._router.split_extents:
-            self._router = ExtentRouter(self._ring, self._extents, splits)
-        counts: dict[str, int] = {}
-        for shard in self._router.route_pages(self._routing_id, chain[start:], chain[:start]):
-            counts[shard] = counts.get(shard, 0) + 1
-        return counts
 
 
 # ---- the report ---------------------------------------------------------------------------------

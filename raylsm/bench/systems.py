@@ -378,13 +378,17 @@ class ShardCounter:
         self._split_extents = split_extents
         self._namespace_id = namespace_id
 
-    def shards(self, chain: Sequence[bytes], start: int, end: int) -> int:
+    def route(self, chain: Sequence[bytes], start: int, end: int) -> list[str]:
+        """The shard of each page of chain[start:end], as the client routes it now."""
         from raylsm.router import ExtentRouter
 
         splits = self._split_extents()
         if splits != self._router.split_extents:
             self._router = ExtentRouter(self._ring, self._extents, splits)
-        return len(set(self._router.route_pages(self._namespace_id, chain[start:end], chain[:start])))
+        return self._router.route_pages(self._namespace_id, chain[start:end], chain[:start])
+
+    def shards(self, chain: Sequence[bytes], start: int, end: int) -> int:
+        return len(set(self.route(chain, start, end)))
 
 
 def shard_summary(stats: dict) -> dict:

@@ -64,15 +64,7 @@ class RayClusterApi:
 
     def call_all(self, handles: dict[str, Any], method: str, timeout_s: float, *args: Any) -> dict[str, Any]:
         """Call `method` on every shard; the value, or the exception, per shard (None on timeout)."""
-        refs = {getattr(handle, method).remote(*args): name for name, handle in handles.items()}
-        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s) if refs else ([], [])
-        results: dict[str, Any] = {name: None for name in handles}
-        for ref in ready:
-            try:
-                results[refs[ref]] = ray.get(ref)
-            except ray.exceptions.RayError as error:
-                results[refs[ref]] = error
-        return results
+        return self.call_each({name: (handle, method, args) for name, handle in handles.items()}, timeout_s)
 
     def call_each(self, calls: dict[str, tuple[Any, str, tuple]], timeout_s: float) -> dict[str, Any]:
         """`call_all` with a method and arguments of each shard's own: {name: (handle, method,

@@ -105,6 +105,7 @@ class RayMetricsRecorder:
     def __init__(self) -> None:
         self.defined: dict[str, FakeMetric] = {}
         self.modules: dict = {}
+        self.classes = METRIC_CLASSES  # (tests read it here: `from conftest import` may find another conftest)
 
     def module(self) -> types.ModuleType:
         module = types.ModuleType("ray.util.metrics")

@@ -816,12 +816,11 @@ def test_the_controller_metrics_know_every_shard_state(ray_metrics):
 def test_every_metrics_module_and_class_is_read(ray_metrics):
     """The checks below see every metric raylsm defines: only the modules of conftest.METRIC_CLASSES
     import `ray.util.metrics`, and every *Metrics class in them is created."""
-    from conftest import METRIC_CLASSES
-
+    metric_classes = ray_metrics.classes
     defining = {".".join(path.relative_to(ROOT).with_suffix("").parts) for path in (ROOT / "raylsm").rglob("*.py")
                 if "ray.util.metrics" in path.read_text()}
-    assert defining == set(METRIC_CLASSES)
-    for module_name, classes in METRIC_CLASSES.items():
+    assert defining == set(metric_classes)
+    for module_name, classes in metric_classes.items():
         module = ray_metrics.modules[module_name]
         defined_here = {name for name, value in vars(module).items()
                         if isinstance(value, type) and value.__module__ == module_name and name.endswith("Metrics")}
