@@ -205,6 +205,7 @@ class ConfigRun:
     failed_put_chunks: int = 0  # 128-page backups refused or timed out (their pages are misses later)
     shard_pages: list[dict] = field(default_factory=list)  # per request: pages asked of each shard
     client_counters: dict = field(default_factory=dict)  # the adapter's client counters (failures by cause)
+    store_counters: dict = field(default_factory=dict)  # the shards' store counters, summed
 
 
 def run(config: AdaptiveConfig) -> dict:
@@ -251,7 +252,7 @@ def _run_one(config: AdaptiveConfig, name: str, plan, shape, capacity_bytes: int
     from raylsm.bench.host_pool import MiniHostKVPool, PagePattern
     from raylsm.bench.replay import STORAGE_BATCH_SIZE, SlotPicker, SystemRun, replay_request
     from raylsm.bench.report import progress_bar
-    from raylsm.bench.systems import RaylsmSystem, ShardCounter, TierSession
+    from raylsm.bench.systems import RaylsmSystem, ShardCounter, TierSession, sum_counters
     from raylsm.config import RAY_NAMESPACE
     from raylsm.controller.controller_actor import get_controller
 
@@ -294,6 +295,7 @@ def _run_one(config: AdaptiveConfig, name: str, plan, shape, capacity_bytes: int
         result.hits, result.load_ms, result.wrong_pages = record.l3_hit_pages, record.load_ms, record.wrong_pages
         result.failed_put_chunks = record.failed_put_chunks
         result.client_counters = dict((system.stats().get("client") or {}).get("counters") or {})
+        result.store_counters = sum_counters(tier.shard_stats())
         print(f"raylsm bench adaptive: {name} ran in {time.perf_counter() - phase:.1f} s", file=sys.stderr)
         return result
     finally:
@@ -338,7 +340,7 @@ def build_report(config: AdaptiveConfig, plan, phase_of: Sequence[int], runs: Se
                          "per_phase": [_figures(config, plan, run, indices) for indices in by_phase],
                          "overall": _figures(config, plan, run, everything),
                          "wrong_pages": run.wrong_pages, "failed_put_chunks": run.failed_put_chunks,
-                         "client_counters": run.client_counters,
+                         "client_counters": run.client_counters, "store_counters": run.store_counters,
                          **({"tunings": run.tunings} if run.tunings else {})})
     report = {"phases": list(PHASES), "runs": out_runs,
               "requests_per_phase": [len(indices) for indices in by_phase],
