@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from raylsm.bench import adaptive
-from raylsm.bench.adaptive import PHASES, AdaptiveConfig, build_workload, config_names, goals, tier_settings
+from raylsm.bench.adaptive import AdaptiveConfig, build_workload, config_names, tier_settings
+from raylsm.bench.adaptive_report import PHASES, format_report, goals
 from raylsm.bench.replay import make_plan
 from raylsm.errors import ConfigError
 from raylsm.store.mini_sims import CANDIDATES
@@ -85,5 +86,5 @@ def test_goals_compare_the_controller_with_the_best_static_configuration_per_pha
     result = goals(report)
     assert not result["ttft_10pct_below_static_default"]["met"]
     assert not result["agents_balance_at_most_1.5"]["met"]
-    text = adaptive.format_report({**report, "goals": result, "models": []})
+    text = format_report({**report, "goals": result, "models": []})
     assert text.splitlines()[2].startswith("controller") and '"met": false' in text
