@@ -157,13 +157,13 @@ class MiniSims:
         self._rebased_at = 0  # the running model's inserts at the last rebase
         self._rebases = 0
 
-    def start(self, page_bytes: int, modulus: int) -> None:
+    def start(self, page_bytes: int) -> None:
         """Fix the sampling rate from the first written page's size (the caller's lock held)."""
         if self.threshold or page_bytes <= 0:
             return
         pages = max(1, self._capacity_bytes // page_bytes)
         self.rate = min(1.0, max(self._min_rate, SIM_PAGES / pages))
-        self.threshold = max(1, round(self.rate * modulus))
+        self.threshold = max(1, round(self.rate * MODULUS))
         self._capacity_pages = max(1, round(pages * self.rate))
         ghost = round(self._ghost_entries * self.rate)
         self._models = {name: _Model(changes, ghost) for name, changes in self._candidates.items()}

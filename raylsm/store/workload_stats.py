@@ -133,10 +133,16 @@ class WorkloadStats:
                 while len(self._recent_misses) > RECENT_MISSES:
                     self._recent_misses.popitem(last=False)
         sims = self.sims
-        if sims is not None and sims.threshold:
-            sims.record(sims.sample(asked, asked_digests))
+        sim_threshold = sims.threshold if sims is not None else 0
         threshold = self._threshold
-        tracked = [(index, digest) for index, digest in enumerate(asked_digests) if digest % MODULUS < threshold]
+        # One modulus per key: the pages either sample (the models' sample holds the curve's).
+        sampled = [(index, digest, residue) for index, digest in enumerate(asked_digests)
+                   if (residue := digest % MODULUS) < max(threshold, sim_threshold)]
+        if not sampled:
+            return
+        if sim_threshold:
+            sims.record(sims.sample([asked[index] for index, _, _ in sampled], [digest for _, digest, _ in sampled]))
+        tracked = [(index, digest) for index, digest, residue in sampled if residue < threshold]
         if not tracked:
             return
         now = time.time()
@@ -168,7 +174,7 @@ class WorkloadStats:
             self._written_pages += len(sizes)
             self._written_bytes += int(sum(sizes))
             if sims is not None and not sims.threshold and sizes:
-                sims.start(int(sizes[0]), MODULUS)
+                sims.start(int(sizes[0]))
             for slot, (digest, new) in enumerate(zip(digests, stored)):
                 just_asked = self._recent_misses.pop(digest, _ABSENT) is not _ABSENT
                 counted = bool(new) and not just_asked

@@ -11,7 +11,7 @@ import numpy as np
 from raylsm.store import mini_sims
 from raylsm.store.mini_sims import CANDIDATES, MiniSims, candidate_of
 from raylsm.store.page_key import key_digest
-from raylsm.store.workload_stats import MODULUS, WorkloadStats
+from raylsm.store.workload_stats import WorkloadStats
 
 KiB = 1024
 PAGE = 4 * KiB
@@ -20,7 +20,7 @@ PAGE = 4 * KiB
 def _sims(capacity_pages: int) -> MiniSims:
     """Models at rate 1 (every page sampled), holding `capacity_pages` pages."""
     sims = MiniSims(capacity_pages * PAGE, min_rate=1.0, ghost_entries=1 << 20)
-    sims.start(PAGE, MODULUS)
+    sims.start(PAGE)
     assert sims.rate == 1.0
     return sims
 
@@ -89,11 +89,11 @@ def test_read_credits_keep_pages_read_often_through_turns_without_a_read():
 def test_the_rate_is_set_at_the_first_write_from_the_page_size_and_never_below_the_minimum():
     sims = MiniSims(capacity_bytes=64 * mini_sims.SIM_PAGES * PAGE, min_rate=1 / 64, ghost_entries=1024)
     assert sims.threshold == 0  # nothing sampled before the page size is known
-    sims.start(PAGE, MODULUS)
+    sims.start(PAGE)
     assert abs(sims.rate - 1 / 64) < 1e-12
     assert sims.drain()["capacity_pages"] == mini_sims.SIM_PAGES
     small = MiniSims(capacity_bytes=10 * PAGE, min_rate=1 / 64, ghost_entries=1024)
-    small.start(PAGE, MODULUS)
+    small.start(PAGE)
     assert small.rate == 1.0 and small.drain()["capacity_pages"] == 10
 
 

@@ -10,7 +10,6 @@ import random
 
 from raylsm.controller.tuning import ShardTuning, TuningParams, tune, window_of
 from raylsm.store.mini_sims import CANDIDATES, MiniSims
-from raylsm.store.workload_stats import MODULUS
 
 PARAMS = TuningParams(decay=0.5, min_references=100, margin_abs=0.005, margin_rel=0.03, confirm_windows=2)
 PAGE = 4096
@@ -39,7 +38,7 @@ def _run(windows, start="clock2"):
 def _recorded_windows(phases, capacity_pages=100, window_refs=1500):
     """Windows of cumulative readings of real models, fed each phase's reference stream."""
     sims = MiniSims(capacity_pages * PAGE, min_rate=1.0, ghost_entries=1 << 20)
-    sims.start(PAGE, MODULUS)
+    sims.start(PAGE)
     readings = [sims.drain()]
     for stream in phases:
         for start in range(0, len(stream), window_refs):
