@@ -37,6 +37,7 @@ import math
 import os
 import signal
 import sys
+import time
 from fractions import Fraction
 from typing import Any, Callable, Sequence
 
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers.required = True
     _add_up(subparsers)
     _add_status(subparsers)
+    _add_scale(subparsers)
     _add_down(subparsers)
     _add_bench(subparsers)
     return parser
@@ -177,7 +179,7 @@ def tier_config_from_args(args: argparse.Namespace):
 
 def _run_up(args: argparse.Namespace) -> int:
     config = tier_config_from_args(args)  # bad input is refused before Ray is touched
-    from raylsm import lifecycle
+    from raylsm import lifecycle, status_report
 
     # An embedded tier's capacity that does not fit the local disk is lowered if it is the default,
     # refused (CapacityError, a ConfigError: one line, status 2) if the user chose it.
@@ -188,7 +190,7 @@ def _run_up(args: argparse.Namespace) -> int:
     where = (f"an embedded local Ray head at {result.ray_address} (`raylsm down` stops it)" if result.started_ray
              else f"Ray at {result.ray_address} ({result.found_by})")
     print(f"raylsm is up on {where}: ring version {result.ring['version']}, {len(result.ring['shards'])} shard(s)")
-    print(lifecycle.format_status(lifecycle.status(config.ray_namespace)))
+    print(status_report.format_status(lifecycle.status(config.ray_namespace)))
     return 0
 
 
@@ -212,7 +214,7 @@ def _add_status(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_status(args: argparse.Namespace) -> int:
-    from raylsm import lifecycle
+    from raylsm import lifecycle, status_report
 
     try:
         cluster = lifecycle.find_cluster(args.address)
@@ -233,7 +235,68 @@ def _run_status(args: argparse.Namespace) -> int:
               f"--data-dir DIR`)", file=sys.stderr)
         return 1
     print(f"raylsm on Ray at {cluster.address} ({cluster.found_by}), namespace {args.namespace}")
-    print(lifecycle.format_status(report))
+    print(status_report.format_status(report))
+    return 0
+
+
+def _add_scale(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "scale", help="set the tier's shard count: drain and stop shards, or start standby ones and ask Ray's "
+                      "autoscaler for nodes",
+        description="Set the raylsm tier's target shard count (docs/elastic.md). Scaling in hands each leaving "
+                    "shard's newest pages to their next owners before it leaves the ring (unless --no-drain), then "
+                    "stops it, so Ray's autoscaler can remove its idle node. Scaling out starts standby shards and "
+                    "asks Ray's autoscaler for nodes offering raylsm_shard.")
+    parser.add_argument("--shards", type=SCALE_SHARDS, required=True, metavar="N",
+                        help=f"the target shard count, {SCALE_SHARDS.describe()}")
+    parser.add_argument("--no-drain", action="store_true", help="scale in without handing pages over")
+    parser.add_argument("--wait", type=SCALE_WAIT_S, default=0.0, metavar="S",
+                        help="wait up to S seconds for the ring to reach N shards (default 0: return at once)")
+    parser.add_argument("--address", type=non_empty, metavar="ADDR", help=_ADDRESS_HELP)
+    parser.add_argument("--namespace", type=non_empty, default="raylsm",
+                        help="Ray namespace of the tier (default raylsm)")
+    parser.set_defaults(handler=_run_scale)
+
+
+def _run_scale(args: argparse.Namespace) -> int:
+    import ray
+
+    from raylsm import lifecycle, status_report
+    from raylsm.controller.controller_actor import get_controller
+
+    try:
+        cluster = lifecycle.find_cluster(args.address)
+        if cluster is None:
+            print("raylsm scale: no Ray cluster found on this host; pass --address", file=sys.stderr)
+            return 1
+        lifecycle.connect(cluster, args.namespace)
+        controller = get_controller(args.namespace)
+    except lifecycle.RayNotFoundError as error:
+        print(f"raylsm scale: {error}", file=sys.stderr)
+        return 1
+    except ValueError:
+        print(f"raylsm scale: no raylsm controller in namespace {args.namespace!r}", file=sys.stderr)
+        return 1
+    try:
+        scale = ray.get(controller.scale.remote(args.shards, False if args.no_drain else None))
+    except ray.exceptions.RayTaskError as error:
+        print(f"raylsm scale: {error.cause if hasattr(error, 'cause') else error}", file=sys.stderr)
+        return 2
+    print(status_report.format_scale(scale))
+    deadline = time.monotonic() + args.wait
+    while args.wait:
+        scale = ray.get(controller.scale_status.remote())
+        if scale["members"] == args.shards and not scale["draining"] and not scale["leaving"]:
+            print(f"the ring has {args.shards} shards")
+            print(status_report.format_scale(scale))
+            return 0
+        if time.monotonic() > deadline:
+            print(f"raylsm scale: the ring has {scale['members']} shards after {args.wait:.0f}s, not {args.shards} "
+                  "(does Ray's autoscaler have a node type offering raylsm_shard with room? `raylsm status`)",
+                  file=sys.stderr)
+            print(status_report.format_scale(scale), file=sys.stderr)
+            return 1
+        time.sleep(1.0)
     return 0
 
 
@@ -541,6 +604,8 @@ def _plain(number: float | None) -> str:
 positive_int = NumberRange(int, 1)
 non_negative_int = NumberRange(int, 0)
 SHARDS = NumberRange(int, 1, 256)  # shard actors on one Ray head; one per disk as deployed
+SCALE_SHARDS = NumberRange(int, 1, 100_000)  # ControllerConfig.max_shards' range
+SCALE_WAIT_S = NumberRange(float, 0, 86400)
 CAPACITY_GB = NumberRange(float, 0, 1e6, low_open=True)  # per shard; a PB bounds typos, not disks
 SEGMENT_MB = NumberRange(int, 1, 16 * 1024)  # StoreConfig.segment_bytes in whole MiB (the store takes 256 KiB up)
 STORED_PAGES = NumberRange(int, 0, 100_000_000)

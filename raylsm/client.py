@@ -58,14 +58,17 @@ def _shard_of(call_key: "str | _Chunk") -> str:
 
 class _Routed:
     """A batch after routing: store keys in batch order (None where SGLang's key was malformed),
-    the slots of each shard, and the first malformed slot (len(keys) if none)."""
+    the slots of each shard, the first malformed slot (len(keys) if none), and the id the batch was
+    routed by when it is not the keys' namespace id (None otherwise; a shard keeps it for drains)."""
 
-    __slots__ = ("keys", "groups", "first_bad")
+    __slots__ = ("keys", "groups", "first_bad", "routing_id")
 
-    def __init__(self, keys: list[bytes | None], groups: dict[str, list[int]], first_bad: int):
+    def __init__(self, keys: list[bytes | None], groups: dict[str, list[int]], first_bad: int,
+                 routing_id: bytes | None = None):
         self.keys = keys
         self.groups = groups
         self.first_bad = first_bad
+        self.routing_id = routing_id
 
 
 class _Unsettled(NamedTuple):
@@ -248,7 +251,7 @@ class TierClient:
             groups.setdefault(shard, []).append(slot)
         if first_bad < len(page_hashes) and count_bad:
             self._count(bad_keys=sum(key is None for key in keys))
-        return _Routed(keys, groups, first_bad)
+        return _Routed(keys, groups, first_bad, None if routing_id == namespace_id else routing_id)
 
     def _unsplit_fallback(self, namespace_id: bytes, page_hashes: Sequence[bytes],
                           prefix_hashes: Sequence[bytes] | None, routed: _Routed,
@@ -463,7 +466,7 @@ class TierClient:
                 # Unreported fast-path reads ride on the put (counted before it can evict their pages).
                 return {shard: ("put_batch", ([routed.keys[s] for s in routed.groups[shard]],
                                               [_as_arrays(values[s]) for s in routed.groups[shard]], wall_deadline,
-                                              self._take_unreported(shard) or None))
+                                              self._take_unreported(shard) or None, routed.routing_id))
                         for shard in shards}
 
             answers = self._collect(self._submit(calls_for(routed.groups)), deadline=deadline, settle_late=True)

@@ -182,6 +182,31 @@ class ControllerConfig:
     tuning_margin_abs: float = 0.005
     tuning_margin_rel: float = 0.03
     tuning_confirm_windows: int = 2
+    # Elasticity (raylsm.controller.scaling, docs/elastic.md). `raylsm scale --shards N` sets the
+    # tier's target shard count; with autoscale, every autoscale_period_s the controller moves it by
+    # one, within [min_shards, max_shards] (0: no ceiling), when the shards' miss-ratio curves over
+    # the window since the last round predict that one more shard raises the tier's hit ratio by more
+    # than scale_out_gain (or the disks pass disk_busy_fraction of disk_bytes_per_s per shard; 0:
+    # not a trigger), or that one fewer loses less than scale_in_loss; not before
+    # scale_min_references were counted, nor within scale_cooldown_s of the last event. The target
+    # goes to Ray's autoscaler as that many `raylsm_shard` bundles (request_resources).
+    autoscale: bool = False
+    min_shards: int = 1
+    max_shards: int = 0
+    autoscale_period_s: float = 60.0
+    scale_out_gain: float = 0.02
+    scale_in_loss: float = 0.002
+    scale_min_references: int = 10_000
+    scale_cooldown_s: float = 300.0
+    disk_bytes_per_s: float = 0.0
+    disk_busy_fraction: float = 0.8
+    # Scale-in hands the leaving shard's newest (N-1)/N live bytes to their new owners before it
+    # leaves the ring (raylsm.actors.drain), within drain_timeout_s; drain False drops its pages. The
+    # shard's actor stops drain_grace_s after it left the ring (0: twice the client's ring_refresh_s
+    # plus its call_timeout_s, so no client still routes to it).
+    drain: bool = True
+    drain_timeout_s: float = 600.0
+    drain_grace_s: float = 0.0
 
     def validate(self) -> "ControllerConfig":
         _require(self, "reconcile_period_s", 0.05 <= self.reconcile_period_s <= 3600, "in [0.05, 3600]")
@@ -196,6 +221,18 @@ class ControllerConfig:
         _require(self, "tuning_margin_abs", 0.0 <= self.tuning_margin_abs <= 1.0, "in [0, 1]")
         _require(self, "tuning_margin_rel", 0.0 <= self.tuning_margin_rel <= 10.0, "in [0, 10]")
         _require(self, "tuning_confirm_windows", 1 <= self.tuning_confirm_windows <= 1000, "in [1, 1000]")
+        _require(self, "min_shards", 1 <= self.min_shards <= 100_000, "in [1, 100000]")
+        _require(self, "max_shards", self.max_shards == 0 or self.min_shards <= self.max_shards <= 100_000,
+                 "0 (no ceiling) or in [min_shards, 100000]")
+        _require(self, "autoscale_period_s", 0.05 <= self.autoscale_period_s <= 86400, "in [0.05, 86400]")
+        _require(self, "scale_out_gain", 0.0 <= self.scale_out_gain <= 1.0, "in [0, 1]")
+        _require(self, "scale_in_loss", 0.0 <= self.scale_in_loss <= 1.0, "in [0, 1]")
+        _require(self, "scale_min_references", 0 <= self.scale_min_references <= 1 << 40, "in [0, 2**40]")
+        _require(self, "scale_cooldown_s", 0.0 <= self.scale_cooldown_s <= 7 * 86400, "in [0, 7 days]")
+        _require(self, "disk_bytes_per_s", 0.0 <= self.disk_bytes_per_s <= 1e12, "in [0, 1e12]")
+        _require(self, "disk_busy_fraction", 0.0 < self.disk_busy_fraction <= 1.0, "in (0, 1]")
+        _require(self, "drain_timeout_s", 0.1 <= self.drain_timeout_s <= 86400, "in [0.1, 86400]")
+        _require(self, "drain_grace_s", 0.0 <= self.drain_grace_s <= 3600, "in [0, 3600]")
         return self
 
 

@@ -21,9 +21,11 @@ import time
 import warnings
 from typing import Any, Mapping, Sequence
 
+import msgpack
 import numpy as np
 import ray
 
+from raylsm.actors.drain import drain_pages
 from raylsm.actors.metrics import ShardMetrics
 from raylsm.actors.store_tuning import StoreTuning
 from raylsm.config import ShardConfig
@@ -57,6 +59,14 @@ class ShardServer:
         self._in_flight_lock = threading.Lock()
         self._call_ids = itertools.count()
         self._tuning = StoreTuning(self._store, shard_name)
+        # The ring this shard last heard from the controller (a restarted controller adopts the
+        # newest any shard holds) and the routing ids of its namespaces (a drain routes by them);
+        # both kept on disk with the store.
+        raw = self._store.tier_meta("ring")
+        self._ring_record: dict = msgpack.unpackb(raw) if raw else {}
+        raw = self._store.tier_meta("routes")
+        self._routes: dict[bytes, bytes] = msgpack.unpackb(raw) if raw else {}
+        self._meta_lock = threading.Lock()
         # Reads are fenced until this incarnation has the tier's namespace table: a shard that was
         # down while a namespace was cleared must not serve that namespace's old pages.
         self._synced = threading.Event()
@@ -131,6 +141,48 @@ class ShardServer:
                 logger.info("shard %s: namespace table not fetched yet (%r)", self._name, error)
                 self._synced.wait(retry_s)
 
+    # ---- the ring and scale-in (docs/elastic.md) -------------------------------------------------
+
+    def remember_ring(self, record: dict) -> int:
+        """Keep the controller's ring record ({"version", "members", "standby", "target", ...}) if it
+        is newer than the one held; returns the version held."""
+        with self._meta_lock:
+            if int(record.get("version", 0)) > int(self._ring_record.get("version", 0)):
+                self._store.set_tier_meta("ring", msgpack.packb(record))
+                self._ring_record = dict(record)
+            return int(self._ring_record.get("version", 0))
+
+    def ring_record(self) -> dict:
+        with self._meta_lock:
+            return dict(self._ring_record)
+
+    def _learn_route(self, keys: Sequence[bytes], routing_id: bytes) -> None:
+        namespace = keys[0][1:1 + len(routing_id)]
+        if self._routes.get(namespace) == routing_id:
+            return
+        with self._meta_lock:
+            routes = {**self._routes, namespace: routing_id}
+            self._store.set_tier_meta("routes", msgpack.packb(routes))
+            self._routes = routes
+
+    def drain(self, members: Sequence[str], virtual_nodes: int, fraction: float, timeout_s: float) -> dict:
+        """Hand the newest `fraction` of this shard's live bytes to their owners in the ring of
+        `members` (which excludes this shard), within `timeout_s` (raylsm.actors.drain.drain_pages:
+        its report)."""
+        live = self._store.stats()["space"]["live_bytes"]
+        namespace = self._ray_namespace
+        handles: dict[str, Any] = {}
+
+        def handle_of(name: str) -> Any:
+            if name not in handles:
+                handles[name] = ray.get_actor(name, namespace=namespace)
+            return handles[name]
+
+        report = drain_pages(self._store, members, virtual_nodes, dict(self._routes), int(fraction * live),
+                             handle_of, time.monotonic() + timeout_s)
+        logger.info("shard %s drained: %s", self._name, {k: v for k, v in report.items() if k != "by_owner"})
+        return report
+
     def shutdown(self) -> None:
         """Close the store cleanly before the actor is killed (`raylsm down`)."""
         self._store.close()
@@ -138,17 +190,24 @@ class ShardServer:
     # ---- data path ----------------------------------------------------------------------------
 
     def put_batch(self, keys: Sequence[bytes], values: Sequence[Any], deadline_s: float | None = None,
-                  reads: Mapping[int, Sequence[int]] | None = None) -> list[int]:
+                  reads: Mapping[int, Sequence[int]] | None = None, routing_id: bytes | None = None,
+                  handover: bool = False) -> list[int]:
         """Store pages; a PutOutcome code per page (raylsm.store.outcomes). Pages not written by
         `deadline_s` (wall clock of the caller, who gives up then) are EXPIRED, not written. `reads`:
         a same-node reader's unreported reads (as `note_reads`), counted first: the put may roll a
-        segment, and the reclaimer then frees the oldest, often the one those reads were from."""
+        segment, and the reclaimer then frees the oldest, often the one those reads were from.
+        `routing_id`: the id the caller routes this batch's namespace by, when not its own (one
+        namespace per call; remembered for a drain). `handover`: pages a draining shard hands over
+        (ShardStore.put_batch_outcomes)."""
+        if routing_id is not None and keys:
+            self._learn_route(keys, bytes(routing_id))
         with self._data_call("put"):
             if reads:
                 self._store.note_reads(reads)
-            outcomes = [int(outcome) for outcome in self._store.put_batch_outcomes(keys, values, deadline_s)]
+            outcomes = [int(outcome) for outcome in
+                        self._store.put_batch_outcomes(keys, values, deadline_s, handover=handover)]
         stored = [key for key, outcome in zip(keys, outcomes) if outcome == PutOutcome.STORED]
-        if stored:
+        if stored and not handover:  # (moved pages are not a client's writes: no split from them)
             with self._hot_lock:
                 self._hot_extents.add(stored)
         return outcomes

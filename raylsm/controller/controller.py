@@ -9,7 +9,14 @@ may be called from actor threads while the loop runs.
 
 Shard states: starting (created, not yet answered a ping) -> serving (in the ring) -> unreachable
 (in the ring, not answering: restarting after a crash; its keys are misses meanwhile) -> removed
-(its node is gone: dropped from the ring, the ring version moves on).
+(its node is gone: dropped from the ring, the ring version moves on). Scaling in adds draining (in
+the ring, handing its pages over), then leaving and standby (raylsm.controller.elastic).
+
+A controller that dies loses nothing the tier needs: shards serve and clients route by the last ring
+meanwhile; every shard keeps the ring record (members, standby, target, version) on its disk, and a
+restarted controller adopts the newest one before it starts any shard, so it publishes the same
+members under a higher version (no key remapped) and rebuilds tunings, namespaces and splits from
+the shards too.
 """
 
 from __future__ import annotations
@@ -17,31 +24,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from raylsm import namespaces
 from raylsm.config import TierConfig
+from raylsm.controller.elastic import Elasticity
 from raylsm.controller.ray_api import RayClusterApi, ShardSlot
+from raylsm.controller.scale_steps import ScaleSteps
+from raylsm.controller.states import DRAINING, IN_RING, SERVING, STARTING, UNREACHABLE, ShardRecord
 from raylsm.controller.tuning import ShardTuning, TuningParams, tune, window_of
 
 logger = logging.getLogger(__name__)
 
-STARTING, SERVING, UNREACHABLE = "starting", "serving", "unreachable"
-
-
-@dataclass
-class ShardRecord:
-    name: str
-    node_id: str
-    handle: Any
-    state: str = STARTING
-    last_seen: float = 0.0
-    last_stats: dict = field(default_factory=dict)
-    error: str = ""  # why its last incarnation died, until one serves again
-
-
-class Controller:
+class Controller(ScaleSteps):
     def __init__(self, config: TierConfig, api: RayClusterApi | None = None):
         self._config = config
         self._api = api or RayClusterApi(config.ray_namespace)
@@ -70,12 +65,26 @@ class Controller:
         self._sims_seen: dict[str, dict] = {}
         self._tuning_version = self._ring_version
         self._tuned_at = -float("inf")
+        # Elasticity (raylsm.controller.elastic): target, standby, drains; the ring record each shard
+        # keeps (adopted from the shards once, before any shard starts) and the version each holds.
+        self._elastic = Elasticity()
+        self._elastic.drain_next = config.controller.drain
+        self._adopted = False
+        self._adopt_tries = 0
+        self._adopted_members: set[str] = set()
+        self._record_key: tuple = ()
+        self._record_acked: dict[str, int] = {}
+        self._slots: dict[str, ShardSlot] = {}
+        self._curves_before: dict = {}
+        self._traffic_before: dict[str, tuple[float, float]] = {}
+        self._autoscaled_at = -float("inf")
 
     # ---- the loop -----------------------------------------------------------------------------
 
     def reconcile_once(self) -> None:
         for step in (self._reconcile_membership, self._reconcile_health, self._reconcile_namespaces,
-                     self._reconcile_splits, self._reconcile_tuning, self._publish_ring):
+                     self._reconcile_splits, self._reconcile_tuning, self._reconcile_autoscale,
+                     self._reconcile_scale, self._publish_ring):
             try:
                 step()
                 self._errors.pop(step.__name__, None)
@@ -98,12 +107,28 @@ class Controller:
                 if record is not None and record.node_id == held.node_id:
                     continue
             slots[slot.name] = slot
+        if not self._adopted and not self._adopt_ring(slots):
+            return  # the shards that exist did not say which ring they serve: start nothing yet
+        elastic = self._elastic
+        with self._lock:
+            self._slots = slots
+            elastic.standby &= set(slots)  # a standby shard's node is gone: forget it
+            running = len(known)
         for name, slot in slots.items():
             record = known.get(name)
             if record is None:
+                if not elastic.may_start(name, running):
+                    if name not in elastic.leaving and name not in elastic.standby:
+                        with self._lock:
+                            elastic.standby.add(name)  # the target is met: kept for a scale-out
+                        logger.info("shard slot %s on node %s is standby (target %s)", name, slot.node_id,
+                                    elastic.target)
+                    continue
                 handle = self._api.start_shard(slot, shard)
+                state = UNREACHABLE if name in self._adopted_members else STARTING
                 with self._lock:
-                    self._shards[name] = ShardRecord(name, slot.node_id, handle)
+                    self._shards[name] = ShardRecord(name, slot.node_id, handle, state)
+                running += 1
                 logger.info("started shard %s on node %s", name, slot.node_id)
             elif record.node_id != slot.node_id:
                 # Its disk is back on a new node incarnation (a restarted node gets a new Ray id):
@@ -132,7 +157,9 @@ class Controller:
                 if record is None:
                     continue
                 if answer == "ok":
-                    record.state, record.last_seen, record.error = SERVING, now, ""
+                    record.last_seen, record.error = now, ""
+                    if record.state != DRAINING:
+                        record.state = SERVING
                 elif record.state == SERVING:
                     record.state = UNREACHABLE
                 if answer == "dead":
@@ -320,15 +347,27 @@ class Controller:
     def _publish_ring(self) -> None:
         with self._lock:
             # A shard joins the ring once it has served; an unreachable one stays (Ray restarts it on
-            # its node, and its keys come back with it); only a removed one leaves.
-            members = tuple(sorted(name for name, record in self._shards.items()
-                                   if record.state in (SERVING, UNREACHABLE)))
+            # its node, and its keys come back with it); a draining one stays until it has handed its
+            # pages over; only a removed or scaled-in one leaves.
+            members = tuple(sorted(name for name, record in self._shards.items() if record.state in IN_RING))
             placement = tuple(self._shards[name].node_id for name in members)
-            if (members, placement) != (self._ring_members, self._ring_placement):
-                # A new version also when a member moved to another node (clients re-resolve it).
+            record_key = (members, placement, tuple(sorted(self._elastic.standby)), self._elastic.target)
+            if record_key != self._record_key:
+                # A new version also when a member moved to another node (clients re-resolve it), or
+                # the standby set or target moved (the record the shards keep must say so).
+                self._record_key = record_key
                 self._ring_members, self._ring_placement = members, placement
                 self._ring_version += 1
                 logger.info("ring version %d: %s", self._ring_version, ", ".join(members))
+            record = self._elastic.record(self._ring_version, members)
+            behind = {name: r.handle for name, r in self._shards.items()
+                      if r.state in (SERVING, DRAINING) and self._record_acked.get(name) != record["version"]}
+        if behind:
+            acks = self._api.call_all(behind, "remember_ring", self._config.controller.ping_timeout_s, record)
+            with self._lock:
+                for name, ack in acks.items():
+                    if isinstance(ack, int):
+                        self._record_acked[name] = ack
 
     # ---- queries ------------------------------------------------------------------------------
 
@@ -366,7 +405,8 @@ class Controller:
             shard["tuning"] = tunings.get(shard["shard"])
         with self._lock:
             version, splits = self._ring_version, len(self._splits)
-        return {"ring_version": version, "split_extents": splits, "shards": shards, "errors": dict(self._errors)}
+        return {"ring_version": version, "split_extents": splits, "shards": shards, "errors": dict(self._errors),
+                "scale": self.scale_status()}
 
     def shard_handles(self) -> dict[str, Any]:
         with self._lock:

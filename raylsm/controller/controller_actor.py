@@ -65,6 +65,12 @@ class ControllerServer:
     def clear_namespace(self, base_id: bytes, timeout_s: float = 10.0) -> dict:
         return self._controller.clear_namespace(base_id, timeout_s)
 
+    def scale(self, shards: int, drain: bool | None = None) -> dict:
+        return self._controller.scale(shards, drain)
+
+    def scale_status(self) -> dict:
+        return self._controller.scale_status()
+
     def shutdown(self) -> int:
         self._stop.set()
         return self._controller.shutdown_shards()

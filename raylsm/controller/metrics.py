@@ -1,4 +1,5 @@
-"""The controller's Prometheus metrics: shards by state, the ring's version and size, split extents.
+"""The controller's Prometheus metrics: shards by state, the ring's version and size, split extents,
+and the elasticity (target and standby shards, scale events).
 
 Owned here: their names and labels, and turning one `Controller.status()` / `ring()` pair into
 gauge values. Called by the controller actor (`controller_actor.py`) from its own metrics thread
@@ -13,11 +14,11 @@ from ray.util.metrics import Gauge
 
 # Ray exports custom metrics every 10 s (metrics_report_interval_ms); a faster export adds nothing.
 EXPORT_PERIOD_S = 10.0
-# The states `Controller.status()` reports: raylsm.controller.controller's, and "failed" (its last
+# The states `Controller.status()` reports: raylsm.controller.states', and "failed" (its last
 # incarnation died, none serves yet). Spelled out, not imported: this module imports no more than
 # Ray's metrics (tests/unit/test_cluster_files.py checks the two agree). A state not listed here is
 # exported as it appears.
-STATES = ("starting", "serving", "unreachable", "failed")
+STATES = ("starting", "serving", "unreachable", "draining", "failed")
 
 
 class ControllerMetrics:
@@ -33,6 +34,15 @@ class ControllerMetrics:
         self._split_extents = Gauge("raylsm_controller_split_extents",
                                     description="hot extents split over several shards (docs/placement.md)",
                                     tag_keys=())
+        self._target_shards = Gauge("raylsm_controller_target_shards",
+                                    description="the target shard count (`raylsm scale`, autoscaling; the ring "
+                                                "size while none was set)", tag_keys=())
+        self._standby_shards = Gauge("raylsm_controller_standby_shards",
+                                     description="shards out of the ring after a scale-in, their actors stopped",
+                                     tag_keys=())
+        self._scale_events = Gauge("raylsm_controller_scale_events",
+                                   description="scale events since the controller started, by kind (scale, "
+                                               "autoscale, scale_out, scale_in)", tag_keys=("kind",))
         self._states = list(STATES)
         self._shards: set[str] = set()  # every shard ever exported (a forgotten one goes to 0)
 
@@ -47,3 +57,9 @@ class ControllerMetrics:
         self._ring_version.set(ring["version"])
         self._ring_shards.set(len(ring["shards"]))
         self._split_extents.set(status["split_extents"])
+        scale = status.get("scale") or {}
+        target = scale.get("target")
+        self._target_shards.set(len(ring["shards"]) if target is None else target)
+        self._standby_shards.set(len(scale.get("standby") or ()))
+        for kind, count in (scale.get("event_counts") or {}).items():
+            self._scale_events.set(count, tags={"kind": kind})

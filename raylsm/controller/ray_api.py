@@ -6,6 +6,7 @@ Called by the Controller only, from its reconcile thread and its actor methods.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,8 @@ import ray
 
 from raylsm.actors.placement import disk_identity, shard_name, start_shard
 from raylsm.config import ShardConfig
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,24 @@ class RayClusterApi:
 
     def alive_node_ids(self) -> set[str]:
         return {node["NodeID"] for node in ray.nodes() if node.get("Alive")}
+
+    def existing_shard(self, name: str) -> Any:
+        """The running shard actor of that name, or None (creates nothing)."""
+        try:
+            return ray.get_actor(name, namespace=self._namespace)
+        except ValueError:
+            return None
+
+    def request_shards(self, count: int, resource_name: str) -> None:
+        """Ask Ray's autoscaler for `count` units of the shard resource in all (one bundle each,
+        replacing any earlier request): it adds nodes of a type that offers them, and may remove idle
+        ones beyond. Without an autoscaler the request is recorded and nothing happens."""
+        from ray.autoscaler.sdk import request_resources
+
+        try:
+            request_resources(bundles=[{resource_name: 1}] * count)
+        except Exception:  # noqa: BLE001 (no autoscaler to ask is not an error of the tier)
+            logger.exception("request_resources(%d x %s) failed", count, resource_name)
 
     def start_shard(self, slot: ShardSlot, config: ShardConfig) -> Any:
         return start_shard(slot.node_id, slot.name, config, self._namespace)

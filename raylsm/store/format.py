@@ -205,6 +205,8 @@ META_NAMESPACE_TABLE = b"\x00namespace_table"
 # and the count and xxh64 of RESIDENT_SNAPSHOT_FILE, the sorted resident digests as raw uint64):
 # a clean reopen loads these instead of scanning every pointer (raylsm.store.recovery).
 META_OPEN_SNAPSHOT = b"\x00open_snapshot"
+# Blobs of the tier above the store (ShardStore.tier_meta): b"\x00tier:" + name.
+META_TIER_PREFIX = b"\x00tier:"
 RESIDENT_SNAPSHOT_FILE = "resident.u64"
 _U32 = struct.Struct("<I")
 

@@ -217,10 +217,12 @@ class ShardStore:
         return [outcome in IN_STORE for outcome in self.put_batch_outcomes(keys, values)]
 
     def put_batch_outcomes(self, keys: Sequence[bytes], values: Sequence[Any],
-                           deadline_s: float | None = None) -> list[PutOutcome]:
+                           deadline_s: float | None = None, handover: bool = False) -> list[PutOutcome]:
         """`put_batch` with a PutOutcome per page. With `deadline_s` (a `time.time()` instant), pages
         not yet written when the write lock is taken after the deadline are EXPIRED, not written: a
-        caller that gave up waiting does not find them stored later."""
+        caller that gave up waiting does not find them stored later. `handover`: pages another shard
+        hands over when it drains (raylsm.actors.drain): admitted without the admission policy (they
+        earned their place there) and left out of the workload statistics (no client asked)."""
         started = time.perf_counter()
         validate_keys(keys)
         if len(values) != len(keys):
@@ -262,7 +264,7 @@ class ShardStore:
                     continue  # a repeat inside this batch: resolved from the first occurrence below
                 elif expired:
                     outcomes[slot] = PutOutcome.EXPIRED
-                elif self._admission.admit(key, sizes[slot]):
+                elif handover or self._admission.admit(key, sizes[slot]):
                     first_slot[key] = slot
                     todo_keys.append(key)
                     todo_pages.append(pages[slot])
@@ -279,7 +281,7 @@ class ShardStore:
                     outcomes[slot] = PutOutcome.PRESENT if first == PutOutcome.STORED else first
         stored = sum(written)
         count = Counter(outcomes)
-        if self._workload is not None:
+        if self._workload is not None and not handover:
             # Offered pages: held (stored now, or present) or declined by admission (absent, like
             # a stored one: the curve and the models assume their own admission).
             offered = [slot for slot, outcome in enumerate(outcomes) if outcome in ACCEPTED]
@@ -730,6 +732,39 @@ class ShardStore:
             pointer = fmt.decode_pointer(raw) if raw is not None else None
             pointers.append(pointer if pointer is not None and pointer.segment_id in self._segments else None)
         return pointers
+
+    def newest_pages(self, max_bytes: int) -> list[tuple[bytes, int]]:
+        """(key, page bytes) of the most recently written live pages, newest first, at most
+        `max_bytes` in all: what a draining shard hands over (raylsm.actors.drain). Write order is
+        (segment id, offset); a page's read credits are not considered. One scan of the index that
+        does not fill its block cache.
+        NOTE: the scan holds every live page's key (61 B) and pointer in Python objects: about 200 B
+        per page, 1.2 GB for 6 million pages (1.5 TB of 256 KiB pages); a drain runs once per
+        scale-in."""
+        self._check_open()
+        found: list[tuple[int, int, bytes, int]] = []
+        segments = self._segments
+        for key, raw in self._index.scan_pages():
+            pointer = fmt.decode_pointer(raw)
+            if pointer is not None and pointer.segment_id in segments:
+                found.append((pointer.segment_id, pointer.offset, key, pointer.length))
+        found.sort(reverse=True)
+        chosen, total = [], 0
+        for _segment, _offset, key, length in found:
+            if total + length > max_bytes:
+                break
+            chosen.append((key, length))
+            total += length
+        return chosen
+
+    def tier_meta(self, name: str) -> bytes | None:
+        """A small blob the tier keeps on this shard's disk (the ring it last heard, the routing ids
+        of its namespaces: raylsm.actors.shard_actor); None if never set."""
+        return self._index.get_meta(fmt.META_TIER_PREFIX + name.encode("ascii"))
+
+    def set_tier_meta(self, name: str, value: bytes) -> None:
+        self._check_open()
+        self._index.put_meta(fmt.META_TIER_PREFIX + name.encode("ascii"), value)
 
     def _low_watermark(self) -> int:
         return min(self._segments, default=self._next_segment_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 
-from raylsm.lifecycle import format_status
+from raylsm.status_report import format_status
 
 SHARD_UNITS = 1
 

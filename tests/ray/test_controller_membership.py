@@ -37,6 +37,12 @@ class FakeCluster:
     def kill(self, handle: str) -> None:
         self.killed.append(handle)
 
+    def existing_shard(self, name):
+        return None  # a fresh tier: no shard runs before the controller starts it
+
+    def request_shards(self, count, resource_name):
+        pass
+
     def call_all(self, handles: dict[str, str], method: str, timeout_s: float, *args) -> dict[str, dict]:
         return {name: {} for name in handles}
 

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from raylsm.actors.placement import shard_name
-from raylsm.lifecycle import format_status
+from raylsm.status_report import format_status
 from raylsm.router import page_anchors, routing_key
 
 SHARD_UNITS = 3

@@ -10,7 +10,7 @@ import itertools
 import pytest
 import ray
 
-from raylsm.lifecycle import format_status
+from raylsm.status_report import format_status
 
 CLUSTER_WORKERS = 2
 KiB, MiB = 1024, 1024 * 1024

@@ -797,10 +797,10 @@ def query_problems(expr: str, exported: dict[str, set[str]], sources: str,
 
 def test_the_controller_metrics_know_every_shard_state(ray_metrics):
     """raylsm.controller.metrics spells the controller's states out (it imports no Ray beyond its
-    metrics): they are the controller module's state constants and the "failed" of its status()."""
+    metrics): they are raylsm.controller.states' constants and the "failed" of its status()."""
     import ast
 
-    tree = ast.parse((ROOT / "raylsm" / "controller" / "controller.py").read_text())
+    tree = ast.parse((ROOT / "raylsm" / "controller" / "states.py").read_text())
     constants = {}
     for node in tree.body:
         if isinstance(node, ast.Assign):
@@ -809,7 +809,7 @@ def test_the_controller_metrics_know_every_shard_state(ray_metrics):
                 values = node.value.elts if isinstance(node.value, ast.Tuple) else [node.value]
                 constants.update({name.id: value.value for name, value in zip(names, values)
                                   if isinstance(name, ast.Name) and isinstance(value, ast.Constant)})
-    states = {constants[name] for name in ("STARTING", "SERVING", "UNREACHABLE")} | {"failed"}
+    states = {constants[name] for name in ("STARTING", "SERVING", "UNREACHABLE", "DRAINING")} | {"failed"}
     assert set(ray_metrics.modules["raylsm.controller.metrics"].STATES) == states
 
 

@@ -15,7 +15,7 @@ from raylsm.actors.store_tuning import StoreTuning
 from raylsm.config import TierConfig
 from raylsm.controller.controller import Controller
 from raylsm.controller.ray_api import ShardSlot
-from raylsm.lifecycle import format_status
+from raylsm.status_report import format_status
 from raylsm.store.mini_sims import CANDIDATES
 
 KiB = 1024
@@ -44,6 +44,12 @@ class TunedCluster:
         return {name: "ok" for name in handles}
 
     def kill(self, handle):
+        pass
+
+    def existing_shard(self, name):
+        return None  # a fresh tier: no shard runs before the controller starts it
+
+    def request_shards(self, count, resource_name):
         pass
 
     def call_all(self, handles, method, timeout_s, *args):

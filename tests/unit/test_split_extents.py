@@ -177,6 +177,12 @@ class HotCluster:
     def kill(self, handle):
         pass
 
+    def existing_shard(self, name):
+        return None  # a fresh tier: no shard runs before the controller starts it
+
+    def request_shards(self, count, resource_name):
+        pass
+
     def call_all(self, handles, method, timeout_s, *args):
         if method != "hot_extents":
             return {name: {} for name in handles}
