@@ -110,6 +110,23 @@ class HashRing:
         """The shard of a routing key (xxh64 of the bytes). EmptyRingError if the ring has no shards."""
         return self.shard_for_point(xxhash.xxh64_intdigest(routing_key))
 
+    def moved_fraction(self, other: "HashRing") -> float:
+        """The fraction of the 64-bit key circle whose owner differs between this ring and `other`:
+        what a change from one to the other remaps, for uniformly hashed keys (adding a shard to N
+        moves about 1/(N+1)). 0.0 for two empty rings, 1.0 when only one is empty."""
+        if not self._points or not other._points:
+            return 0.0 if not self._points and not other._points else 1.0
+        space = 1 << 64
+        cuts = sorted(set(self._points) | set(other._points))
+        moved = 0
+        for index, point in enumerate(cuts):
+            # The keys in (previous cut, point] go, in each ring, to its first point >= `point`: no
+            # point of either ring lies strictly between the two cuts.
+            previous = cuts[index - 1] if index else cuts[-1] - space
+            if self.shard_for_point(point) != other.shard_for_point(point):
+                moved += point - previous
+        return moved / space
+
     def with_shards(self, shards: Sequence[str]) -> "HashRing":
         """A new ring over `shards`, same virtual_nodes, version + 1."""
         return HashRing(shards, self._virtual_nodes, self._version + 1)

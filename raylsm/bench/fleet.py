@@ -21,7 +21,10 @@ Each replica has its own simulated L1/L2 of `--host-cache-fraction` of the run's
 shard process at 1/3 of the run, removal of another shard's node at 2/3, and the node back with its
 disk label shortly after; each event is reported with the errors and wrong pages around it, the hit
 ratio before, the dip and the recovery time, against the window before it and against the same
-requests in the run without faults.
+requests in the run without faults. With `--scale`, raylsm runs once more (row `raylsm_scale`) with
+one more node, standby until the scale events of `fleet_scale` (out N -> N+1, in with drain, out
+again, in without drain, the controller killed); they are reported in `"scale_events"` as the faults
+are, with the fraction of keys each ring change remapped.
 
 Called by the `raylsm bench fleet` command (raylsm.cli) and tests. The replica side is
 `raylsm.bench.fleet_replica`; the fault analysis is `fleet_faults`; workload, replay core, systems and
@@ -40,7 +43,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
-from raylsm.bench import fleet_faults
+from raylsm.bench import fleet_faults, fleet_scale
 from raylsm.bench.replay import pool_shape
 from raylsm.bench.report import write_json
 from raylsm.bench.trace import MODEL_PROFILES, PageKeyCache, conversation_of, load_sampled
@@ -62,6 +65,7 @@ INLINE_BYTES = NumberRange(int, 0, 1 << 29)
 QUICK = {"sample_rate": 1 / 16, "speedup": 50.0}
 DEFAULT_SPEEDUP = 10.0
 FAULTS_ROW = "raylsm_faults"  # the raylsm run with --faults' events (the row "raylsm" runs without them)
+SCALE_ROW = "raylsm_scale"  # the raylsm run with --scale's events
 READY_TIMEOUT_S = 300.0  # replicas import torch, SGLang and Ray: tens of seconds on 2 cores
 MiB = 1 << 20
 
@@ -86,6 +90,7 @@ class FleetConfig:
     prefill_tokens_per_s: float = 10_000.0
     systems: tuple[str, ...] = SYSTEMS
     faults: bool = False
+    scale: bool = False
     inline_bytes: int = 0  # raylsm: ShardConfig.inline_reply_bytes and the replicas' inline_call_bytes
     json_path: str | None = None
     plot_path: str | None = None
@@ -111,6 +116,8 @@ class FleetConfig:
             raise ConfigError(f"--systems must be a non-empty subset of {', '.join(SYSTEMS)}; got {unknown}")
         if self.faults and "raylsm" not in self.systems:
             raise ConfigError("--faults acts on the raylsm run: include raylsm in --systems")
+        if self.scale and "raylsm" not in self.systems:
+            raise ConfigError("--scale acts on the raylsm run: include raylsm in --systems")
         if self.faults and self.nodes < 2:
             raise ConfigError("--faults needs --nodes >= 2 (a shard is killed and another shard's node removed)")
         return self
@@ -246,7 +253,7 @@ def run_replicas(specs: list[dict], during: Any = None) -> tuple[list[dict], flo
 
 
 def _run_raylsm(config: FleetConfig, workload: FleetWorkload, shape: Any, capacity_bytes: int, speedup: float,
-                root: str, faults: bool = False) -> tuple[list[dict], float, list[dict], list[str]]:
+                root: str, faults: bool = False, scale: bool = False) -> tuple[list[dict], float, list[dict], list[str]]:
     from raylsm.bench.systems import RaylsmSystem, TierSession
 
     cluster = FleetCluster(config.nodes)
@@ -261,6 +268,12 @@ def _run_raylsm(config: FleetConfig, workload: FleetWorkload, shape: Any, capaci
         schedule = None
         if faults:
             schedule = fleet_faults.FaultSchedule(cluster, workload.duration_s / speedup, speedup)
+        if scale:
+            from raylsm.config import ClientConfig
+
+            schedule = fleet_scale.ScaleSchedule(cluster, len(tier.shard_names), workload.duration_s / speedup,
+                                                 speedup, ClientConfig().virtual_nodes)
+            schedule.prepare()
         results, origin = run_replicas(specs, schedule.run if schedule else None)
         notes = [f"raylsm: {len(tier.shard_names)} shards on {config.nodes} simulated nodes, "
                  f"{tier.per_shard_capacity} B each in segments of {tier.segment_bytes} B; inline replies and "
@@ -330,13 +343,15 @@ def run(config: FleetConfig) -> dict:
           f"(sample {rate:g}{f', first {window:g} s' if window else ''}), {workload.distinct_pages} distinct pages "
           f"of {shape.page_bytes} B, capacity {capacity_bytes} B; {config.replicas} replicas ({config.router}), "
           f"speedup {speedup:g} ({workload.duration_s / speedup:.0f} s per system)", file=sys.stderr)
-    rows, series, faults, notes = [], {}, [], []
+    rows, series, faults, scale_events, notes = [], {}, [], [], []
     runners = {"raylsm": _run_raylsm, "hicache_file_private": _run_private_files, "mooncake_store": _run_mooncake}
     runs = [(system, system, {}) for system in config.systems]
     if config.faults:
         # The fault run follows a run of the same workload without faults: each event's loss is then
         # measured against the same requests undisturbed, not only against the (noisy) window before.
         runs.insert(runs.index(("raylsm", "raylsm", {})) + 1, (FAULTS_ROW, "raylsm", {"faults": True}))
+    if config.scale:
+        runs.insert(runs.index(("raylsm", "raylsm", {})) + 1, (SCALE_ROW, "raylsm", {"scale": True}))
     try:
         for label, system, options in runs:
             why = unavailable(system)
@@ -354,7 +369,10 @@ def run(config: FleetConfig) -> dict:
             rows.append(row)
             records = [record for result in results if "failure" not in result for record in result["records"]]
             series[label] = records
-            if events:
+            if events and options.get("scale"):
+                # The pre-event level itself, not 90% of it (the issue's scale goals).
+                scale_events = fleet_faults.analyze(events, records, reference=series.get("raylsm"), recovered=1.0)
+            elif events:
                 faults = fleet_faults.analyze(events, records, reference=series.get("raylsm"))
             notes.extend(system_notes)
             shutil.rmtree(os.path.join(root, system), ignore_errors=True)
@@ -364,7 +382,7 @@ def run(config: FleetConfig) -> dict:
             shutil.rmtree(root, ignore_errors=True)
     report = {
         "systems": rows, "replicas": config.replicas, "nodes": config.nodes, "router": config.router,
-        "speedup": speedup, "faults": faults, "requests": len(workload.chains),
+        "speedup": speedup, "faults": faults, "scale_events": scale_events, "requests": len(workload.chains),
         "duration_trace_s": round(workload.duration_s, 1), "capacity_bytes": capacity_bytes,
         "page_bytes": shape.page_bytes, "distinct_pages": workload.distinct_pages, "cores": os.cpu_count(),
         "sample_rate": rate, "time_window_s": window, "notes": notes + [
@@ -373,13 +391,13 @@ def run(config: FleetConfig) -> dict:
             "cross_replica_hit_pages: pages a replica loaded from L3 that it never wrote itself",
             "every page read back is checked byte for byte (wrong_pages); errors = exceptions that reached the caller"],
     }
-    report["goals"] = fleet_report.goals(rows, faults)
+    report["goals"] = fleet_report.goals(rows, faults, scale_events)
     print(fleet_report.format_table(report))
     if config.json_path:
         write_json(config.json_path, report)
         print(f"wrote {config.json_path}", file=sys.stderr)
     if config.plot_path:
-        fleet_report.write_plot(config.plot_path, series, faults,
+        fleet_report.write_plot(config.plot_path, series, faults + scale_events,
                                 f"raylsm bench fleet: {config.replicas} replicas, {config.nodes} nodes, "
                                 f"{len(workload.chains)} requests, speedup {speedup:g}")
         print(f"wrote {config.plot_path}", file=sys.stderr)
@@ -420,6 +438,10 @@ def add_fleet_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--faults", action="store_true",
                         help="run raylsm again (row raylsm_faults) with kill -9 of a shard at 1/3, another "
                              "shard's node removed at 2/3 and added back shortly after")
+    parser.add_argument("--scale", action="store_true",
+                        help="run raylsm again (row raylsm_scale) with one more node, standby until scale events: out "
+                             "at 1/5, in with drain at 2/5, out at 3/5, in without drain at 4/5, the controller "
+                             "killed at 9/10 (docs/elastic.md)")
     parser.add_argument("--inline-bytes", type=INLINE_BYTES, default=0, metavar="N", dest="inline_bytes",
                         help=f"raylsm: shard replies and replica calls up to N bytes travel inline in Ray's gRPC "
                              f"messages, not through the object stores (ShardConfig.inline_reply_bytes, the extra "
@@ -439,7 +461,7 @@ def config_from_args(args: argparse.Namespace) -> FleetConfig:
         replicas=args.replicas, nodes=args.nodes, speedup=args.speedup, router=args.router,
         capacity_fraction=args.capacity_fraction, host_cache_fraction=args.host_cache_fraction,
         payload_scale=args.payload_scale, systems=tuple(args.systems) if args.systems else SYSTEMS,
-        faults=args.faults, inline_bytes=args.inline_bytes, json_path=args.json_path, plot_path=args.plot_path,
+        faults=args.faults, scale=args.scale, inline_bytes=args.inline_bytes, json_path=args.json_path, plot_path=args.plot_path,
         data_dir=args.data_dir,
         seed=args.seed)
 

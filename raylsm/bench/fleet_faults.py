@@ -122,7 +122,8 @@ def hit_ratio(records: Sequence[dict]) -> float | None:
 
 
 def analyze(events: Sequence[dict], records: Sequence[dict], reference: Sequence[dict] | None = None,
-            window_requests: int = BEFORE_REQUESTS, probe_requests: int = PROBE_REQUESTS) -> list[dict]:
+            window_requests: int = BEFORE_REQUESTS, probe_requests: int = PROBE_REQUESTS,
+            recovered: float = RECOVERED) -> list[dict]:
     """Each event with, from the fault run's per-request `records` (and, when given, the `reference`
     records of the same requests replayed without faults, matched by their "index"):
 
@@ -131,7 +132,7 @@ def analyze(events: Sequence[dict], records: Sequence[dict], reference: Sequence
       hit_before (a fraction: 0.1 = 10% lower) the lowest hit ratio of `probe_requests` consecutive
       requests fell among the `window_requests` after it;
     - `recovery_s`: trace seconds from the shard being back (`back_t_s`, else the event) to the first
-      request of the first `probe_requests` run at or after it whose hit ratio is >= RECOVERED x
+      request of the first `probe_requests` run at or after it whose hit ratio is >= `recovered` x
       hit_before (0 when already there; None when never within the run): the issue's definition;
     - with a reference: `hits_lost_after` (1 - hits / reference hits over the `window_requests` after
       the event) and `recovery_vs_reference_s`, as recovery_s but against the reference's hit ratio
@@ -162,11 +163,11 @@ def analyze(events: Sequence[dict], records: Sequence[dict], reference: Sequence
         first = bisect.bisect_left(times, event.get("back_t_s") or event["t_s"])
         reference_t = event.get("back_t_s") or event["t_s"]
 
-        def recovered(target) -> float | None:
+        def recovery(target) -> float | None:
             for index in range(first, len(ordered) - probe_requests + 1):
                 window = ordered[index:index + probe_requests]
                 value, goal = hit_ratio(window), target(window)
-                if value is not None and goal is not None and value >= RECOVERED * goal - 1e-12:
+                if value is not None and goal is not None and value >= recovered * goal - 1e-12:
                     return round(max(0.0, times[index] - reference_t), 3)
             return None
 
@@ -176,14 +177,14 @@ def analyze(events: Sequence[dict], records: Sequence[dict], reference: Sequence
                   "hit_before": None if before is None else round(before, 4),
                   "hit_dip": (None if not before or lowest is None else round(max(0.0, 1 - lowest / before), 4)),
                   "lowest_probe_hit": None if lowest is None else round(lowest, 4),
-                  "recovery_s": None if before is None else recovered(lambda window: before),
-                  "window_requests": window_requests, "probe_requests": probe_requests}
+                  "recovery_s": None if before is None else recovery(lambda window: before),
+                  "window_requests": window_requests, "probe_requests": probe_requests, "recovered_to": recovered}
         if undisturbed:
             hits = sum(record["hit_pages"] for record in after_window)
             reference_hits = sum(record["hit_pages"] for record in reference_of(after_window))
             result["hit_before_reference"] = _rounded(hit_ratio(reference_of(before_window)))
             result["hits_lost_after"] = round(1 - hits / reference_hits, 4) if reference_hits else None
-            result["recovery_vs_reference_s"] = recovered(lambda window: hit_ratio(reference_of(window)))
+            result["recovery_vs_reference_s"] = recovery(lambda window: hit_ratio(reference_of(window)))
         out.append(result)
     return out
 

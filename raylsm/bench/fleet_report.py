@@ -74,12 +74,12 @@ def system_row(system: str, results: Sequence[dict], page_tokens: int, prefill_t
     }
 
 
-def goals(rows: Sequence[dict], faults: Sequence[dict]) -> dict:
-    """The issue's goals from rows of one run: raylsm hit >= 1.5x hicache_file_private's and >=
+def goals(rows: Sequence[dict], faults: Sequence[dict], scale_events: Sequence[dict] = ()) -> dict:
+    """The issues' goals from rows of one run: raylsm hit >= 1.5x hicache_file_private's and >=
     mooncake_store's; raylsm get p99 <= 3x mooncake_store's; 0 errors and 0 wrong pages in the raylsm
-    runs (with and without faults); after a shard restart or a node's return, hit ratio back to 90%
-    of the window before within 10 s of trace time (and, reported beside it, of the same requests
-    without faults)."""
+    runs (with and without faults or scale events); after a shard restart or a node's return, hit
+    ratio back to 90% of the window before within 10 s of trace time (and, reported beside it, of the
+    same requests without faults). Scale events (`scale_goals`) add theirs."""
     by_name = {row["system"]: row for row in rows if "skipped" not in row}
     ours = by_name.get("raylsm")
     out: dict[str, Any] = {}
@@ -97,7 +97,7 @@ def goals(rows: Sequence[dict], faults: Sequence[dict]) -> dict:
         if ours["get_p99_ms"] and mooncake["get_p99_ms"]:
             out["raylsm_get_p99_over_mooncake"] = round(ours["get_p99_ms"] / mooncake["get_p99_ms"], 3)
             out["goal_get_p99_met"] = out["raylsm_get_p99_over_mooncake"] <= 3.0
-    checked = [row for name, row in by_name.items() if name in ("raylsm", "raylsm_faults")]
+    checked = [row for name, row in by_name.items() if name in ("raylsm", "raylsm_faults", "raylsm_scale")]
     out["goal_no_errors_met"] = all(row["errors"] == 0 and row["wrong_pages"] == 0 for row in checked)
     timed = [event for event in faults if event.get("kind") in ("kill_shard", "add_node")]
     if timed:
@@ -107,6 +107,43 @@ def goals(rows: Sequence[dict], faults: Sequence[dict]) -> dict:
             out["fault_recovery_vs_reference_within_10_s"] = all(
                 event["recovery_vs_reference_s"] is not None and event["recovery_vs_reference_s"] <= 10.0
                 for event in timed)
+    out.update(scale_goals(scale_events))
+    return out
+
+
+def scale_goals(events: Sequence[dict]) -> dict:
+    """The elastic tier's goals (docs/elastic.md) from `raylsm bench fleet --scale`'s analysed events:
+    scale out N -> N+1 remaps <= 1.2 / (N+1) of the keys with 0 errors, a hit-ratio dip <= 10% and
+    the pre-event level back within 30 s of trace time; scale in with drain dips <= 5% (the same
+    event without drain reported beside it); the controller killed: 0 errors, 0 wrong pages, no
+    ring-version regression and nothing remapped."""
+    by_kind = {event["kind"]: event for event in events if "kind" in event}
+    out: dict[str, Any] = {}
+    grow = by_kind.get("scale_out")
+    if grow and grow.get("shards_after"):
+        out["scale_out_remapped_fraction"] = grow.get("remapped_fraction")
+        out["goal_scale_out_met"] = (grow.get("remapped_fraction") is not None
+                                     and grow["remapped_fraction"] <= 1.2 / grow["shards_after"]
+                                     and grow["errors"] == 0 and grow["wrong_pages"] == 0
+                                     and grow["hit_dip"] is not None and grow["hit_dip"] <= 0.10
+                                     and grow["recovery_s"] is not None and grow["recovery_s"] <= 30.0)
+    drained, dropped = by_kind.get("scale_in_drain"), by_kind.get("scale_in_no_drain")
+    if drained:
+        out["scale_in_drain_hit_dip"] = drained.get("hit_dip")
+        out["goal_scale_in_drain_met"] = drained.get("hit_dip") is not None and drained["hit_dip"] <= 0.05
+        if "hits_lost_after" in drained:
+            out["scale_in_drain_hits_lost_vs_reference"] = drained["hits_lost_after"]
+    if dropped:
+        out["scale_in_no_drain_hit_dip"] = dropped.get("hit_dip")
+        if "hits_lost_after" in dropped:
+            out["scale_in_no_drain_hits_lost_vs_reference"] = dropped["hits_lost_after"]
+    killed = by_kind.get("kill_controller")
+    if killed:
+        out["goal_controller_kill_met"] = (killed["errors"] == 0 and killed["wrong_pages"] == 0
+                                           and killed.get("ring_version_regressed") is False
+                                           and killed.get("remapped_fraction") == 0.0)
+    if any(event.get("kind") == "schedule_failed" for event in events):
+        out["scale_schedule_failed"] = True
     return out
 
 
@@ -135,6 +172,8 @@ def format_table(report: dict) -> str:
                  f"speedup {report['speedup']:g}, {report['cores']} cores; latencies in ms per call of <= 128 pages)")
     for event in report.get("faults", []):
         lines.append("fault: " + ", ".join(f"{key} {value}" for key, value in event.items()))
+    for event in report.get("scale_events", []):
+        lines.append("scale: " + ", ".join(f"{key} {value}" for key, value in event.items()))
     for key, value in report.get("goals", {}).items():
         lines.append(f"goal: {key} = {value}")
     lines.extend(notes)

@@ -133,3 +133,31 @@ def test_quick_replays_the_whole_trace_sampled_and_flags_override_it():
     assert fleet.FleetConfig(quick=True).effective() == (None, fleet.QUICK["sample_rate"], fleet.QUICK["speedup"])
     assert fleet.FleetConfig(quick=True, speedup=5.0, sample_rate=0.5).effective() == (None, 0.5, 5.0)
     assert fleet.FleetConfig().effective() == (None, 1.0, fleet.DEFAULT_SPEEDUP)
+
+
+def test_scale_events_are_judged_by_the_elastic_goals():
+    records = [dict(_record(t, 5), index=t) for t in range(400)]
+    events = [{"kind": "scale_out", "t_s": 80.0, "back_t_s": 82.0, "shards_after": 5, "remapped_fraction": 0.215},
+              {"kind": "scale_in_drain", "t_s": 160.0, "back_t_s": 170.0, "shards_after": 4},
+              {"kind": "scale_in_no_drain", "t_s": 320.0, "back_t_s": 321.0, "shards_after": 4},
+              {"kind": "kill_controller", "t_s": 360.0, "back_t_s": 365.0, "remapped_fraction": 0.0,
+               "ring_version_regressed": False}]
+    for t in range(320, 340):  # the scale-in without drain loses its hits for 20 requests
+        records[t]["hit_pages"] = 0
+    analysed = fleet_faults.analyze(events, records, reference=records, recovered=1.0, window_requests=40,
+                                    probe_requests=10)
+    goals = fleet_report.scale_goals(analysed)
+    assert goals["goal_scale_out_met"] and goals["goal_scale_in_drain_met"] and goals["goal_controller_kill_met"]
+    assert goals["scale_in_drain_hit_dip"] == 0.0 and goals["scale_in_no_drain_hit_dip"] == 1.0
+    assert analysed[2]["recovery_s"] == 340 - 321  # back to the pre-event level itself, not 90% of it
+    # Too much remapped, or a regressed ring version after the controller's restart: not met.
+    events[0]["remapped_fraction"], events[3]["ring_version_regressed"] = 0.3, True
+    goals = fleet_report.scale_goals(fleet_faults.analyze(events, records, recovered=1.0))
+    assert goals["goal_scale_out_met"] is False and goals["goal_controller_kill_met"] is False
+
+
+def test_scale_needs_the_raylsm_run_and_is_a_flag():
+    with pytest.raises(ConfigError, match="--scale acts on the raylsm run"):
+        fleet.FleetConfig(systems=("hicache_file_private",), scale=True).validate()
+    args = build_parser().parse_args(["bench", "fleet", "--scale", "--quick"])
+    assert fleet.config_from_args(args).scale is True

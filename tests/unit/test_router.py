@@ -264,3 +264,14 @@ def test_default_router_balances_at_64_token_pages(trace):
     balance, fanout = simulate_balance(trace[:3000], shards=8, extent_pages=None, page_tokens=64)
     assert balance <= 1.25
     assert fanout <= 3.0
+
+
+@pytest.mark.parametrize("shards", [4, 8])
+def test_the_moved_fraction_of_the_circle_is_what_a_ring_change_remaps(shards):
+    ring = HashRing(shard_names(shards))
+    grown = ring.with_shard_added("shard-new")
+    measured = sum(ring.shard_for(key) != grown.shard_for(key) for key in KEYS) / len(KEYS)
+    assert ring.moved_fraction(grown) == pytest.approx(measured, abs=0.02)
+    assert grown.moved_fraction(ring) == ring.moved_fraction(grown)
+    assert ring.moved_fraction(HashRing(shard_names(shards), version=9)) == 0.0
+    assert ring.moved_fraction(HashRing([])) == 1.0 and HashRing([]).moved_fraction(HashRing([])) == 0.0
