@@ -121,6 +121,13 @@ def _add_up(subparsers: argparse._SubParsersAction) -> None:
                         help="a JSON file holding a TierConfig as nested dicts (the flags apply on top)")
     parser.add_argument("--no-wait", action="store_true",
                         help="return once the controller runs (shards join as nodes offering the resource come up)")
+    parser.add_argument("--autoscale", action="store_true",
+                        help="let the controller move the shard count within --min-shards/--max-shards by the "
+                             "shards' miss-ratio curves, asking Ray's autoscaler for nodes (docs/elastic.md)")
+    parser.add_argument("--min-shards", type=SCALE_SHARDS, metavar="N",
+                        help="autoscaling floor (ControllerConfig.min_shards, default 1)")
+    parser.add_argument("--max-shards", type=SCALE_SHARDS, metavar="N",
+                        help="autoscaling ceiling (ControllerConfig.max_shards, default none)")
     parser.set_defaults(handler=_run_up)
 
 
@@ -171,6 +178,13 @@ def tier_config_from_args(args: argparse.Namespace):
         shard["store"] = store
     if shard:
         raw["shard"] = shard
+    controller = dict(raw.get("controller") or {})
+    for flag, key in (("autoscale", "autoscale"), ("min_shards", "min_shards"), ("max_shards", "max_shards")):
+        value = getattr(args, flag, None)
+        if value not in (None, False):
+            controller[key] = value
+    if controller:
+        raw["controller"] = controller
     try:
         return TierConfig.from_dict(raw)
     except ConfigError as error:  # each flag is in range alone: it clashes with the file
