@@ -169,6 +169,9 @@ def test_launcher_only_kv_nodes_offer_shards_and_they_mount_their_disk():
     assert "--volume=/mnt/nvme:/mnt/nvme" in kv["docker"]["worker_run_options"]
     up = [command for command in config["head_start_ray_commands"] if command.startswith("raylsm up")]
     assert up and "--data-dir /mnt/nvme/raylsm" in up[0] and "--address auto" in up[0]
+    # The controller autoscales within the kv node type's bounds (docs/elastic.md).
+    assert "--autoscale" in up[0]
+    assert (_flag(up[0], "--min-shards"), _flag(up[0], "--max-shards")) == (kv["min_workers"], kv["max_workers"])
     for name, node_type in list(types.items()) + [("global", {"worker_setup_commands": config["setup_commands"]})]:
         commands = node_type.get("worker_setup_commands")
         if commands is None:
@@ -502,13 +505,25 @@ def test_kuberay_admits_the_raycluster():
             assert 0 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"], name
 
 
+def _flag(command: str, flag: str) -> int:
+    """The integer value of `flag` in a shell command line."""
+    match = re.search(re.escape(flag) + r"[ =](\d+)", command)
+    assert match, f"{flag} not in {command!r}"
+    return int(match.group(1))
+
+
 def test_kv_pods_name_their_disk_and_keep_one_pod_per_disk_node():
     from raylsm.config import ShardConfig
 
     kv = worker_group("kv")
     assert kv["resources"] == {ShardConfig().resource_name: "1"}
-    assert kv["replicas"] == kv["minReplicas"] == kv["maxReplicas"], \
-        "one pod per disk node: the kv group must not scale away from the labelled nodes"
+    # The autoscaler runs the group between its bounds, which are the controller's (docs/elastic.md);
+    # the node selector and the anti-affinity keep every pod on a labelled disk node, one per node.
+    (head,) = raycluster()["spec"]["headGroupSpec"]["template"]["spec"]["containers"]
+    up = " ".join(head["lifecycle"]["postStart"]["exec"]["command"])
+    assert "--autoscale" in up
+    assert _flag(up, "--min-shards") == kv["minReplicas"] and _flag(up, "--max-shards") == kv["maxReplicas"]
+    assert raycluster()["spec"]["enableInTreeAutoscaling"] is True
     pod = kv["template"]["spec"]
     assert pod["nodeSelector"]
     (term,) = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
