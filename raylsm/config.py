@@ -187,7 +187,8 @@ class ControllerConfig:
     # one, within [min_shards, max_shards] (0: no ceiling), when the shards' miss-ratio curves over
     # the window since the last round predict that one more shard raises the tier's hit ratio by more
     # than scale_out_gain (or the disks pass disk_busy_fraction of disk_bytes_per_s per shard; 0:
-    # not a trigger), or that one fewer loses less than scale_in_loss; not before
+    # not a trigger), or that one fewer loses less than scale_in_loss (0: never); only on windows
+    # wholly under one ring; not before
     # scale_min_references were counted, nor within scale_cooldown_s of the last event. The target
     # goes to Ray's autoscaler as that many `raylsm_shard` bundles (request_resources).
     autoscale: bool = False
@@ -206,6 +207,9 @@ class ControllerConfig:
     # plus its call_timeout_s, so no client still routes to it).
     drain: bool = True
     drain_timeout_s: float = 600.0
+    # A shard that joins a ring holding pages (scale-out, a node back) first receives from every
+    # member the pages the ring with it routes to it, then joins (docs/elastic.md, "warm join").
+    warm_join: bool = True
     drain_grace_s: float = 0.0
 
     def validate(self) -> "ControllerConfig":

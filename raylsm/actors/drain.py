@@ -55,10 +55,12 @@ def owners_of(keys: Sequence[bytes], members: Sequence[str], virtual_nodes: int,
 
 def drain_pages(store: Any, members: Sequence[str], virtual_nodes: int, routes: Mapping[bytes, bytes],
                 max_bytes: int, handle_of: Callable[[str], Any], deadline_s: float,
-                batch_bytes: int = BATCH_BYTES) -> dict:
+                batch_bytes: int = BATCH_BYTES, only: str | None = None) -> dict:
     """Move this store's newest pages, at most `max_bytes`, to their owners among `members` (the ring
     after this shard leaves), until `deadline_s` (monotonic). Pages go oldest of the chosen first, so
-    the newest arrive last and are the receivers' newest.
+    the newest arrive last and are the receivers' newest. With `only`, just the chosen pages that
+    shard owns move (a warm join: `members` is the ring with it, and this shard is one of them), and
+    the report's "planned_*" count those.
 
     Returns {"planned_pages", "planned_bytes", "pages", "bytes", "present", "failed", "complete",
     "seconds", "by_owner"}: pages stored on a receiver, pages it already held, pages that could not be
@@ -68,15 +70,20 @@ def drain_pages(store: Any, members: Sequence[str], virtual_nodes: int, routes: 
     chosen = store.newest_pages(max_bytes)[::-1]
     keys = [key for key, _ in chosen]
     sizes = [size for _, size in chosen]
-    report = {"planned_pages": len(keys), "planned_bytes": int(sum(sizes)), "pages": 0, "bytes": 0,
-              "present": 0, "failed": 0, "complete": True, "seconds": 0.0, "by_owner": {}}
+    groups = owners_of(keys, members, virtual_nodes, routes) if members else {}
+    if only is not None:
+        groups = {owner: indices for owner, indices in groups.items() if owner == only}
+    planned = [index for indices in groups.values() for index in indices]
+    report = {"planned_pages": len(planned) if members else len(keys),
+              "planned_bytes": int(sum(sizes[i] for i in planned)) if members else int(sum(sizes)), "pages": 0,
+              "bytes": 0, "present": 0, "failed": 0, "complete": True, "seconds": 0.0, "by_owner": {}}
     if not keys:
         return report
     if not members:
         report.update(failed=len(keys), complete=False)
         return report
     batches: list[tuple[str, list[int]]] = []
-    for owner, indices in owners_of(keys, members, virtual_nodes, routes).items():
+    for owner, indices in groups.items():
         batch, total = [], 0
         for index in indices:
             if batch and total + sizes[index] > batch_bytes:

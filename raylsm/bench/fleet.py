@@ -371,7 +371,10 @@ def run(config: FleetConfig) -> dict:
             series[label] = records
             if events and options.get("scale"):
                 # The pre-event level itself, not 90% of it (the scale goals).
-                scale_events = fleet_faults.analyze(events, records, reference=series.get("raylsm"), recovered=1.0)
+                # Windows of about a fifteenth of the run (50 to 100 requests): the events are a fifth apart.
+                window = min(100, max(50, len(records) // 15))
+                scale_events = fleet_faults.analyze(events, records, reference=series.get("raylsm"), recovered=1.0,
+                                                    window_requests=window)
             elif events:
                 faults = fleet_faults.analyze(events, records, reference=series.get("raylsm"))
             notes.extend(system_notes)

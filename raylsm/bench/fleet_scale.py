@@ -11,7 +11,8 @@ controller's `scale` (what `raylsm scale --shards` calls):
   4/5              scale in without drain (the same event, for comparison);
   9/10             the controller killed (Ray restarts it; it must adopt the ring the shards keep).
 
-Each event records its trace time, when the ring had settled (`back_t_s`), the fraction of keys the
+Each event records when it was asked (`asked_t_s`) and when the ring changed (`t_s`, `back_t_s`: a
+drain or a warm join runs in between), the fraction of keys the
 ring change remapped (exact, over the hash circle: raylsm.router.HashRing.moved_fraction), the ring
 versions before and after, and the drain's report. The hit-ratio analysis is fleet_faults.analyze's.
 
@@ -94,17 +95,24 @@ class ScaleSchedule:
         before = self._ring()
         ray.get(self._controller().scale.remote(target, drain), timeout=30)
         asked = time.time()
-        event = {"kind": kind, "t_s": _trace_s(asked, origin, self.speedup), "target": target,
-                 "shards_before": len(before["shards"]), "back_t_s": None}
+        # t_s is when the ring changed (a drain or a warm join runs before it; until it ends the
+        # ring and the hits are as before); asked_t_s when the scale event was asked.
+        at = _trace_s(asked, origin, self.speedup)
+        event = {"kind": kind, "t_s": at, "asked_t_s": at, "target": target, "shards_before": len(before["shards"]),
+                 "back_t_s": None}
         self.events.append(event)
         while time.time() - asked < SETTLE_TIMEOUT_S:
             status = ray.get(self._controller().scale_status.remote(), timeout=30)
-            if status["members"] == target and not status["draining"] and not status["leaving"]:
+            if status["members"] == target and not status["draining"] and not status.get("warming"):
                 after = self._ring()
-                event.update(back_t_s=_trace_s(time.time(), origin, self.speedup), shards_after=len(after["shards"]),
+                changed = _trace_s(time.time(), origin, self.speedup)
+                event.update(t_s=changed, back_t_s=changed, shards_after=len(after["shards"]),
                              remapped_fraction=round(self._hash_ring(before).moved_fraction(self._hash_ring(after)), 4),
                              ring_version_before=before["version"], ring_version_after=after["version"],
                              settle_s=round(time.time() - asked, 2))
+                warmed = [e for e in status["events"] if e["kind"] == "warmed"]
+                if target > len(before["shards"]) and warmed:
+                    event["warm"] = warmed[-1].get("moved")
                 scale_in = [e for e in status["events"] if e["kind"] == "scale_in"]
                 if target < len(before["shards"]) and scale_in:
                     event["drain"] = scale_in[-1].get("drain")

@@ -31,7 +31,7 @@ from raylsm.config import TierConfig
 from raylsm.controller.elastic import Elasticity
 from raylsm.controller.ray_api import RayClusterApi, ShardSlot
 from raylsm.controller.scale_steps import ScaleSteps
-from raylsm.controller.states import DRAINING, IN_RING, SERVING, STARTING, UNREACHABLE, ShardRecord
+from raylsm.controller.states import DRAINING, IN_RING, SERVING, STARTING, UNREACHABLE, WARMING, ShardRecord
 from raylsm.controller.tuning import ShardTuning, TuningParams, tune, window_of
 
 logger = logging.getLogger(__name__)
@@ -78,6 +78,7 @@ class Controller(ScaleSteps):
         self._curves_before: dict = {}
         self._traffic_before: dict[str, tuple[float, float]] = {}
         self._autoscaled_at = -float("inf")
+        self._autoscale_ring_version = -1  # the ring version at the autoscaling policy's last reading
 
     # ---- the loop -----------------------------------------------------------------------------
 
@@ -158,7 +159,10 @@ class Controller(ScaleSteps):
                     continue
                 if answer == "ok":
                     record.last_seen, record.error = now, ""
-                    if record.state != DRAINING:
+                    if record.state == STARTING and self._config.controller.warm_join and self._ring_members \
+                            and name not in self._adopted_members:
+                        record.state = WARMING  # it joins a ring that holds pages: warm it first
+                    elif record.state not in (DRAINING, WARMING):
                         record.state = SERVING
                 elif record.state == SERVING:
                     record.state = UNREACHABLE

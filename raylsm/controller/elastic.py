@@ -8,6 +8,8 @@ start (`may_start`), which shard to drain (`pick_victim`), and what record to pu
 (`record`). Also `newest_record`, used by a restarted controller to adopt the ring the shards kept.
 
 States of a shard name, besides the controller's starting/serving/unreachable:
+  warming   a shard joining a ring that holds pages: out of the ring while every member hands it the
+            pages the ring with it will route to it (a warm join), then serving;
   draining  in the ring and serving while it hands its newest pages to their next owners;
   leaving   out of the ring, its actor still up until clients have moved off (drain_grace_s);
   standby   out of the ring, actor stopped; its slot is not started until the target needs it, and is
@@ -41,6 +43,8 @@ class Elasticity:
         self.drain_next: bool = True  # whether the next scale-in drains (the request's choice)
         self.draining: str | None = None
         self.drain_report: dict | None = None  # set by the drain thread when it ends
+        self.warming: str | None = None
+        self.warm_report: dict | None = None  # set by the warm-up thread when it ends
         self.leaving: dict[str, Leaving] = {}
         self.requested: int | None = None  # the bundle count last asked of Ray's autoscaler
         self.events: collections.deque = collections.deque(maxlen=MAX_EVENTS)
@@ -75,7 +79,8 @@ class Elasticity:
 
     def status(self, members: Iterable[str]) -> dict:
         return {"target": self.target, "members": len(list(members)), "standby": sorted(self.standby),
-                "draining": self.draining, "leaving": sorted(self.leaving), "requested": self.requested,
+                "draining": self.draining, "warming": self.warming, "leaving": sorted(self.leaving),
+                "requested": self.requested,
                 "decision": dict(self.decision), "events": list(self.events)[-10:],
                 "event_counts": dict(self.event_counts)}
 
@@ -84,15 +89,24 @@ class Elasticity:
     def start_drain(self, name: str, run: Callable[[], dict]) -> None:
         """Run `run` (the shard's drain call) in a thread; its report lands in drain_report."""
         self.draining, self.drain_report = name, None
+        _in_thread(f"raylsm-drain-{name}", run, lambda report: setattr(self, "drain_report", report))
 
-        def body() -> None:
-            try:
-                report = run()
-            except Exception as error:  # noqa: BLE001 (a failed drain still lets the shard leave)
-                report = {"error": repr(error)}
-            self.drain_report = report if isinstance(report, dict) else {"error": repr(report)}
+    def start_warm(self, name: str, run: Callable[[], dict]) -> None:
+        """Run `run` (the members' hand-over to a joining shard) in a thread; its report lands in
+        warm_report."""
+        self.warming, self.warm_report = name, None
+        _in_thread(f"raylsm-warm-{name}", run, lambda report: setattr(self, "warm_report", report))
 
-        threading.Thread(target=body, name=f"raylsm-drain-{name}", daemon=True).start()
+
+def _in_thread(name: str, run: Callable[[], dict], done: Callable[[dict], None]) -> None:
+    def body() -> None:
+        try:
+            report = run()
+        except Exception as error:  # noqa: BLE001 (a failed move still lets the shard go on)
+            report = {"error": repr(error)}
+        done(report if isinstance(report, dict) else {"error": repr(report)})
+
+    threading.Thread(target=body, name=name, daemon=True).start()
 
 
 def pick_victim(candidates: Mapping[str, tuple[str, int]]) -> str | None:

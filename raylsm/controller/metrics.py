@@ -18,7 +18,7 @@ EXPORT_PERIOD_S = 10.0
 # incarnation died, none serves yet). Spelled out, not imported: this module imports no more than
 # Ray's metrics (tests/unit/test_cluster_files.py checks the two agree). A state not listed here is
 # exported as it appears.
-STATES = ("starting", "serving", "unreachable", "draining", "failed")
+STATES = ("starting", "warming", "serving", "unreachable", "draining", "failed")
 
 
 class ControllerMetrics:

@@ -15,7 +15,7 @@ import time
 from raylsm.controller.elastic import Leaving, newest_record, pick_victim
 from raylsm.controller.ray_api import ShardSlot
 from raylsm.controller.scaling import ScaleParams, curve_of, decide, window_curves
-from raylsm.controller.states import DRAINING, IN_RING, SERVING, STARTING, ShardRecord
+from raylsm.controller.states import DRAINING, IN_RING, SERVING, STARTING, WARMING, ShardRecord
 from raylsm.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -75,13 +75,26 @@ class ScaleSteps:
                 rates.append((traffic - before[1]) / (now - before[0]))
         windows = window_curves(curves, self._curves_before)
         self._curves_before = curves
+        with self._lock:
+            ring_version, spans_change = self._ring_version, self._ring_version != self._autoscale_ring_version
+            self._autoscale_ring_version = ring_version
+        if spans_change:
+            # The window began under another ring (a shard joined or left, or this is the first
+            # reading): its curves mix the two (cold misses on a new shard read as "capacity does
+            # not help"). Decide on the next window, wholly under this ring.
+            with self._lock:
+                self._elastic.decision = {"target": None, "reason": "the window spans a ring change",
+                                          "shards": members, "t": round(time.time(), 3)}
+            if members >= max(controller.min_shards, 1):
+                return
         params = ScaleParams(controller.min_shards, controller.max_shards, controller.scale_out_gain,
                              controller.scale_in_loss, controller.scale_min_references, controller.disk_bytes_per_s,
                              controller.disk_busy_fraction)
         target, reason = decide(list(windows.values()), members, params, rates)
         elastic = self._elastic
         with self._lock:
-            elastic.decision = {"target": target, "reason": reason, "shards": members, "t": round(time.time(), 3)}
+            elastic.decision = {"target": target, "reason": reason, "shards": members, "t": round(time.time(), 3),
+                                "references": round(sum(curve.references for curve in windows.values()))}
             busy = elastic.draining is not None or elastic.leaving
             current = elastic.target if elastic.target is not None else members
             if target == current or busy or now - elastic.last_event_at < controller.scale_cooldown_s:
@@ -104,6 +117,7 @@ class ScaleSteps:
                 with self._lock:
                     del elastic.leaving[name]
                 logger.info("shard %s stopped (standby)", name)
+        self._warm_joining(now)
         if elastic.target is None:
             return
         if elastic.requested != elastic.target:
@@ -117,7 +131,7 @@ class ScaleSteps:
                 elastic.draining = None
             if elastic.draining is not None:
                 return
-            short = elastic.target - len(members) - sum(r.state == STARTING for r in self._shards.values())
+            short = elastic.target - len(members) - sum(r.state in (STARTING, WARMING) for r in self._shards.values())
             wake = [name for name in sorted(elastic.standby) if name in self._slots
                     and name not in elastic.leaving][:max(short, 0)]
             for name in wake:
@@ -148,6 +162,47 @@ class ScaleSteps:
         elastic.start_drain(victim, lambda: self._api.call_each(
             {victim: (record.handle, "drain", (remaining, client.virtual_nodes, fraction, timeout_s))},
             timeout_s + 30)[victim])
+
+    def _warm_joining(self, now: float) -> None:
+        """A warm join (ControllerConfig.warm_join): while a joining shard is warming, every serving
+        member hands it the pages the ring with it routes to it (ShardServer.drain with `only`),
+        all members at once; then it serves and the ring takes it. One joining shard at a time."""
+        controller, client = self._config.controller, self._config.client
+        elastic = self._elastic
+        with self._lock:
+            if elastic.warming is not None and elastic.warm_report is not None:
+                record = self._shards.get(elastic.warming)
+                if record is not None and record.state == WARMING:
+                    record.state = SERVING
+                elastic.event("warmed", shard=elastic.warming, moved=elastic.warm_report)
+                elastic.warming = None
+            if elastic.warming is not None:
+                return
+            joining = sorted(name for name, record in self._shards.items() if record.state == WARMING)
+            members = {name: record.handle for name, record in self._shards.items() if record.state == SERVING}
+        if not joining:
+            return
+        name = joining[0]
+        if not members:
+            with self._lock:
+                self._shards[name].state = SERVING
+            return
+        ring = sorted([*members, name])
+        timeout_s = controller.drain_timeout_s
+        calls = {member: (handle, "drain", (ring, client.virtual_nodes, 1.0, timeout_s, name))
+                 for member, handle in members.items()}
+
+        def run() -> dict:
+            reports = self._api.call_each(calls, timeout_s + 30)
+            done = [report for report in reports.values() if isinstance(report, dict)]
+            return {"pages": sum(report.get("pages", 0) for report in done),
+                    "bytes": sum(report.get("bytes", 0) for report in done),
+                    "failed": sum(report.get("failed", 0) for report in done),
+                    "members": len(calls), "answered": len(done),
+                    "seconds": max((report.get("seconds", 0.0) for report in done), default=0.0)}
+
+        logger.info("warming shard %s: %d members hand it the pages it will own", name, len(calls))
+        elastic.start_warm(name, run)
 
     def _leave(self, name: str, report: dict | None, now: float) -> None:
         """Take a shard out of the ring into standby; its actor stops after the grace. Caller holds

@@ -72,15 +72,18 @@ def curve_of(stats: Mapping) -> Curve | None:
 
 def window_curves(now: Mapping[str, Curve], before: Mapping[str, Curve]) -> dict[str, Curve]:
     """Each shard's curve over the references since `before` (its whole-life curve where there is no
-    earlier reading, or the shard restarted). A curve point is misses / references, so the window's
+    earlier reading, or the shard restarted or was resized; no references where it counted none). A curve point is misses / references, so the window's
     is (m_now R_now - m_before R_before) / (R_now - R_before) at the same cache size."""
     windows = {}
     for name, curve in now.items():
         old = before.get(name)
-        if old is None or old.references >= curve.references or old.capacity_bytes != curve.capacity_bytes:
-            windows[name] = curve
+        if old is None or old.references > curve.references or old.capacity_bytes != curve.capacity_bytes:
+            windows[name] = curve  # no earlier reading of this store (new, restarted or resized)
             continue
         span = curve.references - old.references
+        if span <= 0:
+            windows[name] = Curve(curve.points, curve.capacity_bytes, 0.0)  # nothing counted since
+            continue
         points = tuple((x, min(max((y * curve.references - old.miss_ratio(x) * old.references) / span, 0.0), 1.0))
                        for x, y in curve.points)
         windows[name] = Curve(points, curve.capacity_bytes, span)
@@ -102,8 +105,8 @@ def decide(curves: Sequence[Curve], shards: int, params: ScaleParams,
     """(target shard count, reason). Scales out by one when one more shard is predicted to raise the
     tier's hit ratio by more than `scale_out_gain`, or when the shards' mean disk traffic (bytes/s
     read and written, `disk_rates`) passes `disk_busy_fraction` of `disk_bytes_per_s`; scales in by
-    one when one shard fewer is predicted to lose less than `scale_in_loss` and the disks would stay
-    below that fraction. Stays within [min_shards, max_shards]; below min_references counted in the
+    one when one shard fewer is predicted to lose less than `scale_in_loss` (0: never) and the disks
+    would stay below that fraction. Stays within [min_shards, max_shards]; below min_references counted in the
     window, only the bounds apply. `shards` is the ring's size now."""
     low, high = max(params.min_shards, 1), params.max_shards or math.inf
     if shards < low:
@@ -126,6 +129,7 @@ def decide(curves: Sequence[Curve], shards: int, params: ScaleParams,
     if shards - 1 >= low:
         loss = now - tier_hit_ratio(curves, (shards - 1) / shards)
         busy_after = busy * shards / (shards - 1)
-        if loss < params.scale_in_loss and (params.disk_bytes_per_s <= 0 or busy_after < params.disk_busy_fraction):
+        if params.scale_in_loss > 0 and loss < params.scale_in_loss and (
+                params.disk_bytes_per_s <= 0 or busy_after < params.disk_busy_fraction):
             return shards - 1, f"one shard fewer: hit ratio {now:.3f} -> {now - loss:.3f} (-{loss:.4f})"
     return shards, f"hit ratio {now:.3f}: no scale event pays"

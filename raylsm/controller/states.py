@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-STARTING, SERVING, UNREACHABLE, DRAINING = "starting", "serving", "unreachable", "draining"
+STARTING, SERVING, UNREACHABLE, DRAINING, WARMING = "starting", "serving", "unreachable", "draining", "warming"
 IN_RING = (SERVING, UNREACHABLE, DRAINING)
 
 

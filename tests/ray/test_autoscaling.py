@@ -79,7 +79,11 @@ def test_scale_in_drains_a_shard_and_the_autoscaler_removes_its_idle_node(tier, 
     for chain in chains:
         assert all(client.put(pages.namespace, chain, [], pages.values(chain)))
     ray.get(tier.controller.scale.remote(1))
-    tools.wait_until(lambda: len(shard_nodes()) == 1, 120, "Ray's autoscaler to remove the drained shard's node")
+    try:
+        tools.wait_until(lambda: len(shard_nodes()) == 1, 120, "Ray's autoscaler to remove the drained shard's node")
+    finally:
+        print("scale status:", ray.get(tier.controller.scale_status.remote()))
+        print("nodes:", [(n["NodeID"][-5:], n["Labels"], n["Resources"], n["Alive"]) for n in ray.nodes()])
     status = tools.wait_until(lambda: (s := ray.get(tier.controller.scale_status.remote()))["members"] == 1
                               and not s["standby"] and s, 60, "the controller to forget the standby shard")
     drain = [event for event in status["events"] if event["kind"] == "scale_in"][-1]["drain"]

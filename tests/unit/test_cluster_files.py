@@ -824,7 +824,7 @@ def test_the_controller_metrics_know_every_shard_state(ray_metrics):
                 values = node.value.elts if isinstance(node.value, ast.Tuple) else [node.value]
                 constants.update({name.id: value.value for name, value in zip(names, values)
                                   if isinstance(name, ast.Name) and isinstance(value, ast.Constant)})
-    states = {constants[name] for name in ("STARTING", "SERVING", "UNREACHABLE", "DRAINING")} | {"failed"}
+    states = {constants[name] for name in ("STARTING", "SERVING", "UNREACHABLE", "DRAINING", "WARMING")} | {"failed"}
     assert set(ray_metrics.modules["raylsm.controller.metrics"].STATES) == states
 
 

@@ -76,6 +76,8 @@ def test_a_window_curve_counts_only_the_references_since_the_last_reading():
     assert window["a"].references == 1000
     assert window["a"].points == ((MiB, 1.0), (4 * MiB, 0.0))
     assert window["b"] == now  # no earlier reading: its whole life
+    idle = window_curves({"a": before}, {"a": before})["a"]
+    assert idle.references == 0  # nothing counted since: an empty window, not the whole life
 
 
 def test_the_victim_is_alone_on_its_node_then_the_smallest():
@@ -246,9 +248,24 @@ def test_scale_in_drains_the_victim_to_the_rest_then_stops_it_and_scale_out_wake
     assert victim not in cluster.running  # standby: not started again while the target is met
 
     controller.scale(3)
+    controller.reconcile_once()
+    controller.reconcile_once()
+    assert victim not in controller.ring()["shards"]  # warming: out of the ring until warmed
     _settle(controller)
     assert sorted(controller.ring()["shards"]) == sorted(first["shards"])
     assert cluster.requests[-1] == 3 and controller.scale_status()["standby"] == []
+    # A warm join: every member handed the woken shard the pages the ring with it routes to it.
+    warm = [call for call in cluster.drains[1:]]
+    assert sorted(call[0] for call in warm) == sorted(members)
+    assert all(sorted(call[1]) == sorted(first["shards"]) and call[3] == 1.0 and call[5] == victim for call in warm)
+    assert controller.scale_status()["events"][-1]["kind"] == "warmed"
+
+
+def test_the_first_shards_of_a_tier_join_without_a_warm_up():
+    cluster = ElasticCluster(["shard-a-0", "shard-b-0"])
+    controller = Controller(_elastic_config(), api=cluster)
+    _settle(controller)
+    assert len(controller.ring()["shards"]) == 2 and cluster.drains == []
 
 
 def test_scale_in_without_drain_leaves_at_once():
