@@ -99,6 +99,11 @@ class TierClient:
         self._node_id = ray.get_runtime_context().get_node_id()
         self._ring = HashRing((), client.virtual_nodes, 0)
         self._ring_info: dict = {"version": -1, "shards": {}}
+        # The ring before the last change, until when reads fall back to it (`_handoff_fallback`),
+        # and the shards that left the ring but still serve (a scale-in's grace).
+        self._previous_ring: HashRing | None = None
+        self._previous_until = 0.0
+        self._leaving: frozenset[str] = frozenset()
         # Namespace generations (raylsm.namespaces): base id -> id of its current generation, for
         # the namespaces that were ever cleared. Only ever moves forward.
         self._generations: dict[str, int] = {}
@@ -150,9 +155,13 @@ class TierClient:
             return False
         self._adopt_generations(info.get("generations", {}))
         self._adopt_splits(info.get("splits"))
+        self._leaving = frozenset(info.get("leaving") or ())
         if info["version"] == self._ring_info["version"] and info["shards"] == self._ring_info["shards"]:
             return False  # (a restarted controller may reuse a version number: compare members too)
         previous = self._ring_info["shards"]
+        if set(info["shards"]) != set(previous) and previous:
+            self._previous_ring = self._ring
+            self._previous_until = time.monotonic() + self._config.client.handoff_s
         self._ring = HashRing(sorted(info["shards"]), self._config.client.virtual_nodes, max(info["version"], 0))
         self._ring_info = info
         with self._handles_lock:  # a shard that moved to another node is a new actor: resolve it again
@@ -221,14 +230,14 @@ class TierClient:
 
     def _route(self, namespace_id: bytes, page_hashes: Sequence[bytes],
                prefix_hashes: Sequence[bytes] | None, split_extents: frozenset[bytes] | None = None,
-               count_bad: bool = True) -> _Routed:
+               count_bad: bool = True, ring: HashRing | None = None) -> _Routed:
         """Keys and shard groups of a batch. A malformed page hash fails only its own page (and,
         under prefix semantics, the pages behind it): it is left out of every group. Pages are
         routed by the namespace's routing id (route_namespace_as) and keyed by the id of its current
         generation (raylsm.namespaces): a clear changes keys, not placement."""
         routing_id = self._routing_ids.get(namespace_id, namespace_id)
         namespace_id = self._current_ids.get(namespace_id, namespace_id)
-        ring = self._ring
+        ring = ring or self._ring
         keys: list[bytes | None] = []
         groups: dict[str, list[int]] = {}
         shard_of_anchor: dict[bytes, str] = {}
@@ -273,6 +282,30 @@ class TierClient:
                 groups[shard] = kept
         return _Routed(old.keys, groups, old.first_bad)
 
+    def _handoff_fallback(self, namespace_id: bytes, page_hashes: Sequence[bytes],
+                          prefix_hashes: Sequence[bytes] | None, routed: _Routed,
+                          slots: Sequence[int]) -> _Routed | None:
+        """Where `slots` of a batch were in the previous ring, within handoff_s of the change: the
+        routing by that ring, its groups cut to the slots whose shard it changes and whose shard
+        still serves (in the ring, or leaving). None if there are none. A scale event moves a fifth
+        of the keys; the hand-over moves their pages, and what it missed (pages written meanwhile)
+        is read where it was, so the move costs no hits while the old shard is up."""
+        previous = self._previous_ring
+        if previous is None or not slots or time.monotonic() > self._previous_until:
+            return None
+        old = self._route(namespace_id, page_hashes, prefix_hashes, count_bad=False, ring=previous)
+        current = {slot: shard for shard, group in routed.groups.items() for slot in group}
+        wanted = set(slots)
+        serving = set(self._ring_info["shards"]) | self._leaving
+        groups = {}
+        for shard, group in old.groups.items():
+            if shard not in serving:
+                continue
+            kept = [slot for slot in group if slot in wanted and current.get(slot) != shard]
+            if kept:
+                groups[shard] = kept
+        return _Routed(routed.keys, groups, routed.first_bad) if groups else None
+
     # ---- data path ----------------------------------------------------------------------------
 
     def _probe_into(self, routed: _Routed, present: list[bool]) -> None:
@@ -308,6 +341,12 @@ class TierClient:
                 if fallback is not None:
                     self._probe_into(fallback, present)
                     self._count(exists_unsplit_probes=1)
+                first_miss = present.index(False) if False in present else len(present)
+                fallback = self._handoff_fallback(namespace_id, page_hashes, prefix_hashes, routed,
+                                                  [slot for slot in range(first_miss, len(present)) if not present[slot]])
+                if fallback is not None:
+                    self._probe_into(fallback, present)
+                    self._count(exists_handoff_probes=1)
             count = min(present.index(False) if False in present else len(present), routed.first_bad)
             self._count(exists_calls=1, exists_pages=len(page_hashes), exists_hits=count)
             return count
@@ -381,6 +420,11 @@ class TierClient:
             if fallback is not None and time.monotonic() < deadline:
                 self._get_pass(fallback, page_parts, page_bytes, results, deadline)
                 self._count(get_unsplit_reads=1)
+            missed = [slot for slot, hit in enumerate(results) if not hit]
+            fallback = self._handoff_fallback(namespace_id, page_hashes, prefix_hashes, routed, missed) if missed else None
+            if fallback is not None and time.monotonic() < deadline:
+                self._get_pass(fallback, page_parts, page_bytes, results, deadline)
+                self._count(get_handoff_reads=1)
             hits = sum(results)
             self._count(get_calls=1, get_pages=len(results), get_hits=hits)
             return results

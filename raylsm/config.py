@@ -104,6 +104,12 @@ class ClientConfig:
     put_timeout_s: float = 5.0
     # How often the client asks the controller for a newer ring version.
     ring_refresh_s: float = 2.0
+    # For this long after the ring changed, a page a read misses is also looked for on the shard
+    # that owned it in the previous ring, if that shard still serves or is leaving after a scale-in
+    # (docs/elastic.md, "Hand-off reads"): pages written during a hand-over, or a shard's pages no
+    # hand-over moved, are hits until they are written again. One more call per shard involved, only
+    # for misses of moved keys. 0: off.
+    handoff_s: float = 60.0
     # Read bytes of shards on this node straight from their segment files (no object store).
     same_node_fast_path: bool = True
     # On the fast path, `exists` also fetches the pointers of the pages it finds and keeps them this
@@ -141,6 +147,7 @@ class ClientConfig:
         _require(self, "get_seconds_per_gb", 0 <= self.get_seconds_per_gb <= 600, "in [0, 600]")
         _require(self, "put_timeout_s", 0.01 <= self.put_timeout_s <= 600, "in [0.01, 600]")
         _require(self, "ring_refresh_s", 0.1 <= self.ring_refresh_s <= 3600, "in [0.1, 3600]")
+        _require(self, "handoff_s", 0.0 <= self.handoff_s <= 86400, "in [0, 86400]")
         _require(self, "located_pointer_ttl_s", 0 <= self.located_pointer_ttl_s <= 60, "in [0, 60]")
         _require(self, "located_pointer_entries", 1 <= self.located_pointer_entries <= 1 << 24, "in [1, 2**24]")
         _require(self, "object_chunk_bytes", 1 << 16 <= self.object_chunk_bytes <= 1 << 34, "in [64 KiB, 16 GiB]")
@@ -204,7 +211,8 @@ class ControllerConfig:
     # Scale-in hands the leaving shard's newest (N-1)/N live bytes to their new owners before it
     # leaves the ring (raylsm.actors.drain), within drain_timeout_s; drain False drops its pages. The
     # shard's actor stops drain_grace_s after it left the ring (0: twice the client's ring_refresh_s
-    # plus its call_timeout_s, so no client still routes to it).
+    # plus its call_timeout_s, so no client still routes to it, plus 10 s in which clients read
+    # there what they miss: ClientConfig.handoff_s).
     drain: bool = True
     drain_timeout_s: float = 600.0
     # A shard that joins a ring holding pages (scale-out, a node back) first receives from every

@@ -58,30 +58,47 @@ def drain_pages(store: Any, members: Sequence[str], virtual_nodes: int, routes: 
                 batch_bytes: int = BATCH_BYTES, only: str | None = None) -> dict:
     """Move this store's newest pages, at most `max_bytes`, to their owners among `members` (the ring
     after this shard leaves), until `deadline_s` (monotonic). Pages go oldest of the chosen first, so
-    the newest arrive last and are the receivers' newest. With `only`, just the chosen pages that
-    shard owns move (a warm join: `members` is the ring with it, and this shard is one of them), and
-    the report's "planned_*" count those.
+    the newest arrive last and are the receivers' newest. A second pass then moves every page
+    written during the first (the shard serves all along, and the newest pages are the hottest). With
+    `only`, just the pages that shard owns move (a warm join: `members` is the ring with it, and this
+    shard is one of them), and the report's "planned_*" count those.
 
     Returns {"planned_pages", "planned_bytes", "pages", "bytes", "present", "failed", "complete",
-    "seconds", "by_owner"}: pages stored on a receiver, pages it already held, pages that could not be
-    read here or were refused or lost there (an unreachable owner fails its batches; the move goes
-    on with the others), and whether the whole plan ran before the deadline."""
+    "seconds", "by_owner", "second_pass_pages"}: pages stored on a receiver, pages it already held,
+    pages that could not be read here or were refused or lost there (an unreachable owner fails its
+    batches; the move goes on with the others), and whether both passes ran before the deadline."""
     started = time.monotonic()
-    chosen = store.newest_pages(max_bytes)[::-1]
+    report = {"planned_pages": 0, "planned_bytes": 0, "pages": 0, "bytes": 0, "present": 0, "failed": 0,
+              "complete": True, "seconds": 0.0, "by_owner": {}, "second_pass_pages": 0}
+    chosen, newest = store.newest_pages(max_bytes)
+    _pass(store, chosen[::-1], members, virtual_nodes, routes, handle_of, deadline_s, batch_bytes, only, report)
+    if report["complete"] and members:
+        planned = report["planned_pages"]
+        since, _ = store.newest_pages(1 << 62, after=newest)
+        _pass(store, since[::-1], members, virtual_nodes, routes, handle_of, deadline_s, batch_bytes, only, report)
+        report["second_pass_pages"] = report["planned_pages"] - planned
+    report["seconds"] = round(time.monotonic() - started, 3)
+    return report
+
+
+def _pass(store: Any, chosen: list[tuple[bytes, int]], members: Sequence[str], virtual_nodes: int,
+          routes: Mapping[bytes, bytes], handle_of: Callable[[str], Any], deadline_s: float, batch_bytes: int,
+          only: str | None, report: dict) -> None:
+    """One pass of `drain_pages` over `chosen` (oldest first), adding to `report`."""
     keys = [key for key, _ in chosen]
     sizes = [size for _, size in chosen]
-    groups = owners_of(keys, members, virtual_nodes, routes) if members else {}
+    if not keys:
+        return
+    if not members:
+        report["planned_pages"] += len(keys)
+        report["planned_bytes"] += int(sum(sizes))
+        report.update(failed=report["failed"] + len(keys), complete=False)
+        return
+    groups = owners_of(keys, members, virtual_nodes, routes)
     if only is not None:
         groups = {owner: indices for owner, indices in groups.items() if owner == only}
-    planned = [index for indices in groups.values() for index in indices]
-    report = {"planned_pages": len(planned) if members else len(keys),
-              "planned_bytes": int(sum(sizes[i] for i in planned)) if members else int(sum(sizes)), "pages": 0,
-              "bytes": 0, "present": 0, "failed": 0, "complete": True, "seconds": 0.0, "by_owner": {}}
-    if not keys:
-        return report
-    if not members:
-        report.update(failed=len(keys), complete=False)
-        return report
+    report["planned_pages"] += sum(len(indices) for indices in groups.values())
+    report["planned_bytes"] += int(sum(sizes[i] for indices in groups.values() for i in indices))
     batches: list[tuple[str, list[int]]] = []
     for owner, indices in groups.items():
         batch, total = [], 0
@@ -113,8 +130,6 @@ def drain_pages(store: Any, members: Sequence[str], virtual_nodes: int, routes: 
                 report["failed"] += len(batch_keys)
     if in_flight is not None:
         _settle(in_flight, report, deadline_s)
-    report["seconds"] = round(time.monotonic() - started, 3)
-    return report
 
 
 def _read(store: Any, keys: list[bytes], sizes: list[int]) -> tuple[list[bytes], list[int], list[np.ndarray], int]:

@@ -30,7 +30,7 @@ from raylsm import namespaces
 from raylsm.config import TierConfig
 from raylsm.controller.elastic import Elasticity
 from raylsm.controller.ray_api import RayClusterApi, ShardSlot
-from raylsm.controller.scale_steps import ScaleSteps
+from raylsm.controller.scale_steps import ScaleSteps, advertised_leaving
 from raylsm.controller.states import DRAINING, IN_RING, SERVING, STARTING, UNREACHABLE, WARMING, ShardRecord
 from raylsm.controller.tuning import ShardTuning, TuningParams, tune, window_of
 
@@ -389,6 +389,9 @@ class Controller(ScaleSteps):
                            if name in self._shards},
                 "namespace": self._config.ray_namespace,
                 "generations": dict(self._namespaces["generations"]),
+                # Out of the ring after a scale-in, still serving until their grace ends: clients
+                # read there what they miss meanwhile (ClientConfig.handoff_s).
+                "leaving": advertised_leaving(self._config, self._elastic.leaving, time.monotonic()),
             }
 
     def status(self, timeout_s: float = 5.0) -> dict:

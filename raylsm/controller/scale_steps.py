@@ -210,8 +210,7 @@ class ScaleSteps:
         record = self._shards.pop(name, None)
         if record is None:
             return
-        client = self._config.client
-        grace = self._config.controller.drain_grace_s or 2 * client.ring_refresh_s + client.call_timeout_s
+        grace = leave_grace_s(self._config)
         self._elastic.standby.add(name)
         self._elastic.leaving[name] = Leaving(record.handle, now + grace)
         self._elastic.event("scale_in", shard=name, target=self._elastic.target, drained=report is not None,
@@ -241,3 +240,18 @@ class ScaleSteps:
         """{"target", "members", "standby", "draining", "leaving", "requested", "decision", "events"}."""
         with self._lock:
             return self._elastic.status(name for name, r in self._shards.items() if r.state in IN_RING)
+
+
+def leave_grace_s(config) -> float:
+    """How long a shard that left the ring keeps serving before its actor stops: drain_grace_s, else
+    10 s of hand-off reads (ClientConfig.handoff_s) after every client has the new ring."""
+    client = config.client
+    return config.controller.drain_grace_s or 2 * client.ring_refresh_s + client.call_timeout_s + 10.0
+
+
+def advertised_leaving(config, leaving: dict, now: float) -> list[str]:
+    """The leaving shards clients may still read from: those whose actor stops later than a client's
+    next ring refresh and call from now, so no client calls a stopped shard."""
+    client = config.client
+    margin = client.ring_refresh_s + client.call_timeout_s
+    return sorted(name for name, entry in leaving.items() if entry.stop_at - margin > now)

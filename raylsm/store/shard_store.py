@@ -733,11 +733,13 @@ class ShardStore:
             pointers.append(pointer if pointer is not None and pointer.segment_id in self._segments else None)
         return pointers
 
-    def newest_pages(self, max_bytes: int) -> list[tuple[bytes, int]]:
-        """(key, page bytes) of the most recently written live pages, newest first, at most
-        `max_bytes` in all: what a draining shard hands over (raylsm.actors.drain). Write order is
-        (segment id, offset); a page's read credits are not considered. One scan of the index that
-        does not fill its block cache.
+    def newest_pages(self, max_bytes: int, after: tuple[int, int] | None = None
+                     ) -> tuple[list[tuple[bytes, int]], tuple[int, int]]:
+        """([(key, page bytes)] of the most recently written live pages, newest first, at most
+        `max_bytes` in all; the write position (segment id, offset) of the newest live page): what a
+        draining shard hands over (raylsm.actors.drain). With `after` (a position this returned
+        before), only pages written since. Write order is (segment id, offset); a page's read
+        credits are not considered. One scan of the index that does not fill its block cache.
         NOTE: the scan holds every live page's key (61 B) and pointer in Python objects: about 200 B
         per page, 1.2 GB for 6 million pages (1.5 TB of 256 KiB pages); a drain runs once per
         scale-in."""
@@ -746,16 +748,18 @@ class ShardStore:
         segments = self._segments
         for key, raw in self._index.scan_pages():
             pointer = fmt.decode_pointer(raw)
-            if pointer is not None and pointer.segment_id in segments:
+            if pointer is not None and pointer.segment_id in segments and (
+                    after is None or (pointer.segment_id, pointer.offset) > tuple(after)):
                 found.append((pointer.segment_id, pointer.offset, key, pointer.length))
         found.sort(reverse=True)
+        newest = (found[0][0], found[0][1]) if found else (tuple(after) if after else (-1, -1))
         chosen, total = [], 0
         for _segment, _offset, key, length in found:
             if total + length > max_bytes:
                 break
             chosen.append((key, length))
             total += length
-        return chosen
+        return chosen, newest
 
     def tier_meta(self, name: str) -> bytes | None:
         """A small blob the tier keeps on this shard's disk (the ring it last heard, the routing ids

@@ -178,6 +178,18 @@ def test_up_status_down_by_address_leave_ray_running(cluster):
     assert found.returncode == 0, found.stderr
     assert f"Ray at {cluster.address} (the cluster this host's Ray node belongs to)" in found.stdout, found.stdout
 
+    # `raylsm scale` (docs/elastic.md): in to one shard (drained, then standby), and out again.
+    smaller = cluster.raylsm("scale", "--shards", "1", "--wait", "120")
+    assert smaller.returncode == 0, smaller.stdout + smaller.stderr
+    assert "the ring has 1 shards" in smaller.stdout and "scale: target 1 shards" in smaller.stdout, smaller.stdout
+    status = cluster.raylsm("status")
+    assert status.stdout.count("serving") == 1 and "standby shard-" in status.stdout, status.stdout
+    assert "scale event" in status.stdout and "scale_in" in status.stdout, status.stdout
+    larger = cluster.raylsm("scale", "--shards", "2", "--wait", "120")
+    assert larger.returncode == 0 and "the ring has 2 shards" in larger.stdout, larger.stdout + larger.stderr
+    refused = cluster.raylsm("scale", "--shards", "0")
+    assert refused.returncode == 2 and "--shards" in refused.stderr, refused.stderr
+
     down = cluster.raylsm("down", "--address", cluster.address)
     assert down.returncode == 0, down.stderr
     assert f"raylsm is down on Ray at {cluster.address}: 2 shard(s) closed" in down.stdout, down.stdout

@@ -22,7 +22,9 @@ CHAINS = 90  # of 4 pages: one extent each
 
 @pytest.fixture(scope="module")
 def tier(ray_cluster, tier_factory):
-    tier = tier_factory(client=EXTENT, controller={"reconcile_period_s": 0.5, "drain_grace_s": 1.5,
+    # A grace long enough to read from a leaving shard: it is listed until a ring refresh and a call
+    # (0.5 + 10 s here) before it stops.
+    tier = tier_factory(client=EXTENT, controller={"reconcile_period_s": 0.5, "drain_grace_s": 20.0,
                                                    "ping_timeout_s": 5.0})
     tier.wait_for_shards(CLUSTER_WORKERS)
     return tier
@@ -140,3 +142,35 @@ def test_scale_out_wakes_the_standby_shard_into_the_ring(tier, pages, tools):
     status = ray.get(tier.controller.scale_status.remote())
     assert status["standby"] == [] and status["target"] == 3
     assert any(event["kind"] == "scale_out" for event in status["events"])
+
+
+def test_scale_in_without_drain_still_reads_the_leaving_shards_pages_until_it_stops(tier, pages, tools):
+    client = tier.client()
+    client.route_namespace_as(pages.namespace, ROUTING_ID)
+    chains = [pages.chain(("no-drain", i), 4) for i in range(CHAINS)]
+    for chain in chains:
+        assert all(client.put(pages.namespace, chain, [], pages.values(chain)))
+    before = tier.ring()
+    failed_before = _failed_calls(client)
+    ray.get(tier.controller.scale.remote(2, False))
+    def switched():
+        client.refresh_ring()
+        ring = tier.ring()
+        return len(ring["shards"]) == 2 and client.ring_version == ring["version"]
+    tools.wait_until(switched, 60, "the client to have the ring of 2")
+    victim = (set(before["shards"]) - set(tier.ring()["shards"])).pop()
+    assert tier.ring()["leaving"] == [victim]
+    # Its pages were not handed over, yet they are hits: read where they were while it is leaving.
+    assert all(_hits(client, pages, chains))
+    assert client.stats()["counters"].get("get_handoff_reads", 0) > 0
+    assert client.stats()["counters"].get("exists_handoff_probes", 0) == 0  # (no exists here)
+    assert sum(client.exists(pages.namespace, chain, []) for chain in chains) == 4 * CHAINS
+    assert client.stats()["counters"]["exists_handoff_probes"] > 0
+    tools.wait_until(lambda: not ray.get(tier.controller.scale_status.remote())["leaving"], 60,
+                     "the leaving shard to stop")
+    client.refresh_ring()
+    on_victim = [chain for chain in chains if _owner(tier, before, chain) == victim]
+    assert on_victim and not any(_hits(client, pages, on_victim))  # gone with it: no drain
+    assert _failed_calls(client) == failed_before  # and no call went to the stopped shard
+    ray.get(tier.controller.scale.remote(3))
+    tier.wait_for_shards(3, timeout_s=120)

@@ -115,10 +115,15 @@ def test_newest_pages_are_the_last_written_within_the_budget(store_factory, kit)
     for start in range(0, 40, 8):  # five puts, so five records in write order
         assert store.put_batch(keys[start:start + 8], [kit.value(i, 64 * 1024) for i in range(start, start + 8)])
     store.delete_batch([keys[39]])
-    chosen = store.newest_pages(10 * 64 * 1024)
+    chosen, newest = store.newest_pages(10 * 64 * 1024)
     assert [key for key, _ in chosen] == keys[29:39][::-1]
     assert all(size == 64 * 1024 for _, size in chosen)
-    assert store.newest_pages(0) == []
+    assert store.newest_pages(0)[0] == []
+    assert store.newest_pages(1 << 40, after=newest) == ([], newest)  # nothing written since
+    more = kit.keys(3, start=100)
+    assert store.put_batch(more, [kit.value(i, 64 * 1024) for i in range(3)])
+    since, _ = store.newest_pages(1 << 40, after=newest)
+    assert [key for key, _ in since] == more[::-1]
 
 
 def test_a_handover_put_skips_admission_and_the_workload_statistics(store_factory, kit):
@@ -321,3 +326,18 @@ def test_scale_refuses_bad_counts_and_counts_outside_the_autoscaling_bounds():
         controller.scale(5)
     with pytest.raises(ConfigError, match="max_shards"):
         _elastic_config(min_shards=3, max_shards=2)
+
+
+def test_status_shows_the_target_the_standby_shards_and_the_last_events():
+    from raylsm.status_report import format_status
+
+    cluster = ElasticCluster(["shard-a-0", "shard-b-0"])
+    controller = Controller(_elastic_config(), api=cluster)
+    _settle(controller)
+    assert "scale:" not in format_status(controller.status())  # nothing asked: no scale lines
+    controller.scale(1)
+    _settle(controller, 5)
+    text = format_status(controller.status())
+    standby = controller.scale_status()["standby"][0]
+    assert f"scale: target 1 shards, 1 in the ring; standby {standby}; Ray's autoscaler asked for 1" in text
+    assert "scale_in: shard " + standby in text and "drained True" in text
