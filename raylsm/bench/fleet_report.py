@@ -116,27 +116,41 @@ def scale_goals(events: Sequence[dict]) -> dict:
     scale out N -> N+1 remaps <= 1.2 / (N+1) of the keys with 0 errors, a hit-ratio dip <= 10% and
     the pre-event level back within 30 s of trace time; scale in with drain dips <= 5% (the same
     event without drain reported beside it); the controller killed: 0 errors, 0 wrong pages, no
-    ring-version regression and nothing remapped."""
+    ring-version regression and nothing remapped.
+
+    Dips and recoveries are judged against the same requests in the run without scale events
+    (`hit_dip_vs_reference`, `recovery_vs_reference_s`) when there is one; the "_window_before"
+    goals judge them, as the issue words it, against the requests just before the event, which the
+    trace's own swings dominate (a controller kill, which moves no key, "dipped" 97% so)."""
     by_kind = {event["kind"]: event for event in events if "kind" in event}
     out: dict[str, Any] = {}
+
+    def dip(event: dict) -> float | None:
+        return event.get("hit_dip_vs_reference", event.get("hit_dip"))
+
+    def recovery(event: dict) -> float | None:
+        return event.get("recovery_vs_reference_s", event.get("recovery_s"))
+
+    def within(value: float | None, bound: float) -> bool:
+        return value is not None and value <= bound
+
     grow = by_kind.get("scale_out")
     if grow and grow.get("shards_after"):
+        clean = (within(grow.get("remapped_fraction"), 1.2 / grow["shards_after"]) and grow["errors"] == 0
+                 and grow["wrong_pages"] == 0)
         out["scale_out_remapped_fraction"] = grow.get("remapped_fraction")
-        out["goal_scale_out_met"] = (grow.get("remapped_fraction") is not None
-                                     and grow["remapped_fraction"] <= 1.2 / grow["shards_after"]
-                                     and grow["errors"] == 0 and grow["wrong_pages"] == 0
-                                     and grow["hit_dip"] is not None and grow["hit_dip"] <= 0.10
-                                     and grow["recovery_s"] is not None and grow["recovery_s"] <= 30.0)
+        out["scale_out_hit_dip"] = dip(grow)
+        out["scale_out_recovery_s"] = recovery(grow)
+        out["goal_scale_out_met"] = clean and within(dip(grow), 0.10) and within(recovery(grow), 30.0)
+        out["goal_scale_out_met_window_before"] = (clean and within(grow.get("hit_dip"), 0.10)
+                                                   and within(grow.get("recovery_s"), 30.0))
     drained, dropped = by_kind.get("scale_in_drain"), by_kind.get("scale_in_no_drain")
     if drained:
-        out["scale_in_drain_hit_dip"] = drained.get("hit_dip")
-        out["goal_scale_in_drain_met"] = drained.get("hit_dip") is not None and drained["hit_dip"] <= 0.05
-        if "hits_lost_after" in drained:
-            out["scale_in_drain_hits_lost_vs_reference"] = drained["hits_lost_after"]
+        out["scale_in_drain_hit_dip"] = dip(drained)
+        out["goal_scale_in_drain_met"] = within(dip(drained), 0.05) and drained["errors"] == 0
+        out["goal_scale_in_drain_met_window_before"] = within(drained.get("hit_dip"), 0.05)
     if dropped:
-        out["scale_in_no_drain_hit_dip"] = dropped.get("hit_dip")
-        if "hits_lost_after" in dropped:
-            out["scale_in_no_drain_hits_lost_vs_reference"] = dropped["hits_lost_after"]
+        out["scale_in_no_drain_hit_dip"] = dip(dropped)
     killed = by_kind.get("kill_controller")
     if killed:
         out["goal_controller_kill_met"] = (killed["errors"] == 0 and killed["wrong_pages"] == 0

@@ -142,13 +142,16 @@ def test_scale_events_are_judged_by_the_elastic_goals():
               {"kind": "scale_in_no_drain", "t_s": 320.0, "back_t_s": 321.0, "shards_after": 4},
               {"kind": "kill_controller", "t_s": 360.0, "back_t_s": 365.0, "remapped_fraction": 0.0,
                "ring_version_regressed": False}]
+    reference = [dict(record) for record in records]
     for t in range(320, 340):  # the scale-in without drain loses its hits for 20 requests
         records[t]["hit_pages"] = 0
-    analysed = fleet_faults.analyze(events, records, reference=records, recovered=1.0, window_requests=40,
+    analysed = fleet_faults.analyze(events, records, reference=reference, recovered=1.0, window_requests=40,
                                     probe_requests=10)
     goals = fleet_report.scale_goals(analysed)
     assert goals["goal_scale_out_met"] and goals["goal_scale_in_drain_met"] and goals["goal_controller_kill_met"]
-    assert goals["scale_in_drain_hit_dip"] == 0.0 and goals["scale_in_no_drain_hit_dip"] == 1.0
+    assert goals["goal_scale_out_met_window_before"] and goals["goal_scale_in_drain_met_window_before"]
+    assert goals["scale_in_drain_hit_dip"] == 0.0 and goals["scale_in_no_drain_hit_dip"] == 0.5  # 20 of 40 lost
+    assert analysed[2]["hit_dip"] == 1.0  # the lowest 10-request run, against the window before
     assert analysed[2]["recovery_s"] == 340 - 321  # back to the pre-event level itself, not 90% of it
     # Too much remapped, or a regressed ring version after the controller's restart: not met.
     events[0]["remapped_fraction"], events[3]["ring_version_regressed"] = 0.3, True
