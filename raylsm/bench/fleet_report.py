@@ -71,7 +71,20 @@ def system_row(system: str, results: Sequence[dict], page_tokens: int, prefill_t
         "failed_put_chunks": sum(result["failed_put_chunks"] for result in done),
         "replica_failures": failures,
         "per_replica": per_replica,
+        "client_counters": _summed_counters(done),
     }
+
+
+def _summed_counters(results: Sequence[dict]) -> dict:
+    """The raylsm clients' counters summed over replicas (timeouts, hand-off reads, failed calls...);
+    empty for other systems."""
+    total: dict[str, int] = {}
+    for result in results:
+        counters = ((result.get("stats") or {}).get("client") or {}).get("counters") or {}
+        for key, value in counters.items():
+            if isinstance(value, (int, float)):
+                total[key] = total.get(key, 0) + value
+    return dict(sorted(total.items()))
 
 
 def goals(rows: Sequence[dict], faults: Sequence[dict], scale_events: Sequence[dict] = ()) -> dict:
