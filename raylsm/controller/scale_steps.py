@@ -90,14 +90,24 @@ class ScaleSteps:
         params = ScaleParams(controller.min_shards, controller.max_shards, controller.scale_out_gain,
                              controller.scale_in_loss, controller.scale_min_references, controller.disk_bytes_per_s,
                              controller.disk_busy_fraction)
-        target, reason = decide(list(windows.values()), members, params, rates)
         elastic = self._elastic
+        with self._lock:
+            current = elastic.target if elastic.target is not None else members
+            moving = (elastic.draining is not None or elastic.warming is not None or bool(elastic.leaving)
+                      or members != current)
+        if moving:
+            # A scale event is under way (the ring has not reached the target yet, a shard drains,
+            # warms or leaves): the next decision starts from where it ends. (Deciding from the
+            # ring's size here once took a scale-out back while its node was starting.)
+            with self._lock:
+                elastic.decision = {"target": current, "reason": f"moving to {current} shards", "shards": members,
+                                    "t": round(time.time(), 3)}
+            return
+        target, reason = decide(list(windows.values()), current, params, rates)
         with self._lock:
             elastic.decision = {"target": target, "reason": reason, "shards": members, "t": round(time.time(), 3),
                                 "references": round(sum(curve.references for curve in windows.values()))}
-            busy = elastic.draining is not None or elastic.leaving
-            current = elastic.target if elastic.target is not None else members
-            if target == current or busy or now - elastic.last_event_at < controller.scale_cooldown_s:
+            if target == current or now - elastic.last_event_at < controller.scale_cooldown_s:
                 return
             elastic.target, elastic.last_event_at = target, now
             elastic.drain_next = controller.drain

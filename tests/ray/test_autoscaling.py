@@ -68,7 +68,8 @@ def test_the_policy_asks_the_autoscaler_for_a_first_node_then_scales_out_when_mo
     tools.wait_until(grown, 240, "the autoscaling policy to add a shard", interval_s=0)
     status = ray.get(tier.controller.scale_status.remote())
     autoscale = [event for event in status["events"] if event["kind"] == "autoscale"]
-    assert [event["target"] for event in autoscale] == [1, 2]
+    assert [event["target"] for event in autoscale] == [1, 2], [(e["kind"], e.get("target"), e.get("shards"),
+                                                                 e.get("reason")) for e in status["events"]]
     assert "one more shard" in autoscale[-1]["reason"]
     assert status["requested"] == 2 and len(shard_nodes()) == 2
 

@@ -159,6 +159,7 @@ class ElasticCluster:
         self.records: dict[str, dict] = {}
         self.stopped: list[str] = []
         self.drain_report = {"pages": 7, "bytes": 7 * 4096, "complete": True, "by_owner": {}}
+        self.stats: dict[str, dict] = {}
 
     def shard_slots(self, resource_name, disk_label):
         return [ShardSlot(name, node) for name, node in self.slots.items()]
@@ -194,6 +195,8 @@ class ElasticCluster:
                 answers[name] = self.records[name]["version"]
             elif method == "ring_record":
                 answers[name] = dict(self.records.get(name, {}))
+            elif method == "stats":
+                answers[name] = self.stats.get(name, {})
             else:
                 answers[name] = {}
         return answers
@@ -341,3 +344,39 @@ def test_status_shows_the_target_the_standby_shards_and_the_last_events():
     standby = controller.scale_status()["standby"][0]
     assert f"scale: target 1 shards, 1 in the ring; standby {standby}; Ray's autoscaler asked for 1" in text
     assert "scale_in: shard " + standby in text and "drained True" in text
+
+
+def _stats(references: int, knee_mib: float) -> dict:
+    """A shard's stats() with a miss-ratio curve (see `_curve`) and a 64 MiB budget."""
+    curve = _curve(64 * MiB, references, knee=knee_mib * MiB)
+    return {"space": {"capacity_bytes": 64 * MiB}, "counters": {},
+            "workload": {"references": references, "mrc": [list(point) for point in curve.points]}}
+
+
+def test_the_policy_holds_a_scale_out_while_its_node_is_coming_and_decides_again_once_it_serves():
+    import time
+
+    cluster = ElasticCluster(["shard-a-0"])
+    controller = Controller(_elastic_config(autoscale=True, min_shards=1, max_shards=3, autoscale_period_s=0.05,
+                                            scale_cooldown_s=0.0, scale_min_references=100, scale_out_gain=0.01),
+                            api=cluster)
+    references = 1000
+    cluster.stats["shard-a-0"] = _stats(references, knee_mib=4096)
+    for _ in range(3):  # the first reading spans the ring's first version; the next decides
+        references += 1000
+        cluster.stats["shard-a-0"] = _stats(references, knee_mib=4096)
+        controller.reconcile_once()
+        time.sleep(0.06)
+    status = controller.scale_status()
+    assert status["target"] == 2 and cluster.requests[-1] == 2
+    # No node comes for a while, and the window is quiet: the target holds (it is not the ring's 1).
+    for _ in range(5):
+        controller.reconcile_once()
+        time.sleep(0.06)
+    status = controller.scale_status()
+    assert status["target"] == 2 and status["decision"]["reason"] == "moving to 2 shards"
+    assert [event["target"] for event in status["events"] if event["kind"] == "autoscale"] == [2]
+    cluster.slots["shard-b-0"] = "node-shard-b-0"  # the autoscaler's node arrives
+    cluster.stats["shard-b-0"] = _stats(0, knee_mib=4096)
+    _settle(controller, 4)
+    assert len(controller.ring()["shards"]) == 2
