@@ -115,8 +115,8 @@ def pick_victim(candidates: Mapping[str, tuple[str, int]]) -> str | None:
     if not candidates:
         return None
     per_node = collections.Counter(node for node, _ in candidates.values())
-    return min(candidates, key=lambda name: (per_node[candidates[name][0]] > 1, candidates[name][1],
-                                             [-ord(c) for c in name]))
+    ordered = sorted(candidates, reverse=True)  # min() keeps the first of equals: ties go to the last name
+    return min(ordered, key=lambda name: (per_node[candidates[name][0]] > 1, candidates[name][1]))
 
 
 def newest_record(answers: Mapping[str, Any]) -> dict | None:

@@ -49,8 +49,10 @@ class ScaleSteps:
 
     def _reconcile_autoscale(self) -> None:
         """Every autoscale_period_s: read the serving shards' stats and move the target by the
-        policy's answer (raylsm.controller.scaling.decide), unless a drain runs or the last scale
-        event is younger than scale_cooldown_s. A shard that does not answer is left out."""
+        policy's answer (raylsm.controller.scaling.decide), unless a scale event is under way (the
+        ring short of or above the target, a shard draining, warming or leaving), the window spans
+        a ring change, or the last scale event is younger than scale_cooldown_s. A shard that does
+        not answer is left out."""
         controller = self._config.controller
         now = time.monotonic()
         if not controller.autoscale or now - self._autoscaled_at < controller.autoscale_period_s:

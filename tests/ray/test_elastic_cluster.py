@@ -23,9 +23,9 @@ CHAINS = 90  # of 4 pages: one extent each
 @pytest.fixture(scope="module")
 def tier(ray_cluster, tier_factory):
     # A grace long enough to read from a leaving shard: it is listed until a ring refresh and a call
-    # (0.5 + 10 s here) before it stops.
-    tier = tier_factory(client=EXTENT, controller={"reconcile_period_s": 0.5, "drain_grace_s": 20.0,
-                                                   "ping_timeout_s": 5.0})
+    # (0.5 + 2 s here) before it stops.
+    tier = tier_factory(client={**EXTENT, "call_timeout_s": 2.0},
+                        controller={"reconcile_period_s": 0.5, "drain_grace_s": 10.0, "ping_timeout_s": 5.0})
     tier.wait_for_shards(CLUSTER_WORKERS)
     return tier
 

@@ -83,6 +83,7 @@ def test_a_window_curve_counts_only_the_references_since_the_last_reading():
 def test_the_victim_is_alone_on_its_node_then_the_smallest():
     assert pick_victim({"a": ("n1", 10), "b": ("n1", 1), "c": ("n2", 50)}) == "c"
     assert pick_victim({"a": ("n1", 10), "b": ("n2", 1), "c": ("n3", 50)}) == "b"
+    assert pick_victim({"a": ("n1", 5), "c": ("n3", 5), "b": ("n2", 5)}) == "c"  # a tie: the last name
     assert pick_victim({}) is None
     assert newest_record({"a": {"version": 3, "members": ["a"]}, "b": {"version": 7, "members": ["a", "b"]},
                           "c": None, "d": RuntimeError("down"), "e": {}})["version"] == 7
