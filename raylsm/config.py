@@ -215,6 +215,11 @@ class ControllerConfig:
     # there what they miss: ClientConfig.handoff_s).
     drain: bool = True
     drain_timeout_s: float = 600.0
+    # The rate each shard reads and sends at in a hand-over (a drain, or its share of a warm join),
+    # so that it does not starve the reads it serves meanwhile; 0: no cap. NOTE: at 256 MB/s a
+    # drain of 1.2 TB takes 80 min (raise drain_timeout_s with it); a warm join's receiver takes
+    # the members' sum.
+    handover_bytes_per_s: float = 256e6
     # A shard that joins a ring holding pages (scale-out, a node back) first receives from every
     # member the pages the ring with it routes to it, then joins (docs/elastic.md, "warm join").
     warm_join: bool = True
@@ -244,6 +249,7 @@ class ControllerConfig:
         _require(self, "disk_bytes_per_s", 0.0 <= self.disk_bytes_per_s <= 1e12, "in [0, 1e12]")
         _require(self, "disk_busy_fraction", 0.0 < self.disk_busy_fraction <= 1.0, "in (0, 1]")
         _require(self, "drain_timeout_s", 0.1 <= self.drain_timeout_s <= 86400, "in [0.1, 86400]")
+        _require(self, "handover_bytes_per_s", 0.0 <= self.handover_bytes_per_s <= 1e12, "in [0, 1e12]")
         _require(self, "drain_grace_s", 0.0 <= self.drain_grace_s <= 3600, "in [0, 3600]")
         return self
 

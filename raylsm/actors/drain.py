@@ -53,15 +53,24 @@ def owners_of(keys: Sequence[bytes], members: Sequence[str], virtual_nodes: int,
     return groups
 
 
+def pace_delay(elapsed_s: float, moved_bytes: int, bytes_per_s: float) -> float:
+    """Seconds to wait so that `moved_bytes` in `elapsed_s` stays within `bytes_per_s` (0: no limit)."""
+    if bytes_per_s <= 0:
+        return 0.0
+    return max(0.0, moved_bytes / bytes_per_s - elapsed_s)
+
+
 def drain_pages(store: Any, members: Sequence[str], virtual_nodes: int, routes: Mapping[bytes, bytes],
                 max_bytes: int, handle_of: Callable[[str], Any], deadline_s: float,
-                batch_bytes: int = BATCH_BYTES, only: str | None = None) -> dict:
+                batch_bytes: int = BATCH_BYTES, only: str | None = None, bytes_per_s: float = 0.0) -> dict:
     """Move this store's newest pages, at most `max_bytes`, to their owners among `members` (the ring
     after this shard leaves), until `deadline_s` (monotonic). Pages go oldest of the chosen first, so
     the newest arrive last and are the receivers' newest. A second pass then moves every page
     written during the first (the shard serves all along, and the newest pages are the hottest). With
     `only`, just the pages that shard owns move (a warm join: `members` is the ring with it, and this
-    shard is one of them), and the report's "planned_*" count those.
+    shard is one of them), and the report's "planned_*" count those. `bytes_per_s` (0: none) caps
+    the rate this shard reads and sends at, so that a hand-over does not starve the reads it serves
+    meanwhile.
 
     Returns {"planned_pages", "planned_bytes", "pages", "bytes", "present", "failed", "complete",
     "seconds", "by_owner", "second_pass_pages"}: pages stored on a receiver, pages it already held,
@@ -71,11 +80,13 @@ def drain_pages(store: Any, members: Sequence[str], virtual_nodes: int, routes: 
     report = {"planned_pages": 0, "planned_bytes": 0, "pages": 0, "bytes": 0, "present": 0, "failed": 0,
               "complete": True, "seconds": 0.0, "by_owner": {}, "second_pass_pages": 0}
     chosen, newest = store.newest_pages(max_bytes)
-    _pass(store, chosen[::-1], members, virtual_nodes, routes, handle_of, deadline_s, batch_bytes, only, report)
+    pace = {"started": started, "bytes_per_s": bytes_per_s, "read": 0}  # bytes read for moving, both passes
+    _pass(store, chosen[::-1], members, virtual_nodes, routes, handle_of, deadline_s, batch_bytes, only, report, pace)
     if report["complete"] and members:
         planned = report["planned_pages"]
         since, _ = store.newest_pages(1 << 62, after=newest)
-        _pass(store, since[::-1], members, virtual_nodes, routes, handle_of, deadline_s, batch_bytes, only, report)
+        _pass(store, since[::-1], members, virtual_nodes, routes, handle_of, deadline_s, batch_bytes, only, report,
+              pace)
         report["second_pass_pages"] = report["planned_pages"] - planned
     report["seconds"] = round(time.monotonic() - started, 3)
     return report
@@ -83,8 +94,9 @@ def drain_pages(store: Any, members: Sequence[str], virtual_nodes: int, routes: 
 
 def _pass(store: Any, chosen: list[tuple[bytes, int]], members: Sequence[str], virtual_nodes: int,
           routes: Mapping[bytes, bytes], handle_of: Callable[[str], Any], deadline_s: float, batch_bytes: int,
-          only: str | None, report: dict) -> None:
-    """One pass of `drain_pages` over `chosen` (oldest first), adding to `report`."""
+          only: str | None, report: dict, pace: dict) -> None:
+    """One pass of `drain_pages` over `chosen` (oldest first), adding to `report`; `pace`: when the
+    drain started, its byte rate cap and the bytes it read so far (updated)."""
     keys = [key for key, _ in chosen]
     sizes = [size for _, size in chosen]
     if not keys:
@@ -112,9 +124,12 @@ def _pass(store: Any, chosen: list[tuple[bytes, int]], members: Sequence[str], v
     batches.sort(key=lambda item: item[1][0])  # oldest first across owners too
     in_flight = None  # (owner, keys, sizes, ref)
     for owner, batch in batches:
-        if time.monotonic() >= deadline_s:
+        wait = pace_delay(time.monotonic() - pace["started"], pace["read"], pace["bytes_per_s"])
+        if time.monotonic() + wait >= deadline_s:
             report["complete"] = False
             break
+        time.sleep(wait)
+        pace["read"] += sum(sizes[i] for i in batch)
         read = _read(store, [keys[i] for i in batch], [sizes[i] for i in batch])
         if in_flight is not None:
             _settle(in_flight, report, deadline_s)

@@ -166,11 +166,12 @@ class ShardServer:
             self._routes = routes
 
     def drain(self, members: Sequence[str], virtual_nodes: int, fraction: float, timeout_s: float,
-              only: str | None = None) -> dict:
+              only: str | None = None, bytes_per_s: float = 0.0) -> dict:
         """Hand the newest `fraction` of this shard's live bytes to their owners in the ring of
         `members`, within `timeout_s` (raylsm.actors.drain.drain_pages: its report). A scale-in
         drains the leaving shard to a ring without it; a warm join calls every member with the ring
-        with the joining shard and `only` that shard (the pages it will own, which stay here too)."""
+        with the joining shard and `only` that shard (the pages it will own, which stay here too).
+        `bytes_per_s`: the rate cap of the hand-over (0: none)."""
         live = self._store.stats()["space"]["live_bytes"]
         namespace = self._ray_namespace
         handles: dict[str, Any] = {}
@@ -181,7 +182,7 @@ class ShardServer:
             return handles[name]
 
         report = drain_pages(self._store, members, virtual_nodes, dict(self._routes), int(fraction * live),
-                             handle_of, time.monotonic() + timeout_s, only=only)
+                             handle_of, time.monotonic() + timeout_s, only=only, bytes_per_s=bytes_per_s)
         logger.info("shard %s drained: %s", self._name, {k: v for k, v in report.items() if k != "by_owner"})
         return report
 

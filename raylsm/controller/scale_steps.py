@@ -172,7 +172,8 @@ class ScaleSteps:
         timeout_s = controller.drain_timeout_s
         logger.info("draining shard %s: its newest %.0f%% to %d shards", victim, 100 * fraction, len(remaining))
         elastic.start_drain(victim, lambda: self._api.call_each(
-            {victim: (record.handle, "drain", (remaining, client.virtual_nodes, fraction, timeout_s))},
+            {victim: (record.handle, "drain", (remaining, client.virtual_nodes, fraction, timeout_s, None,
+                                               controller.handover_bytes_per_s))},
             timeout_s + 30)[victim])
 
     def _warm_joining(self, now: float) -> None:
@@ -201,7 +202,8 @@ class ScaleSteps:
             return
         ring = sorted([*members, name])
         timeout_s = controller.drain_timeout_s
-        calls = {member: (handle, "drain", (ring, client.virtual_nodes, 1.0, timeout_s, name))
+        calls = {member: (handle, "drain", (ring, client.virtual_nodes, 1.0, timeout_s, name,
+                                            controller.handover_bytes_per_s))
                  for member, handle in members.items()}
 
         def run() -> dict:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from raylsm.actors.drain import owners_of
+from raylsm.actors.drain import owners_of, pace_delay
 from raylsm.config import TierConfig
 from raylsm.controller.controller import Controller
 from raylsm.controller.elastic import newest_record, pick_victim
@@ -238,7 +238,8 @@ def test_scale_in_drains_the_victim_to_the_rest_then_stops_it_and_scale_out_wake
     assert victim is not None and victim in first["shards"]
     assert victim in controller.ring()["shards"]  # in the ring while it hands over
     _settle(controller)
-    name, members, virtual_nodes, fraction, _timeout = cluster.drains[0]
+    name, members, virtual_nodes, fraction, _timeout, only, bytes_per_s = cluster.drains[0]
+    assert only is None and bytes_per_s == 256e6
     assert name == victim and sorted(members) == sorted(set(first["shards"]) - {victim})
     assert virtual_nodes == 32 and fraction == pytest.approx(2 / 3)
     ring = controller.ring()
@@ -381,3 +382,9 @@ def test_the_policy_holds_a_scale_out_while_its_node_is_coming_and_decides_again
     cluster.stats["shard-b-0"] = _stats(0, knee_mib=4096)
     _settle(controller, 4)
     assert len(controller.ring()["shards"]) == 2
+
+
+def test_a_hand_over_is_paced_to_its_byte_rate():
+    assert pace_delay(1.0, 100, 0.0) == 0.0  # no cap
+    assert pace_delay(1.0, 512 * MiB, 256 * MiB) == pytest.approx(1.0)  # two seconds' worth after one
+    assert pace_delay(3.0, 512 * MiB, 256 * MiB) == 0.0  # behind the cap: no wait
