@@ -9,7 +9,8 @@ What the stock class lacks here (each found by running it, ray 2.60.0):
   kills every Ray process on the machine: here a free port, a temp dir of its own, and a shutdown
   that kills only this cluster's processes;
 - `ray start --head` turns token auth on when ~/.ray/auth_token exists, which an explicit-address
-  `ray.init` then fails: auth is pinned off for the cluster and the driver;
+  `ray.init` then fails: auth is off for the cluster, and the driver must set RAY_AUTH_MODE=disabled
+  while it is connected (tests/ray/test_autoscaling.py's fixture);
 - fake node ids share their first 12 hex digits (raylsm names an unlabelled disk after them):
   `DiskLabelProvider` gives each node a label value of its own ("{node}" in a node type's label
   value becomes the node's number).
@@ -96,8 +97,7 @@ class LocalAutoscalingCluster(AutoscalingCluster):
                 command.append(f"{flag}={head.pop(key)}")
         if head:
             command.append(f"--resources={json.dumps(head)}")
-        os.environ["RAY_AUTH_MODE"] = "disabled"
-        env = {**os.environ, "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_FAKE_CLUSTER": "1",
+        env = {**os.environ, "RAY_AUTH_MODE": "disabled", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_FAKE_CLUSTER": "1",
                "PYTHONPATH": os.pathsep.join(p for p in (HERE, os.environ.get("PYTHONPATH")) if p)}
         env.pop("RAY_enable_autoscaler_v2", None)
         subprocess.check_call(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

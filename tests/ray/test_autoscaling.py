@@ -6,6 +6,7 @@ scale-in drains a shard, stops it and Ray's autoscaler removes the idle node (do
 from __future__ import annotations
 
 import itertools
+import os
 
 import pytest
 import ray
@@ -26,6 +27,8 @@ def autoscaling():
                                   "labels": {"raylsm-disk": "auto-{node}"}, "node_config": {},
                                   "min_workers": 0, "max_workers": 2}},
         idle_timeout_minutes=0.05, upscaling_speed=1.0)
+    auth_mode = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # as the cluster runs (autoscaling_cluster.py); restored below
     cluster.start()
     try:
         ray._private.ray_constants.AUTOSCALER_EVENTS = 0  # no "(autoscaler +Ns)" lines in the driver
@@ -34,6 +37,10 @@ def autoscaling():
     finally:
         ray.shutdown()
         cluster.shutdown()
+        if auth_mode is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = auth_mode
 
 
 @pytest.fixture(scope="module")
