@@ -221,33 +221,53 @@ def _config_file_sets_capacity(path: str | None) -> bool:
 def _add_status(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("status", help="a table of the shards: node, state, pages, bytes, hit rate",
                                    description="Print the shards of the raylsm tier on a Ray cluster.")
-    parser.add_argument("--address", type=non_empty, metavar="ADDR", help=_ADDRESS_HELP)
-    parser.add_argument("--namespace", type=non_empty, default="raylsm",
-                        help="Ray namespace of the tier (default raylsm)")
+    _add_tier_arguments(parser)
     parser.set_defaults(handler=_run_status)
 
 
-def _run_status(args: argparse.Namespace) -> int:
-    from raylsm import lifecycle, status_report
+def _add_tier_arguments(parser: argparse.ArgumentParser) -> None:
+    """--address and --namespace: which running tier a command acts on (status, scale, down)."""
+    parser.add_argument("--address", type=non_empty, metavar="ADDR", help=_ADDRESS_HELP)
+    parser.add_argument("--namespace", type=non_empty, default="raylsm",
+                        help="Ray namespace of the tier (default raylsm)")
+
+
+def _connect_tier(command: str, args: argparse.Namespace) -> tuple[Any, Any] | int:
+    """(the cluster found, the tier's controller handle), connected; or, having said why on stderr,
+    the exit status 1 (no cluster, or no controller in the namespace)."""
+    from raylsm import lifecycle
+    from raylsm.controller.controller_actor import get_controller
 
     try:
         cluster = lifecycle.find_cluster(args.address)
         if cluster is None:
-            print("raylsm status: no Ray cluster found on this host (no RAY_ADDRESS, no head `raylsm up` started "
-                  "from this directory, no Ray node started here with `ray start`); pass --address, or start one "
-                  "with `raylsm up`", file=sys.stderr)
+            print(f"raylsm {command}: no Ray cluster found on this host (no RAY_ADDRESS, no head `raylsm up` "
+                  "started from this directory, no Ray node started here with `ray start`); pass --address, or "
+                  "start one with `raylsm up`", file=sys.stderr)
             return 1
         lifecycle.connect(cluster, args.namespace)
     except lifecycle.RayNotFoundError as error:
-        print(f"raylsm status: {error}", file=sys.stderr)
+        print(f"raylsm {command}: {error}", file=sys.stderr)
         return 1
     try:
-        report = lifecycle.status(args.namespace)
+        return cluster, get_controller(args.namespace)
     except ValueError:
-        print(f"raylsm status: Ray at {cluster.address} ({cluster.found_by}) is running, but no raylsm controller "
-              f"in namespace {args.namespace!r} (start it with `raylsm up --address {cluster.address} "
+        print(f"raylsm {command}: Ray at {cluster.address} ({cluster.found_by}) is running, but no raylsm "
+              f"controller in namespace {args.namespace!r} (start it with `raylsm up --address {cluster.address} "
               f"--data-dir DIR`)", file=sys.stderr)
         return 1
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    import ray
+
+    from raylsm import status_report
+
+    found = _connect_tier("status", args)
+    if isinstance(found, int):
+        return found
+    cluster, controller = found
+    report = ray.get(controller.status.remote())
     print(f"raylsm on Ray at {cluster.address} ({cluster.found_by}), namespace {args.namespace}")
     print(status_report.format_status(report))
     return 0
@@ -266,31 +286,19 @@ def _add_scale(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-drain", action="store_true", help="scale in without handing pages over")
     parser.add_argument("--wait", type=SCALE_WAIT_S, default=0.0, metavar="S",
                         help="wait up to S seconds for the ring to reach N shards (default 0: return at once)")
-    parser.add_argument("--address", type=non_empty, metavar="ADDR", help=_ADDRESS_HELP)
-    parser.add_argument("--namespace", type=non_empty, default="raylsm",
-                        help="Ray namespace of the tier (default raylsm)")
+    _add_tier_arguments(parser)
     parser.set_defaults(handler=_run_scale)
 
 
 def _run_scale(args: argparse.Namespace) -> int:
     import ray
 
-    from raylsm import lifecycle, status_report
-    from raylsm.controller.controller_actor import get_controller
+    from raylsm import status_report
 
-    try:
-        cluster = lifecycle.find_cluster(args.address)
-        if cluster is None:
-            print("raylsm scale: no Ray cluster found on this host; pass --address", file=sys.stderr)
-            return 1
-        lifecycle.connect(cluster, args.namespace)
-        controller = get_controller(args.namespace)
-    except lifecycle.RayNotFoundError as error:
-        print(f"raylsm scale: {error}", file=sys.stderr)
-        return 1
-    except ValueError:
-        print(f"raylsm scale: no raylsm controller in namespace {args.namespace!r}", file=sys.stderr)
-        return 1
+    found = _connect_tier("scale", args)
+    if isinstance(found, int):
+        return found
+    _cluster, controller = found
     try:
         scale = ray.get(controller.scale.remote(args.shards, False if args.no_drain else None))
     except ray.exceptions.RayTaskError as error:
@@ -320,9 +328,7 @@ def _add_down(subparsers: argparse._SubParsersAction) -> None:
         description="Close every shard's store and stop the shards and the controller of the raylsm tier on a Ray "
                     "cluster. Ray itself keeps running, unless it is the embedded head that `raylsm up` started "
                     "from this directory: then that head's processes, and no other, are stopped.")
-    parser.add_argument("--address", type=non_empty, metavar="ADDR", help=_ADDRESS_HELP)
-    parser.add_argument("--namespace", type=non_empty, default="raylsm",
-                        help="Ray namespace of the tier (default raylsm)")
+    _add_tier_arguments(parser)
     parser.set_defaults(handler=_run_down)
 
 
