@@ -306,6 +306,13 @@ class TierClient:
                 groups[shard] = kept
         return _Routed(routed.keys, groups, routed.first_bad) if groups else None
 
+    def _fallbacks(self, op: str) -> list[tuple[Callable[..., _Routed | None], str]]:
+        """Where else a read looks for the pages it missed, in order, with the counter of each look:
+        under their extents' unsplit keys, then on the previous ring's shards (each None when it
+        does not apply)."""
+        return [(self._unsplit_fallback, "exists_unsplit_probes" if op == "exists" else "get_unsplit_reads"),
+                (self._handoff_fallback, "exists_handoff_probes" if op == "exists" else "get_handoff_reads")]
+
     # ---- data path ----------------------------------------------------------------------------
 
     def _probe_into(self, routed: _Routed, present: list[bool]) -> None:
@@ -334,19 +341,15 @@ class TierClient:
             routed = self._route(namespace_id, page_hashes, prefix_hashes)
             present = [False] * len(page_hashes)
             self._probe_into(routed, present)
-            first_miss = present.index(False) if False in present else len(present)
-            if first_miss < routed.first_bad:
-                fallback = self._unsplit_fallback(namespace_id, page_hashes, prefix_hashes, routed,
-                                                  [slot for slot in range(first_miss, len(present)) if not present[slot]])
-                if fallback is not None:
-                    self._probe_into(fallback, present)
-                    self._count(exists_unsplit_probes=1)
+            for where_else, counter in self._fallbacks("exists"):
                 first_miss = present.index(False) if False in present else len(present)
-                fallback = self._handoff_fallback(namespace_id, page_hashes, prefix_hashes, routed,
-                                                  [slot for slot in range(first_miss, len(present)) if not present[slot]])
+                if first_miss >= routed.first_bad:
+                    break
+                fallback = where_else(namespace_id, page_hashes, prefix_hashes, routed,
+                                      [slot for slot in range(first_miss, len(present)) if not present[slot]])
                 if fallback is not None:
                     self._probe_into(fallback, present)
-                    self._count(exists_handoff_probes=1)
+                    self._count(**{counter: 1})
             count = min(present.index(False) if False in present else len(present), routed.first_bad)
             self._count(exists_calls=1, exists_pages=len(page_hashes), exists_hits=count)
             return count
@@ -415,16 +418,14 @@ class TierClient:
             client = self._config.client
             deadline = started + client.call_timeout_s + sum(page_bytes) / 1e9 * client.get_seconds_per_gb
             self._get_pass(routed, page_parts, page_bytes, results, deadline)
-            missed = [slot for slot, hit in enumerate(results) if not hit]
-            fallback = self._unsplit_fallback(namespace_id, page_hashes, prefix_hashes, routed, missed) if missed else None
-            if fallback is not None and time.monotonic() < deadline:
-                self._get_pass(fallback, page_parts, page_bytes, results, deadline)
-                self._count(get_unsplit_reads=1)
-            missed = [slot for slot, hit in enumerate(results) if not hit]
-            fallback = self._handoff_fallback(namespace_id, page_hashes, prefix_hashes, routed, missed) if missed else None
-            if fallback is not None and time.monotonic() < deadline:
-                self._get_pass(fallback, page_parts, page_bytes, results, deadline)
-                self._count(get_handoff_reads=1)
+            for where_else, counter in self._fallbacks("get"):
+                missed = [slot for slot, hit in enumerate(results) if not hit]
+                if not missed or time.monotonic() >= deadline:
+                    break
+                fallback = where_else(namespace_id, page_hashes, prefix_hashes, routed, missed)
+                if fallback is not None:
+                    self._get_pass(fallback, page_parts, page_bytes, results, deadline)
+                    self._count(**{counter: 1})
             hits = sum(results)
             self._count(get_calls=1, get_pages=len(results), get_hits=hits)
             return results

@@ -30,7 +30,7 @@ PROBE_REQUESTS = 20  # consecutive requests whose hit ratio must be back to RECO
 RECOVERED = 0.9
 
 
-def _trace_s(wall: float, origin: float, speedup: float) -> float:
+def trace_s(wall: float, origin: float, speedup: float) -> float:
     return round((wall - origin) * speedup, 3)
 
 
@@ -79,12 +79,12 @@ class FaultSchedule:
         pid = ray.get(handle.info.remote(), timeout=30)["pid"]
         os.kill(pid, signal.SIGKILL)  # the shard actor runs on this machine (a simulated node)
         killed = time.time()
-        event = {"kind": "kill_shard", "shard": name, "t_s": _trace_s(killed, origin, self.speedup), "back_t_s": None}
+        event = {"kind": "kill_shard", "shard": name, "t_s": trace_s(killed, origin, self.speedup), "back_t_s": None}
         self.events.append(event)
         while time.time() - killed < BACK_TIMEOUT_S:
             try:
                 if ray.get(handle.info.remote(), timeout=2)["pid"] != pid:
-                    event["back_t_s"] = _trace_s(time.time(), origin, self.speedup)
+                    event["back_t_s"] = trace_s(time.time(), origin, self.speedup)
                     return
             except Exception:  # noqa: BLE001 (restarting: not reachable yet)
                 pass
@@ -97,18 +97,18 @@ class FaultSchedule:
         self.cluster.remove(label)
         removed = time.time()
         self.events.append({"kind": "remove_node", "shard": name, "disk": label,
-                            "t_s": _trace_s(removed, origin, self.speedup), "back_t_s": None})
+                            "t_s": trace_s(removed, origin, self.speedup), "back_t_s": None})
         time.sleep(max(0.0, removed + self.rejoin_after_s - time.time()))
         node = self.cluster.add(label)
         added = time.time()
-        event = {"kind": "add_node", "shard": name, "disk": label, "t_s": _trace_s(added, origin, self.speedup),
+        event = {"kind": "add_node", "shard": name, "disk": label, "t_s": trace_s(added, origin, self.speedup),
                  "back_t_s": None}
         self.events.append(event)
         while time.time() - added < BACK_TIMEOUT_S:
             try:
                 entry = ray.get(controller.ring.remote(), timeout=5)["shards"].get(name)
                 if entry and entry.get("node_id") == node.node_id:
-                    event["back_t_s"] = _trace_s(time.time(), origin, self.speedup)
+                    event["back_t_s"] = trace_s(time.time(), origin, self.speedup)
                     return
             except Exception:  # noqa: BLE001
                 pass

@@ -25,7 +25,7 @@ import logging
 import time
 from typing import Any
 
-from raylsm.bench.fleet_faults import _trace_s
+from raylsm.bench.fleet_faults import trace_s
 from raylsm.router import HashRing
 
 logger = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ class ScaleSchedule:
         asked = time.time()
         # t_s is when the ring changed (a drain or a warm join runs before it; until it ends the
         # ring and the hits are as before); asked_t_s when the scale event was asked.
-        at = _trace_s(asked, origin, self.speedup)
+        at = trace_s(asked, origin, self.speedup)
         event = {"kind": kind, "t_s": at, "asked_t_s": at, "target": target, "shards_before": len(before["shards"]),
                  "back_t_s": None}
         self.events.append(event)
@@ -105,7 +105,7 @@ class ScaleSchedule:
             status = ray.get(self._controller().scale_status.remote(), timeout=30)
             if status["members"] == target and not status["draining"] and not status.get("warming"):
                 after = self._ring()
-                changed = _trace_s(time.time(), origin, self.speedup)
+                changed = trace_s(time.time(), origin, self.speedup)
                 event.update(t_s=changed, back_t_s=changed, shards_after=len(after["shards"]),
                              remapped_fraction=round(self._hash_ring(before).moved_fraction(self._hash_ring(after)), 4),
                              ring_version_before=before["version"], ring_version_after=after["version"],
@@ -128,7 +128,7 @@ class ScaleSchedule:
         controller = self._controller()
         ray.kill(controller, no_restart=False)  # Ray restarts it (max_restarts=-1)
         killed = time.time()
-        event = {"kind": "kill_controller", "t_s": _trace_s(killed, origin, self.speedup), "back_t_s": None,
+        event = {"kind": "kill_controller", "t_s": trace_s(killed, origin, self.speedup), "back_t_s": None,
                  "shards_before": len(before["shards"])}
         self.events.append(event)
         time.sleep(1.0)
@@ -138,7 +138,7 @@ class ScaleSchedule:
             except Exception:  # noqa: BLE001 (restarting)
                 time.sleep(POLL_S)
                 continue
-            event.update(back_t_s=_trace_s(time.time(), origin, self.speedup), shards_after=len(after["shards"]),
+            event.update(back_t_s=trace_s(time.time(), origin, self.speedup), shards_after=len(after["shards"]),
                          remapped_fraction=round(self._hash_ring(before).moved_fraction(self._hash_ring(after)), 4),
                          ring_version_before=before["version"], ring_version_after=after["version"],
                          ring_version_regressed=after["version"] < before["version"],

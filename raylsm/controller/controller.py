@@ -159,9 +159,12 @@ class Controller(ScaleSteps):
                     continue
                 if answer == "ok":
                     record.last_seen, record.error = now, ""
-                    if record.state == STARTING and self._config.controller.warm_join and self._ring_members \
+                    # A shard joining a ring that holds pages is warmed first: the published ring's,
+                    # or, in a restarted controller's first round, the adopted one's.
+                    holds_pages = self._ring_members or self._adopted_members
+                    if record.state == STARTING and self._config.controller.warm_join and holds_pages \
                             and name not in self._adopted_members:
-                        record.state = WARMING  # it joins a ring that holds pages: warm it first
+                        record.state = WARMING
                     elif record.state not in (DRAINING, WARMING):
                         record.state = SERVING
                 elif record.state == SERVING:

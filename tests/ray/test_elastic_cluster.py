@@ -71,16 +71,22 @@ def _owner(tier, ring: dict, chain) -> str:
     return router.route_pages(ROUTING_ID, chain, [])[0]
 
 
+def _client_with_chains(tier, pages, name: str, count: int):
+    """A client routing by ROUTING_ID, and `count` chains of 4 pages it stored (one extent each)."""
+    client = tier.client()
+    client.route_namespace_as(pages.namespace, ROUTING_ID)
+    chains = [pages.chain((name, i), 4) for i in range(count)]
+    for chain in chains:
+        assert all(client.put(pages.namespace, chain, [], pages.values(chain)))
+    return client, chains
+
+
 def _failed_calls(client) -> int:
     return sum(value for key, value in client.stats()["counters"].items() if "failed" in key)
 
 
 def test_scale_in_drains_the_leaving_shard_and_its_pages_hit_on_their_new_owners(tier, pages, tools):
-    client = tier.client()
-    client.route_namespace_as(pages.namespace, ROUTING_ID)
-    chains = [pages.chain(("elastic", i), 4) for i in range(CHAINS)]
-    for chain in chains:
-        assert all(client.put(pages.namespace, chain, [], pages.values(chain)))
+    client, chains = _client_with_chains(tier, pages, "elastic", CHAINS)
     before = tier.ring()
     assert all(_hits(client, pages, chains))
     reader = Reader(client, pages, chains)
@@ -114,11 +120,7 @@ def test_scale_in_drains_the_leaving_shard_and_its_pages_hit_on_their_new_owners
 
 
 def test_a_killed_controller_comes_back_with_the_same_ring_and_standby_and_nothing_remapped(tier, pages, tools):
-    client = tier.client()
-    client.route_namespace_as(pages.namespace, ROUTING_ID)
-    chains = [pages.chain(("survive", i), 4) for i in range(30)]
-    for chain in chains:
-        assert all(client.put(pages.namespace, chain, [], pages.values(chain)))
+    client, chains = _client_with_chains(tier, pages, "survive", 30)
     before = tier.ring()
     scale_before = ray.get(tier.controller.scale_status.remote())
     reader = Reader(client, pages, chains)
@@ -145,14 +147,11 @@ def test_scale_out_wakes_the_standby_shard_into_the_ring(tier, pages, tools):
 
 
 def test_scale_in_without_drain_still_reads_the_leaving_shards_pages_until_it_stops(tier, pages, tools):
-    client = tier.client()
-    client.route_namespace_as(pages.namespace, ROUTING_ID)
-    chains = [pages.chain(("no-drain", i), 4) for i in range(CHAINS)]
-    for chain in chains:
-        assert all(client.put(pages.namespace, chain, [], pages.values(chain)))
+    client, chains = _client_with_chains(tier, pages, "no-drain", CHAINS)
     before = tier.ring()
     failed_before = _failed_calls(client)
     ray.get(tier.controller.scale.remote(2, False))
+
     def switched():
         client.refresh_ring()
         ring = tier.ring()

@@ -388,3 +388,17 @@ def test_a_hand_over_is_paced_to_its_byte_rate():
     assert pace_delay(1.0, 100, 0.0) == 0.0  # no cap
     assert pace_delay(1.0, 512 * MiB, 256 * MiB) == pytest.approx(1.0)  # two seconds' worth after one
     assert pace_delay(3.0, 512 * MiB, 256 * MiB) == 0.0  # behind the cap: no wait
+
+
+def test_a_shard_that_was_warming_when_the_controller_died_is_warmed_by_the_next_one():
+    cluster = ElasticCluster(["shard-a-0", "shard-b-0"])
+    controller = Controller(_elastic_config(), api=cluster)
+    _settle(controller)
+    cluster.slots["shard-c-0"] = "node-shard-c-0"  # a node joins; the controller dies before it warms
+    restarted = Controller(_elastic_config(), api=cluster)
+    restarted.reconcile_once()
+    assert sorted(restarted.ring()["shards"]) == ["shard-a-0", "shard-b-0"]  # not in the ring cold
+    _settle(restarted)
+    assert "shard-c-0" in restarted.ring()["shards"]
+    assert sorted(call[0] for call in cluster.drains) == ["shard-a-0", "shard-b-0"]
+    assert all(call[5] == "shard-c-0" for call in cluster.drains)
