@@ -56,15 +56,9 @@ class DigestSet:
         """Membership of each digest, with one binary search over the base for the whole batch."""
         if not digests:
             return []
-        base = self._base
-        wanted = np.fromiter(digests, dtype=np.uint64, count=len(digests))
-        if len(base):
-            at = np.searchsorted(base, wanted)
-            found = base[np.minimum(at, len(base) - 1)] == wanted
-        else:
-            found = np.zeros(len(digests), dtype=bool)
+        found = self._base_hits(digests) if len(self._base) else [False] * len(digests)
         added, removed = self._added, self._removed
-        return [digest in added or (bool(hit) and digest not in removed) for digest, hit in zip(digests, found.tolist())]
+        return [digest in added or (hit and digest not in removed) for digest, hit in zip(digests, found)]
 
     def add(self, digest: int) -> None:
         self.update((digest,))
@@ -81,11 +75,28 @@ class DigestSet:
         self._maybe_merge()
 
     def discard(self, digest: int) -> None:
-        if digest in self._added:
-            self._added.discard(digest)
-        elif self._in_base(digest):
-            self._removed.add(digest)
+        self.discard_many((digest,))
+
+    def discard_many(self, digests: Sequence[int]) -> None:
+        """Remove digests (absent ones are ignored), with one binary search over the base for the
+        whole batch (an eviction forgets a segment's pages at once)."""
+        # A digest can be in `added` and the base at once (a live page written again: a reinsertion
+        # re-appends it); it must leave both.
+        # NOTE: before, one found in `added` left only `added`: every reinserted page evicted later
+        # stayed resident (probes answered it present, gets missed, its re-put was skipped as
+        # present) until an open rebuilt the set from the index.
+        added = self._added
+        for digest in digests:
+            added.discard(digest)
+        if digests and len(self._base):
+            self._removed.update(digest for digest, hit in zip(digests, self._base_hits(digests)) if hit)
             self._maybe_merge()
+
+    def _base_hits(self, digests: Sequence[int]) -> list[bool]:
+        base = self._base
+        wanted = np.fromiter(digests, dtype=np.uint64, count=len(digests))
+        at = np.searchsorted(base, wanted)
+        return (base[np.minimum(at, len(base) - 1)] == wanted).tolist()
 
     def clear(self) -> None:
         self._base = np.zeros(0, dtype=np.uint64)
@@ -98,13 +109,22 @@ class DigestSet:
 
     def merge(self) -> None:
         """Fold the recent changes into a new sorted base."""
+        # NOTE: O(n) in the base plus a sort of the (n/16) changes: positions by binary search, then
+        # one np.delete and one np.insert pass. np.isin and np.union1d sort the whole base again
+        # (O(n log n)) and this runs under the store's write lock.
         base = self._base
         if self._removed:
-            removed = np.fromiter(self._removed, dtype=np.uint64, count=len(self._removed))
-            base = base[~np.isin(base, removed, assume_unique=True)]
+            removed = np.sort(np.fromiter(self._removed, dtype=np.uint64, count=len(self._removed)))
+            at = np.searchsorted(base, removed)
+            inside = at < len(base)
+            at = at[inside]
+            base = np.delete(base, at[base[at] == removed[inside]])
         if self._added:
-            added = np.fromiter(self._added, dtype=np.uint64, count=len(self._added))
-            base = np.union1d(base, added)
+            added = np.sort(np.fromiter(self._added, dtype=np.uint64, count=len(self._added)))
+            at = np.searchsorted(base, added)
+            fresh = (at >= len(base)) | (base[np.minimum(at, len(base) - 1)] != added) if len(base) else \
+                np.ones(len(added), dtype=bool)
+            base = np.insert(base, at[fresh], added[fresh])
         self._base = np.ascontiguousarray(base, dtype=np.uint64)
         self._added.clear()
         self._removed.clear()

@@ -183,6 +183,11 @@ def _drop_bad_pointers(index: PointerIndex, segments: dict[int, Segment]) -> int
     return dropped
 
 
+# Bumped when a resident set written by an older version cannot be trusted: 2 since DigestSet kept
+# reinserted pages resident after their eviction (those snapshots hold such pages: scan instead).
+DIGESTS_VERSION = 2
+
+
 def _snapshot_path(segments_dir: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(segments_dir)), fmt.RESIDENT_SNAPSHOT_FILE)
 
@@ -204,7 +209,8 @@ def write_open_snapshot(segments_dir: str, index: PointerIndex, live_bytes: dict
             out.flush()
             os.fsync(out.fileno())
         os.replace(path + ".tmp", path)
-        meta.update(count=int(len(array)), checksum=xxhash.xxh64_intdigest(array.tobytes()))
+        meta.update(count=int(len(array)), checksum=xxhash.xxh64_intdigest(array.tobytes()),
+                    digests_version=DIGESTS_VERSION)
     batch = index.new_batch()
     batch.put(fmt.META_OPEN_SNAPSHOT, msgpack.packb(meta, use_bin_type=True))
     batch.put(fmt.META_CLEAN_SHUTDOWN, b"1")
@@ -228,8 +234,8 @@ def _load_snapshot(segments_dir: str, raw: bytes, segments: dict[int, Segment], 
             return None
         digests = None
         if with_digests:
-            if "count" not in meta:
-                return None
+            if "count" not in meta or meta.get("digests_version") != DIGESTS_VERSION:
+                return None  # (none, or written by a version whose resident set kept evicted pages)
             with open(_snapshot_path(segments_dir), "rb") as source:
                 data = source.read()
             if len(data) != 8 * meta["count"] or xxhash.xxh64_intdigest(data) != meta["checksum"]:

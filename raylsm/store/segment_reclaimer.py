@@ -143,13 +143,14 @@ def _commit(store: "ShardStore", segment, segment_id: int, plan: _Plan) -> list[
         batch = index.new_batch()
         current = index.get_many([key for _, key, _ in plan.entries]) if plan.entries else []
         still_here: set[int] = set()
+        forgotten: list[bytes] = []
         evicted_pages = evicted_bytes = 0
         for (offset, key, length), raw in zip(plan.entries, current):
             pointer = fmt.decode_pointer(raw) if raw is not None else None
             if pointer is None or pointer.segment_id != segment_id or pointer.offset != offset:
                 continue
             batch.delete(key)
-            store._forget(key)
+            forgotten.append(key)
             still_here.add(offset)
             evicted_pages += 1
             evicted_bytes += length
@@ -160,15 +161,20 @@ def _commit(store: "ShardStore", segment, segment_id: int, plan: _Plan) -> list[
                 pointer = fmt.decode_pointer(raw)
                 if pointer is not None and pointer.segment_id == segment_id and pointer.offset >= plan.walked_to:
                     batch.delete(key)
-                    store._forget(key)
+                    forgotten.append(key)
+        store._forget_many(forgotten)
         kept = [page for page, offset in plan.kept if offset in still_here]
         batch.put(fmt.META_LOW_WATERMARK, fmt.encode_u32(segment_id + 1))
         store._reads_since_written.pop(segment_id, None)  # (reads counted while it was re-appended)
         index.commit(batch)
         del store._segments[segment_id]
         store._live.drop(segment_id)
-        segment.retire()
         store._room.notify_all()  # a put waiting for room in a roll
+    # NOTE: unlinked and closed after the write lock is let go: closing the last descriptor of an
+    # unlinked file frees its blocks in the kernel, synchronously. py-spy on the shard actor, full
+    # packaged trace, 1 shard, capacity 0.1 (26 MB segments): 135 of 6,000 samples in that close,
+    # under the lock, while a put waited for the lock in 93 others.
+    segment.retire()
     kept_bytes = sum(page.value.nbytes for page in kept)
     store._stats.add(evicted_segments=1, evicted_pages=evicted_pages - len(kept),
                      evicted_bytes=evicted_bytes - kept_bytes)

@@ -300,8 +300,13 @@ class ShardStore:
         return segment if segment is not None and segment.pin() else None
 
     def _forget(self, key: bytes) -> None:
-        if self._resident is not None:
-            self._resident.discard(key_digest(key))
+        self._forget_many((key,))
+
+    def _forget_many(self, keys: Sequence[bytes]) -> None:
+        """Take keys out of the resident set (their pointers are being deleted). Caller holds the
+        write lock."""
+        if self._resident is not None and keys:
+            self._resident.discard_many([key_digest(key) for key in keys])
 
     def _present_flags(self, keys: Sequence[bytes], digests: Sequence[int] | None = None) -> list[bool]:
         """Whether each key has a pointer into a live segment: from the resident set if kept (by
@@ -482,16 +487,17 @@ class ShardStore:
         with self._write_lock:
             self._check_open()
             batch = self._index.new_batch()
-            deleted = 0
+            forgotten = []
             for key, raw in zip(keys, self._index.get_many(keys)):
                 pointer = fmt.decode_pointer(raw) if raw is not None else None
                 if pointer is None:
                     continue
                 batch.delete(key)
-                self._forget(key)
-                deleted += 1
+                forgotten.append(key)
                 self._live.remove(pointer.segment_id, pointer.length)
+            self._forget_many(forgotten)
             self._index.commit(batch)
+            deleted = len(forgotten)
         self._stats.add(deleted_pages=deleted)
         return deleted
 
@@ -524,17 +530,18 @@ class ShardStore:
     def _delete_namespace_locked(self, namespace: bytes) -> int:
         prefix = bytes((page_key.PAGE_KEY_TAG,)) + namespace
         batch = self._index.new_batch()
-        deleted = 0
+        forgotten = []
         for key, raw in self._index.scan_from(prefix):
             if not key.startswith(prefix):
                 break
             batch.delete(key)
-            self._forget(key)
-            deleted += 1
+            forgotten.append(key)
             pointer = fmt.decode_pointer(raw)
             if pointer is not None:
                 self._live.remove(pointer.segment_id, pointer.length)
+        self._forget_many(forgotten)
         self._index.commit(batch)
+        deleted = len(forgotten)
         self._stats.add(deleted_pages=deleted)
         return deleted
 

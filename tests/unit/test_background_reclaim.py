@@ -11,6 +11,7 @@ import threading
 import pytest
 
 from raylsm.store import segment as segment_module
+from raylsm.store.outcomes import PutOutcome
 
 KiB, MiB = 1024, 1024 * 1024
 
@@ -160,3 +161,29 @@ def test_a_segment_full_of_read_pages_keeps_every_one(store_factory, kit, backgr
         step += 1
     assert kit.counters(store)["reinserted_pages"] == pages
     assert store.probe(chain) == pages
+
+
+@pytest.mark.parametrize("reopen", [False, True])
+def test_a_reinserted_page_evicted_later_is_absent_and_can_be_stored_again(store_factory, kit, reopen):
+    """A page re-appended by reinsertion and evicted afterwards must leave the resident set: before
+    the fix a probe still answered it present, its get missed and its re-put was skipped as present."""
+    store = store_factory(capacity_bytes=12 * MiB, background_reclaim=True)
+    hot = _fill(store, kit, "hot", 2)
+    if reopen:  # the clean close's snapshot loads the digests into the set's sorted base
+        store.close()
+        store = store_factory(capacity_bytes=12 * MiB, background_reclaim=True)
+    else:
+        store._resident.merge()
+    assert all(v is not None for v in store.get_batch(hot))  # earn one reinsertion
+    step = 0
+    while kit.counters(store)["reinserted_pages"] < len(hot):
+        _fill(store, kit, ("flood", step), 2)
+        step += 1
+        assert step < 60, "the hot pages were never reinserted"
+    for more in range(40):  # not read again: they are evicted for good
+        _fill(store, kit, ("more", more), 2)
+    gone = [key for key, value in zip(hot, store.get_batch(hot)) if value is None]
+    assert gone, "no reinserted page was evicted"
+    assert [store.probe([key]) for key in gone] == [0] * len(gone)
+    again = store.put_batch_outcomes(gone, [kit.value(("again", key), 64 * KiB) for key in gone])
+    assert set(again) == {PutOutcome.STORED}

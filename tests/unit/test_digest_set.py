@@ -44,3 +44,27 @@ def test_it_holds_about_eight_bytes_per_digest_once_merged():
     assert digests.nbytes() == 8 * 300_000
     digests.clear()
     assert len(digests) == 0 and 5 not in digests
+
+
+def test_a_digest_written_again_and_discarded_leaves_the_set():
+    # A reinsertion re-appends a live page: its digest is added while already in the base.
+    digests = DigestSet()
+    digests.update([7, 8])
+    digests.merge()
+    digests.update([7])
+    digests.discard_many([7])
+    assert 7 not in digests and digests.contains_many([7, 8]) == [False, True]
+    assert list(digests.sorted_array()) == [8]
+
+
+def test_discard_many_matches_discarding_one_at_a_time():
+    one, many = DigestSet(min_merge=4), DigestSet(min_merge=4)
+    for digests in (one, many):
+        digests.update(range(0, 40, 2))
+        digests.merge()
+        digests.update(range(0, 60, 3))
+    for digest in range(0, 60, 5):
+        one.discard(digest)
+    many.discard_many(list(range(0, 60, 5)))
+    assert list(one.sorted_array()) == list(many.sorted_array())
+    assert 0 not in many and 6 in many and 10 not in many

@@ -86,3 +86,18 @@ def test_an_open_after_a_crash_scans_even_if_an_older_clean_close_left_a_snapsho
     with ShardStore.open(root, CONFIG) as store:
         assert not store.recovery.from_snapshot and not store.recovery.clean_shutdown
         assert all(store.probe([key]) for key in keys_of(100, 60))  # the crashed run's puts are there
+
+
+def test_a_snapshot_from_an_older_resident_set_version_is_scanned(tmp_path, monkeypatch):
+    # Version 1 sets kept reinserted pages resident after their eviction: their snapshots hold them.
+    from raylsm.store import recovery
+
+    root = str(tmp_path / "store")
+    monkeypatch.setattr(recovery, "DIGESTS_VERSION", 1)
+    with ShardStore.open(root, CONFIG) as store:
+        keys = fill(store, 0, 300)
+        before = answers(store, keys)
+    monkeypatch.setattr(recovery, "DIGESTS_VERSION", 2)
+    with ShardStore.open(root, CONFIG) as store:
+        assert not store.recovery.from_snapshot and store.recovery.clean_shutdown
+        assert answers(store, keys) == before
