@@ -29,7 +29,7 @@ from raylsm.actors.drain import drain_pages
 from raylsm.actors.metrics import ShardMetrics
 from raylsm.actors.store_tuning import StoreTuning
 from raylsm.config import ShardConfig
-from raylsm.errors import StoreLockedError
+from raylsm.errors import StoreClosedError, StoreLockedError
 from raylsm.store import ShardStore
 from raylsm.store.budget_pool import pool_path
 from raylsm.store.hot_extents import HotExtents
@@ -72,6 +72,9 @@ class ShardServer:
         self._synced = threading.Event()
         self._ray_namespace = context.namespace
         threading.Thread(target=self._sync_from_controller, name="raylsm-namespace-sync", daemon=True).start()
+        self._stop_metrics = threading.Event()
+        threading.Thread(target=self._export_metrics, args=(config.metrics_period_s,), name="raylsm-metrics",
+                         daemon=True).start()
         recovery = self._store.recovery
         logger.info("shard %s opened %s (restarted=%s, clean=%s, dropped pointers=%d, truncated bytes=%d)",
                     shard_name, self._path, self._restarted, recovery.clean_shutdown,
@@ -188,7 +191,19 @@ class ShardServer:
 
     def shutdown(self) -> None:
         """Close the store cleanly before the actor is killed (`raylsm down`)."""
+        self._stop_metrics.set()
         self._store.close()
+
+    def _export_metrics(self, period_s: float) -> None:
+        """Export the store's statistics every `period_s` until shutdown (the workload curve is
+        recomputed at most once a second: 148 us a snapshot at 1/64 of 200,000 pages tracked)."""
+        while not self._stop_metrics.wait(period_s):
+            try:
+                self._metrics.sync(self._store.stats(workload_max_age_s=1.0))
+            except StoreClosedError:
+                return
+            except Exception:  # noqa: BLE001 (metrics must never stop the shard)
+                logger.exception("shard %s: exporting metrics failed", self._name)
 
     # ---- data path ----------------------------------------------------------------------------
 
@@ -285,7 +300,8 @@ class ShardServer:
 
     @contextlib.contextmanager
     def _data_call(self, op: str):
-        """Time a data call, count it as in flight (for `health`) and export the store's stats."""
+        """Time a data call and count it as in flight (for `health`); the store's statistics are
+        exported by `_export_metrics`."""
         call_id = next(self._call_ids)
         started = time.perf_counter()
         with self._in_flight_lock:
@@ -296,10 +312,6 @@ class ShardServer:
             with self._in_flight_lock:
                 del self._in_flight[call_id]
             self._metrics.observe_call(op, (time.perf_counter() - started) * 1e3)
-            # NOTE: one stats snapshot per call (~tens of microseconds), not per page. The workload
-            # statistics' curve is recomputed at most once a second: 148 us a snapshot (1/64 of
-            # 200,000 pages tracked), more than a probe of 128 pages (64 us).
-            self._metrics.sync(self._store.stats(workload_max_age_s=1.0))
 
 
 def disk_pool_path(config: ShardConfig, shard_name: str) -> str | None:

@@ -148,6 +148,10 @@ def format_report(report: dict) -> str:
         lines.append(f"raylsm balance: stored bytes max/mean over {report['shards']} shards "
                      f"{report['balance_max_over_mean']:.2f}; shards per 128-page call "
                      f"{_show(report.get('shards_per_batch_mean'))}")
+    inside = next((row.get("store_latency_ms") for row in report.get("systems", []) if row.get("store_latency_ms")), None)
+    if inside:
+        lines.append("raylsm inside the stores (bucket upper bounds, ms): " + "; ".join(
+            f"{op} p50 {_show(v['p50_ms'])} p99 {_show(v['p99_ms'])}" for op, v in sorted(inside.items()) if v["calls"]))
     for key in ("hit_ratio_definition", "ttft_model", "page_cache_note", "capacity_note", "payload_note", "window_note", "notes"):
         value = report.get(key)
         if isinstance(value, list):

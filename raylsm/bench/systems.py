@@ -409,3 +409,18 @@ def sum_counters(stats: Sequence[dict]) -> dict:
         for key, value in (shard.get("counters") or {}).items():
             total[key] = total.get(key, 0) + int(value)
     return total
+
+
+def store_latency(stats: Sequence[dict]) -> dict:
+    """{op: {"calls", "p50_ms", "p99_ms"}} of the shards' stores, their histograms summed: the time
+    a call spends inside the store, apart from Ray and the client (bucket upper bounds, so an
+    over-estimate; raylsm.store.stats)."""
+    from raylsm.store.stats import LatencyHistogram
+
+    merged: dict[str, LatencyHistogram] = {}
+    for shard in stats:
+        for op, snapshot in (shard.get("latency") or {}).items():
+            histogram = merged.setdefault(op, LatencyHistogram())
+            histogram.counts = [a + int(b) for a, b in zip(histogram.counts, snapshot["counts"])]
+    return {op: {"calls": sum(h.counts), "p50_ms": h.quantile_ms(0.5), "p99_ms": h.quantile_ms(0.99)}
+            for op, h in merged.items()}

@@ -55,7 +55,7 @@ from raylsm.bench.replay import (STORAGE_BATCH_SIZE, HostCacheSim, PoolShape, Re
 from raylsm.bench.report import (build_report, format_report, jsonable, percentile, progress_bar, rolling, run_series,
                                  summarize, write_json, write_plot)
 from raylsm.bench.systems import (SEGMENTS_PER_SHARD, HiCacheFileSystem, RaylsmSystem, ShardCounter, TierSession,
-                                  segment_bytes_for, shard_summary, sum_counters)
+                                  segment_bytes_for, shard_summary, store_latency, sum_counters)
 from raylsm.bench.trace import (MODEL_PROFILES, TRACE_BLOCK_TOKENS, conversation_of, load_sampled,
                                 sample_conversations)
 from raylsm.cli import (SHARDS, CommandParser, CommaList, NumberRange, directory_path, existing_file,
@@ -389,6 +389,7 @@ def _run_measured(config: ReplayConfig, plan: ReplayPlan, shape: PoolShape, capa
             details["shards_per_batch_mean"] = round(sum(calls) / len(calls), 3) if calls else None
             details["shard_stats"] = [shard_summary(s) for s in stats]
             runs["raylsm"].extra["store_counters"] = sum_counters(stats)
+            runs["raylsm"].extra["store_latency_ms"] = store_latency(stats)
         wrong = sum(item.wrong_pages for item in runs.values())
         if wrong:
             details["notes"].append(f"VERIFICATION FAILED: {wrong} pages read back with wrong bytes")

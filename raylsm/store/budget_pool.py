@@ -163,7 +163,6 @@ class BudgetPool:
         now = time.time()
         live = (table["member"] != 0) & (now - table["heartbeat"] <= STALE_S)
         live[self._slot] = True
-        mine = table[self._slot]
         sealed = live & (table["oldest"] > 0)
         others = sealed.copy()
         others[self._slot] = False

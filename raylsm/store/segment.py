@@ -160,13 +160,17 @@ class Segment:
         if close_now:
             self._close_fds()
 
+    def unlink(self) -> None:
+        """Remove the file's name (cheap: its blocks are freed when the last descriptor closes)."""
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
     def retire(self, unlink: bool = True) -> None:
         """Remove the file; descriptors close once no reader pins them."""
         if unlink:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
+            self.unlink()
         with self._lock:
             self._retired = True
             close_now = self._pins == 0

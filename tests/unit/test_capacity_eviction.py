@@ -329,7 +329,10 @@ def _on_disk(root) -> int:
     total = 0
     for directory, _, files in os.walk(str(root)):
         for name in files:
-            total += os.path.getsize(os.path.join(directory, name))
+            try:
+                total += os.path.getsize(os.path.join(directory, name))
+            except FileNotFoundError:  # freed meanwhile by the background reclaimer
+                continue
     return total
 
 

@@ -15,7 +15,7 @@ import pytest
 from raylsm.store import ShardStore
 from raylsm.store import format as fmt
 from raylsm.store import segment as segment_module
-from raylsm.store import shard_store as shard_store_module
+from raylsm.store import write_path as write_path_module
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -181,7 +181,7 @@ def test_enospc_while_re_appending_kept_pages_evicts_them_and_the_put_goes_on(st
     kept_keys, kept_values = _pages(kit, "read", 15)  # fills segment 0
     assert store.put_batch(kept_keys, kept_values) == [True] * 15
     assert all(value is not None for value in store.get_batch(kept_keys))  # all earn reinsertion
-    real_evict, real_pwritev = shard_store_module.evict_oldest, os.pwritev
+    real_evict, real_pwritev = write_path_module.evict_oldest, os.pwritev
     armed = []
 
     def evict_oldest(store_, budget):
@@ -196,7 +196,7 @@ def test_enospc_while_re_appending_kept_pages_evicts_them_and_the_put_goes_on(st
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_pwritev(fd, buffers, offset)
 
-    monkeypatch.setattr(shard_store_module, "evict_oldest", evict_oldest)
+    monkeypatch.setattr(write_path_module, "evict_oldest", evict_oldest)
     monkeypatch.setattr(segment_module.os, "pwritev", pwritev)
     evicted_before = kit.counters(store)["evicted_pages"]
     i = 0
