@@ -51,6 +51,8 @@ from raylsm.store.stats import StoreStats
 
 logger = logging.getLogger(__name__)
 
+STAGING_BYTES = 8 << 20  # a multiple of fmt.BLOCK_BYTES
+
 
 class ShardStore(WritePath, ReadPath):
     """Use `ShardStore.open(path, config)`; see the module docstring for the contract."""
@@ -80,6 +82,9 @@ class ShardStore(WritePath, ReadPath):
         self._pool: BudgetPool | None = None  # joined by open() when given a pool path
         # Reads served per page since it was written, by segment then value offset (for reinsertion).
         self._reads_since_written: dict[int, dict[int, int]] = {}
+        # Unaligned pages are copied through this on their way to O_DIRECT (Segment.write_at); used
+        # under the write lock only.
+        self._staging = aligned_empty(STAGING_BYTES)
         self._zero_pad = aligned_empty(fmt.BLOCK_BYTES)
         self._zero_pad[:] = 0
         self.recovery = state

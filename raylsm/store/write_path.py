@@ -201,7 +201,7 @@ class WritePath:
         pointers = self._checksum_pool.submit(_pointer_batch, self._index, segment.segment_id, keys, pages, lengths,
                                               value_offsets, checksums)
         try:
-            segment.write_at(iovecs, offset, self._config.direct_io)
+            segment.write_at(iovecs, offset, self._config.direct_io, self._staging)
             if self._config.durability == "machine":
                 segment.sync()
         except OSError:
