@@ -1,8 +1,9 @@
 """TierClient: the raylsm client inside every SGLang process (and the benchmarks).
 
-Owned here: turning a batch of page hashes into store keys and shard groups (one ring lookup per
-extent), one call per shard issued in parallel, merging results back in batch order, the same-node
-fast path, ring refresh, and mapping every failure to a miss. Owns no data.
+Owned here: the data path (exists, get_into, put, clear_namespace): one call per shard issued in
+parallel, results merged back in batch order, the same-node fast path, and every failure mapped to a
+miss. The ring and routing are in client_ring.py, the shard calls in client_calls.py (mixins over
+this class's state). Owns no data.
 
 Called by the SGLang adapter from HiCache's prefetch, prefetch-IO and backup threads at once:
 thread-safe (the ring is swapped atomically; handles and the local reader have their own locks).
@@ -19,68 +20,27 @@ import os
 import threading
 import time
 from collections import Counter
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import ray
 
-from raylsm import namespaces
 from raylsm.actors.metrics import ClientMetrics
+from raylsm.client_calls import ShardCalls, _Chunk, _retryable, _Unsettled
+from raylsm.client_ring import RingView, _Routed
 from raylsm.config import INLINE_ENV, TierConfig
 from raylsm.controller.controller_actor import get_controller
-from raylsm.errors import ShardUnavailableError
 from raylsm.local_reads import BoundedLocalReader, LocatedPointers
-from raylsm.router import EmptyRingError, ExtentConfig, HashRing, page_anchors, routing_key
+from raylsm.router import EmptyRingError, ExtentConfig, HashRing
 from raylsm.shard_health import ShardHealth
-from raylsm.store import page_key
 from raylsm.store.io_buffers import page_views, parts_nbytes
 from raylsm.store.local_reader import LocalSegmentReader
 from raylsm.store.outcomes import ACCEPTED, PutOutcome
 
 logger = logging.getLogger(__name__)
 
-# How often the fast path's reads are reported to their shards when no probe carried them.
-# NOTE: `raylsm bench trace`, agentic workload, 8 shards, capacity 0.05: flushed with the ring
-# refresh (2 s) a shard that no request probed heard of reads late, after the read page's segment was
-# evicted: 27.8k pages re-appended against 47.8k in a direct replay of the same stream into the stores.
-READ_REPORT_S = 0.1
 
-class _Chunk(NamedTuple):
-    """The key of one of several object-path get calls to one shard: its slots start at `start`."""
-
-    shard: str
-    start: int
-
-
-def _shard_of(call_key: "str | _Chunk") -> str:
-    return call_key.shard if isinstance(call_key, _Chunk) else call_key
-
-
-class _Routed:
-    """A batch after routing: store keys in batch order (None where SGLang's key was malformed),
-    the slots of each shard, the first malformed slot (len(keys) if none), and the id the batch was
-    routed by when it is not the keys' namespace id (None otherwise; a shard keeps it for drains)."""
-
-    __slots__ = ("keys", "groups", "first_bad", "routing_id")
-
-    def __init__(self, keys: list[bytes | None], groups: dict[str, list[int]], first_bad: int,
-                 routing_id: bytes | None = None):
-        self.keys = keys
-        self.groups = groups
-        self.first_bad = first_bad
-        self.routing_id = routing_id
-
-
-class _Unsettled(NamedTuple):
-    """A put call that passed its deadline: the client answered False for its pages, so whatever it
-    stored when it lands late is deleted again."""
-
-    ref: Any
-    shard: str
-    keys: list[bytes]
-
-
-class TierClient:
+class TierClient(RingView, ShardCalls):
     def __init__(self, config: TierConfig | None = None, controller: Any = None):
         self._config = (config or TierConfig()).validate()
         client = self._config.client
@@ -137,181 +97,6 @@ class TierClient:
     def metrics(self) -> ClientMetrics:
         """This process's client-side metrics (the SGLang adapter times its calls with them)."""
         return self._metrics
-
-    # ---- ring ---------------------------------------------------------------------------------
-
-    @property
-    def ring_version(self) -> int:
-        return self._ring_info["version"]
-
-    def refresh_ring(self) -> bool:
-        """Fetch the controller's ring (and namespace generations); True if the ring changed.
-        Failures keep the current ring."""
-        try:
-            info = ray.get(self._controller.ring.remote(self._splits_version),
-                           timeout=self._config.client.call_timeout_s)
-        except (ray.exceptions.RayError, TimeoutError) as error:
-            logger.warning("raylsm: ring refresh failed (%s); keeping version %s", error, self.ring_version)
-            return False
-        self._adopt_generations(info.get("generations", {}))
-        self._adopt_splits(info.get("splits"))
-        self._leaving = frozenset(info.get("leaving") or ())
-        if info["version"] == self._ring_info["version"] and info["shards"] == self._ring_info["shards"]:
-            return False  # (a restarted controller may reuse a version number: compare members too)
-        previous = self._ring_info["shards"]
-        if set(info["shards"]) != set(previous) and previous:
-            self._previous_ring = self._ring
-            self._previous_until = time.monotonic() + self._config.client.handoff_s
-        self._ring = HashRing(sorted(info["shards"]), self._config.client.virtual_nodes, max(info["version"], 0))
-        self._ring_info = info
-        with self._handles_lock:  # a shard that moved to another node is a new actor: resolve it again
-            self._handles = {name: handle for name, handle in self._handles.items()
-                             if info["shards"].get(name) == previous.get(name)}
-        self._health.forget(set(info["shards"]))
-        logger.info("raylsm: ring version %d with %d shards", info["version"], len(info["shards"]))
-        return True
-
-    def _adopt_splits(self, splits: dict | None) -> None:
-        """Take the controller's split extents (sent only when their version is not ours)."""
-        if not splits or splits.get("version", -1) == self._splits_version:
-            return
-        self._split_extents = frozenset(bytes(extent) for extent in splits.get("extents", ()))
-        self._splits_version = splits["version"]
-        logger.info("raylsm: %d split extents (version %d)", len(self._split_extents), self._splits_version)
-
-    @property
-    def split_extents(self) -> frozenset[bytes]:
-        return self._split_extents
-
-    def _adopt_generations(self, generations: dict[str, int]) -> None:
-        merged = dict(self._generations)
-        for base, generation in generations.items():
-            merged[base] = max(merged.get(base, 0), int(generation))
-        if merged != self._generations:
-            self._current_ids = namespaces.current_ids({"generations": merged})
-            self._generations = merged
-
-    def _report_loop(self) -> None:
-        """Flush the fast path's read reports every READ_REPORT_S (non-blocking calls, one per shard
-        with pending reads): a read earns its page a second chance only if it arrives before the
-        page's segment is evicted, and a shard that no probe reaches would hear of it late."""
-        while not self._closed.wait(READ_REPORT_S):
-            try:
-                if self._unreported_reads:
-                    self.report_reads()
-            except Exception:  # noqa: BLE001 (the thread must outlive any one failure)
-                logger.exception("raylsm: read report failed")
-
-    def _background_loop(self) -> None:
-        while not self._closed.wait(self._config.client.ring_refresh_s):
-            for step in (self.refresh_ring, self._settle_puts, self._check_stalled):
-                try:
-                    step()
-                except Exception:  # the thread must outlive any one failure, or the ring goes stale
-                    logger.exception("raylsm: background step %s failed", step.__name__)
-
-    def _handle(self, shard: str) -> Any:
-        with self._handles_lock:
-            handle = self._handles.get(shard)
-        if handle is None:
-            handle = ray.get_actor(shard, namespace=self._namespace)
-            with self._handles_lock:
-                self._handles[shard] = handle
-        return handle
-
-    def route_namespace_as(self, namespace_id: bytes, routing_id: bytes) -> None:
-        """Route the pages of `namespace_id` by `routing_id` (8 bytes) instead of by themselves.
-        The adapter routes every rank's namespace by the rank-free cache identity, so that the TP,
-        PP and CP ranks' copies of a page land on one shard and share its fate (SGLang takes the
-        minimum prefix hit over ranks); index keys keep the rank's own namespace."""
-        if len(routing_id) != page_key.NAMESPACE_ID_BYTES:
-            raise ValueError(f"routing id must be {page_key.NAMESPACE_ID_BYTES} bytes, got {len(routing_id)}")
-        self._routing_ids[namespace_id] = routing_id
-
-    def _route(self, namespace_id: bytes, page_hashes: Sequence[bytes],
-               prefix_hashes: Sequence[bytes] | None, split_extents: frozenset[bytes] | None = None,
-               count_bad: bool = True, ring: HashRing | None = None) -> _Routed:
-        """Keys and shard groups of a batch. A malformed page hash fails only its own page (and,
-        under prefix semantics, the pages behind it): it is left out of every group. Pages are
-        routed by the namespace's routing id (route_namespace_as) and keyed by the id of its current
-        generation (raylsm.namespaces): a clear changes keys, not placement."""
-        routing_id = self._routing_ids.get(namespace_id, namespace_id)
-        namespace_id = self._current_ids.get(namespace_id, namespace_id)
-        ring = ring or self._ring
-        keys: list[bytes | None] = []
-        groups: dict[str, list[int]] = {}
-        shard_of_anchor: dict[bytes, str] = {}
-        first_bad = len(page_hashes)
-        try:
-            anchors = page_anchors(page_hashes, prefix_hashes, self._extents,
-                                   self._split_extents if split_extents is None else split_extents)
-        except (ValueError, IndexError, TypeError):
-            anchors = [(0, page) for page in page_hashes]  # a malformed prefix: no locality, still correct
-        for slot, (page, (depth, anchor)) in enumerate(zip(page_hashes, anchors)):
-            try:
-                keys.append(page_key.encode(namespace_id, anchor, depth, page))
-            except (ValueError, TypeError):
-                keys.append(None)
-                first_bad = min(first_bad, slot)
-                continue
-            shard = shard_of_anchor.get(anchor)
-            if shard is None:
-                shard = shard_of_anchor[anchor] = ring.shard_for(routing_key(routing_id, anchor))
-            groups.setdefault(shard, []).append(slot)
-        if first_bad < len(page_hashes) and count_bad:
-            self._count(bad_keys=sum(key is None for key in keys))
-        return _Routed(keys, groups, first_bad, None if routing_id == namespace_id else routing_id)
-
-    def _unsplit_fallback(self, namespace_id: bytes, page_hashes: Sequence[bytes],
-                          prefix_hashes: Sequence[bytes] | None, routed: _Routed,
-                          slots: Sequence[int]) -> _Routed | None:
-        """Where `slots` of a batch were before their extents were split: the routing without the
-        split set, its groups cut to those slots whose key it changes (None if none). A split
-        re-keys the pages already stored under the old anchor; reads look there for what they miss
-        (one more call per shard involved, and only for misses), so a split costs no hits."""
-        if not self._split_extents or not slots:
-            return None
-        old = self._route(namespace_id, page_hashes, prefix_hashes, frozenset(), count_bad=False)  # counted once
-        moved = {slot for slot in slots if old.keys[slot] is not None and old.keys[slot] != routed.keys[slot]}
-        if not moved:
-            return None
-        groups = {}
-        for shard, group in old.groups.items():
-            kept = [slot for slot in group if slot in moved]
-            if kept:
-                groups[shard] = kept
-        return _Routed(old.keys, groups, old.first_bad)
-
-    def _handoff_fallback(self, namespace_id: bytes, page_hashes: Sequence[bytes],
-                          prefix_hashes: Sequence[bytes] | None, routed: _Routed,
-                          slots: Sequence[int]) -> _Routed | None:
-        """Where `slots` of a batch were in the previous ring, within handoff_s of the change: the
-        routing by that ring, its groups cut to the slots whose shard it changes and whose shard
-        still serves (in the ring, or leaving). None if there are none. A scale event moves a fifth
-        of the keys; the hand-over moves their pages, and what it missed (pages written meanwhile)
-        is read where it was, so the move costs no hits while the old shard is up."""
-        previous = self._previous_ring
-        if previous is None or not slots or time.monotonic() > self._previous_until:
-            return None
-        old = self._route(namespace_id, page_hashes, prefix_hashes, count_bad=False, ring=previous)
-        current = {slot: shard for shard, group in routed.groups.items() for slot in group}
-        wanted = set(slots)
-        serving = set(self._ring_info["shards"]) | self._leaving
-        groups = {}
-        for shard, group in old.groups.items():
-            if shard not in serving:
-                continue
-            kept = [slot for slot in group if slot in wanted and current.get(slot) != shard]
-            if kept:
-                groups[shard] = kept
-        return _Routed(routed.keys, groups, routed.first_bad) if groups else None
-
-    def _fallbacks(self, op: str) -> list[tuple[Callable[..., _Routed | None], str]]:
-        """Where else a read looks for the pages it missed, in order, with the counter of each look:
-        under their extents' unsplit keys, then on the previous ring's shards (each None when it
-        does not apply)."""
-        return [(self._unsplit_fallback, "exists_unsplit_probes" if op == "exists" else "get_unsplit_reads"),
-                (self._handoff_fallback, "exists_handoff_probes" if op == "exists" else "get_handoff_reads")]
 
     # ---- data path ----------------------------------------------------------------------------
 
@@ -603,154 +388,11 @@ class TierClient:
             time.sleep(self._located.ttl_s + client.call_timeout_s)
         return True
 
-    # ---- plumbing -----------------------------------------------------------------------------
-
-    def _split_local(self, groups: dict[str, list[int]]) -> tuple[dict, dict]:
-        if not self._config.client.same_node_fast_path:
-            return {}, groups
-        shards = self._ring_info["shards"]
-        local = {s: slots for s, slots in groups.items() if shards.get(s, {}).get("node_id") == self._node_id}
-        remote = {s: slots for s, slots in groups.items() if s not in local}
-        return local, remote
-
-    def _fan_out(self, calls: dict[str, tuple[str, tuple]]) -> dict[str, Any]:
-        """Call method(*args) on every shard at once; wait at most call_timeout_s in total. The value
-        per shard, or an exception (RayError; ShardUnavailableError for a stalled shard or one whose
-        actor is gone; TimeoutError for one that did not answer). One failing shard never fails the
-        others."""
-        return self._collect(self._submit(calls))
-
-    def _submit(self, calls: dict[Any, tuple[str, tuple]]) -> tuple[dict, dict[Any, Any]]:
-        """Issue the calls of `_fan_out` without waiting: (refs by call key, failures so far). A call
-        key is a shard name, or a `_Chunk` for one of several calls to a shard. A stalled shard's
-        calls fail at once."""
-        refs = {}
-        results: dict[Any, Any] = {}
-        for call_key, (method, args) in calls.items():
-            pages = len(args[0]) if args and isinstance(args[0], list) else 0
-            shard = _shard_of(call_key)
-            if self._health.is_stalled(shard):
-                results[call_key] = ShardUnavailableError(f"shard {shard} is stalled")
-                self._count(stalled_calls=1)
-                self._metrics.failed(shard, method, "stalled", pages)
-                continue
-            try:
-                handle = self._handle(shard)
-            except Exception as error:  # the actor is gone (ValueError from get_actor)
-                results[call_key] = _ShardGone(f"shard {shard} is gone: {error}")
-                self._count_failure(shard, method, pages, "shard_down")
-                continue
-            refs[getattr(handle, method).remote(*args)] = (call_key, method, pages, args)
-        return refs, results
-
-    def _collect(self, submitted: tuple[dict, dict[Any, Any]], on_result: Callable[[Any, Any], None] | None = None,
-                 deadline: float | None = None, settle_late: bool = False) -> dict[Any, Any]:
-        """Wait for submitted calls until `deadline` (default: call_timeout_s from now); the value or
-        exception per call key. `on_result(call_key, value)` runs for each answer as it arrives.
-        A call still running at the deadline marks its shard stalled; it is cancelled, or with
-        `settle_late` (puts) kept so that what it stores when it lands late is deleted again."""
-        refs, results = submitted
-        if deadline is None:
-            deadline = time.monotonic() + self._config.client.call_timeout_s
-        pending = list(refs)
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1 if on_result else len(pending),
-                                      timeout=max(0.0, deadline - time.monotonic()))
-            if not ready:
-                break
-            for ref in ready:
-                call_key, method, pages, _ = refs[ref]
-                try:
-                    results[call_key] = ray.get(ref)
-                except Exception as error:
-                    results[call_key] = error
-                    self._count_failure(_shard_of(call_key), method, pages, _failure_cause(error))
-                    if isinstance(error, ray.exceptions.ActorDiedError):
-                        # Dead for good: the controller starts a new actor under the same name; look
-                        # it up again on the next call instead of calling the dead one forever.
-                        with self._handles_lock:
-                            self._handles.pop(_shard_of(call_key), None)
-                if on_result is not None:
-                    on_result(call_key, results[call_key])
-        for ref in pending:
-            call_key, method, pages, args = refs[ref]
-            shard = _shard_of(call_key)
-            results[call_key] = TimeoutError(f"shard {shard} did not answer in time")
-            self._count(timeouts=1)
-            self._metrics.failed(shard, method, "timeout", pages)
-            self._health.mark(shard)
-            if settle_late:
-                with self._unsettled_lock:
-                    self._unsettled.append(_Unsettled(ref, shard, list(args[0])))
-            else:
-                ray.cancel(ref)
-        return results
-
-    def _check_stalled(self) -> None:
-        """Clear stalled shards that answer their health check with no call stuck longer than the
-        longest a call may legitimately run (put_timeout_s or call_timeout_s)."""
-        timeout_s = max(self._config.client.call_timeout_s, self._config.client.put_timeout_s)
-
-        def ask(shards: dict[str, None]) -> dict[str, Any]:
-            refs = {}
-            for shard in shards:
-                try:
-                    refs[self._handle(shard).health.remote()] = shard
-                except Exception:
-                    continue
-            ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=min(1.0, timeout_s)) if refs else ([], [])
-            answers = {}
-            for ref in ready:
-                try:
-                    answers[refs[ref]] = ray.get(ref)
-                except Exception as error:
-                    answers[refs[ref]] = error
-            return answers
-
-        for shard in self._health.check(ask, timeout_s):
-            logger.info("raylsm: shard %s answers again", shard)
-
-    def _count_failure(self, shard: str, method: str, pages: int, cause: str) -> None:
-        self._count(**{cause if cause != "error" else "call_errors": 1})
-        self._metrics.failed(shard, method, cause, pages)
-        logger.debug("raylsm: shard %s call %s failed: %s", shard, method, cause)
-
-    def _count(self, **deltas: int) -> None:
-        with self._counters_lock:
-            self._counters.update(deltas)
-
-    def stats(self) -> dict:
-        with self._counters_lock:
-            counters = dict(self._counters)
-        return {"ring_version": self.ring_version, "shards": len(self._ring_info["shards"]),
-                "split_extents": len(self._split_extents), "counters": counters,
-                "stalled_shards": self._health.stalled()}
-
     def close(self) -> None:
         self._closed.set()
         self.report_reads()
         self._bounded_reader.close()
         self._local_reader.close()
-
-
-def _failure_cause(error: BaseException) -> str:
-    """How a failed shard call is counted: the shard is down (its actor died or is restarting),
-    the input was bad (the shard refused it: a typed ValueError, never a shard being down), or
-    another error."""
-    if isinstance(error, ray.exceptions.RayTaskError):
-        return "bad_input" if isinstance(error, ValueError) else "error"
-    if isinstance(error, ray.exceptions.RayActorError):
-        return "shard_down"
-    return "error"
-
-
-class _ShardGone(ShardUnavailableError):
-    """The shard's actor could not be looked up (it is being replaced)."""
-
-
-def _retryable(value: Any) -> bool:
-    """A put call that failed fast because its actor was gone or restarting (worth one retry)."""
-    return isinstance(value, (ray.exceptions.RayActorError, _ShardGone))
 
 
 def _as_arrays(value: Any) -> Any:

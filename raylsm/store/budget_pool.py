@@ -52,7 +52,7 @@ HEADER_BYTES = 64
 SLOTS = 255
 STALE_S = 10.0  # a member silent this long is treated as gone
 POLL_S = 0.05  # how often a pooled store's reclaimer looks at the pool
-# Free segments the members keep in the pool (at most one per member): a roll finds room while the
+# Free segments the members keep in the pool (and a store alone keeps): a roll finds room while the
 # member holding the oldest segment is woken. NOTE: direct replay of the agentic workload (6,000
 # requests, capacity 0.05, 8 pooled stores, 1 MiB segments, no Ray): one per member (8) hit 0.127 in
 # 63 s, 2 hit 0.130 in 75 s, 1 hit 0.130 in 131 s (rolls waited on the wake and the eviction).

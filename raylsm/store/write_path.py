@@ -280,7 +280,7 @@ class WritePath:
 
     def _needs_room(self) -> bool:
         """Whether one more segment would take the store (or its budget pool) past its budget."""
-        return room_state(self).needs_room
+        return room_state(self).full
 
     def room_state(self) -> RoomState:
         """raylsm.store.disk_room.room_state of this store."""

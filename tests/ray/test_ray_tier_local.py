@@ -304,7 +304,7 @@ def _shards_located(tier) -> int:
 def test_fast_path_reads_ride_on_the_next_put_to_their_shard(tier, pages, monkeypatch):
     """A put to a shard carries the reads not yet reported to it, counted before the put can roll
     a segment (whose eviction may free the very pages just read)."""
-    from raylsm import client as client_module
+    from raylsm import client_ring as client_module
 
     monkeypatch.setattr(client_module, "READ_REPORT_S", 3600.0)  # no flush by the reporter
     client = tier.client(same_node_fast_path=True, ring_refresh_s=3600)

@@ -187,3 +187,18 @@ def test_a_reinserted_page_evicted_later_is_absent_and_can_be_stored_again(store
     assert [store.probe([key]) for key in gone] == [0] * len(gone)
     again = store.put_batch_outcomes(gone, [kit.value(("again", key), 64 * KiB) for key in gone])
     assert set(again) == {PutOutcome.STORED}
+
+
+@pytest.mark.parametrize("capacity_segments, room", [(40, 2), (12, 1)])
+def test_the_reclaimer_keeps_two_free_segments_where_the_budget_can_spare_them(store_factory, kit,
+                                                                               capacity_segments, room):
+    """A budget of 32 segments or more keeps two segments free (the reclaimer has a whole segment's
+    writes to free the next before a roll waits); a small one keeps one (it keeps its capacity)."""
+    store = store_factory(capacity_bytes=capacity_segments * MiB, background_reclaim=True)
+    for step in range(capacity_segments + 8):
+        _fill(store, kit, ("fill", step), 1, per_batch=16)  # a segment's worth per step
+    space = store.stats()["space"]
+    segment = store.config.segment_bytes
+    assert space["disk_bytes"] + room * segment <= space["capacity_bytes"]
+    assert space["disk_bytes"] + (room + 1) * segment > space["capacity_bytes"], "it freed more than its room"
+    assert kit.counters(store)["evicted_segments_inline"] == 0
