@@ -29,7 +29,7 @@ from raylsm.actors.drain import drain_pages
 from raylsm.actors.metrics import ShardMetrics
 from raylsm.actors.store_tuning import StoreTuning
 from raylsm.config import ShardConfig
-from raylsm.errors import StoreClosedError, StoreLockedError
+from raylsm.errors import StoreLockedError
 from raylsm.store import ShardStore
 from raylsm.store.budget_pool import pool_path
 from raylsm.store.hot_extents import HotExtents
@@ -200,8 +200,6 @@ class ShardServer:
         while not self._stop_metrics.wait(period_s):
             try:
                 self._metrics.sync(self._store.stats(workload_max_age_s=1.0))
-            except StoreClosedError:
-                return
             except Exception:  # noqa: BLE001 (metrics must never stop the shard)
                 logger.exception("shard %s: exporting metrics failed", self._name)
 
