@@ -440,7 +440,9 @@ def run_system(system: BenchSystem, workload: Workload, config: BenchConfig, roo
     finally:
         system.close()
         shutil.rmtree(directory, ignore_errors=True)
-        os.sync()
+    # (Not on the way out of an error or Ctrl-C: a global sync waits for every dirty page of the
+    # machine, which on a busy one can outlast the patience of whoever pressed Ctrl-C.)
+    os.sync()
     log(f"  {system.name:<16} {_size_name(workload.page_bytes):>6}: " + ", ".join(
         f"{m.op} {_rate(m)}" for m in results) + f"  [{time.perf_counter() - started:.1f} s]")
     for measurement in results:

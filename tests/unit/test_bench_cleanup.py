@@ -75,9 +75,13 @@ STORE_BENCH_WITH_A_BLOCKING_SYSTEM = textwrap.dedent('''
 
 
 def run_until_ready_then_signal(tmp_path, mode: str, signum: int) -> tuple[int, str, str]:
+    # The child starts with SIGINT's default action, as a command typed at a terminal does: one
+    # started from a background job of a shell without job control (`make test &` in a script)
+    # inherits SIGINT ignored, and Python then never turns it into a KeyboardInterrupt.
     process = subprocess.Popen([sys.executable, "-c", STORE_BENCH_WITH_A_BLOCKING_SYSTEM, mode], cwd=tmp_path,
                                env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         line = process.stdout.readline()
         assert line.strip() == "ready", (line, process.stderr.read() if process.poll() is not None else "")
