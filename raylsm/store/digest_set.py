@@ -111,7 +111,8 @@ class DigestSet:
         """Fold the recent changes into a new sorted base."""
         # NOTE: O(n) in the base plus a sort of the (n/16) changes: positions by binary search, then
         # one np.delete and one np.insert pass. np.isin and np.union1d sort the whole base again
-        # (O(n log n)) and this runs under the store's write lock.
+        # (O(n log n)) and this runs under the store's write lock: 20 million digests with 1.25
+        # million changes merged in 1.2 s against 32 s (a one-off script; docs/memory.md).
         base = self._base
         if self._removed:
             removed = np.sort(np.fromiter(self._removed, dtype=np.uint64, count=len(self._removed)))
