@@ -39,6 +39,8 @@ from raylsm.store.outcomes import ACCEPTED, PutOutcome
 
 logger = logging.getLogger(__name__)
 
+CLOSE_JOIN_S = 10.0  # how long close() waits for each background thread's call in flight
+
 
 class TierClient(RingView, ShardCalls):
     def __init__(self, config: TierConfig | None = None, controller: Any = None):
@@ -389,7 +391,13 @@ class TierClient(RingView, ShardCalls):
         return True
 
     def close(self) -> None:
+        """Stop the background threads (waiting up to `CLOSE_JOIN_S` for a call they have in flight:
+        a thread still inside a Ray call when the process shuts Ray down can crash the process),
+        report pending reads and close the local readers. Idempotent."""
         self._closed.set()
+        for thread in (self._refresher, self._reporter):
+            if thread is not threading.current_thread():
+                thread.join(CLOSE_JOIN_S)
         self.report_reads()
         self._bounded_reader.close()
         self._local_reader.close()
