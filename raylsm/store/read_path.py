@@ -95,19 +95,20 @@ class ReadPath:
     def _drop_failed(self, failed: Sequence[tuple[bytes, fmt.Pointer]]) -> int:
         """Drop the pointers of pages whose bytes failed a read, if they still are the current ones:
         a page that can never be read must not answer probes or block its own re-put."""
-        dropped = 0
         with self._write_lock:
             if self._closed:
                 return 0
             batch = self._index.new_batch()
+            forgotten = []
             for (key, pointer), raw in zip(failed, self._index.get_many([key for key, _ in failed])):
                 if raw is None or fmt.decode_pointer(raw) != pointer:
                     continue
                 batch.delete(key)
-                self._forget(key)
+                forgotten.append(key)
                 self._live.remove(pointer.segment_id, pointer.length)
-                dropped += 1
+            self._forget_many(forgotten)
             self._index.commit(batch)
+        dropped = len(forgotten)
         if dropped:
             logger.warning("store %s: %d page(s) failed their read and were dropped", self.root, dropped)
             self._stats.add(healed_pages=dropped)

@@ -122,9 +122,6 @@ class WritePath:
                             puts_bad_value=count[PutOutcome.BAD_VALUE], puts_expired=count[PutOutcome.EXPIRED])
         return outcomes
 
-    def _forget(self, key: bytes) -> None:
-        self._forget_many((key,))
-
     def _forget_many(self, keys: Sequence[bytes]) -> None:
         """Take keys out of the resident set (their pointers are being deleted). Caller holds the
         write lock."""
