@@ -99,17 +99,13 @@ class PointerIndex:
 
     def scan_pages(self) -> Iterator[tuple[bytes, bytes]]:
         """Every page pointer in key order. A full scan does not fill the block cache (it would
-        evict the index and filter blocks the data path needs, and keep RSS at the cache's size)."""
+        evict the index and filter blocks the data path needs, and keep RSS at the cache's size).
+        NOTE: rocksdict's `items` yields each pair in one call (0.83-1.0 s per million pointers on
+        this 2-core VM); an iterator's key(), value() and next() took 1.25-1.4 s."""
         options = ReadOptions()
         options.fill_cache(False)
-        iterator = self._db.iter(options)
-        iterator.seek(FIRST_PAGE_KEY)
-        while iterator.valid():
-            key = iterator.key()
-            if key >= END_OF_PAGE_KEYS:
-                return
-            yield key, iterator.value()
-            iterator.next()
+        options.set_iterate_upper_bound(END_OF_PAGE_KEYS)
+        return iter(self._db.items(from_key=FIRST_PAGE_KEY, read_opt=options))
 
     def delete_all_pages(self) -> None:
         self._db.delete_range(FIRST_PAGE_KEY, END_OF_PAGE_KEYS)

@@ -68,3 +68,14 @@ def test_discard_many_matches_discarding_one_at_a_time():
     many.discard_many(list(range(0, 60, 5)))
     assert list(one.sorted_array()) == list(many.sorted_array())
     assert 0 not in many and 6 in many and 10 not in many
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=2**64 - 1), max_size=300))
+def test_from_digests_holds_each_digest_once_in_any_input_order(digests):
+    import numpy as np
+
+    held = DigestSet.from_digests(np.array(digests, dtype=np.uint64))
+    assert held.sorted_array().tolist() == sorted(set(digests))
+    assert len(held) == len(set(digests))
+    assert held.contains_many(digests + [12345]) == [True] * len(digests) + [12345 in digests]
