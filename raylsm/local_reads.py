@@ -12,9 +12,12 @@ NOTE: staging costs one memcpy per page on the fast path (np.copyto); in place, 
 would write a stale page into a reused host slot whenever a hung disk recovered. Measured (/tmp
 micro-benchmark: 24 cold batches of 128 x 256 KiB from one store, page cache dropped, four paired
 runs): LocalSegmentReader in place 1.03-1.14 GB/s (mean 1.10), staged in 4 MiB groups, three in
-flight, 0.95-1.09 GB/s (mean 1.02): about 7% of the fast path's throughput. `raylsm bench tier`:
-tier_fast 68% and 70% of store_direct in two runs (75-85% before, in place; the same VM swings
-10 points run to run).
+flight, 0.95-1.09 GB/s (mean 1.02): about 7% of the fast path's throughput.
+NOTE: groups are 16 MiB, not 4: this VM's disk reads 0.98 GB/s in 4 MiB O_DIRECT reads with 4 or
+12 threads, 1.62 in 8 MiB and 1.86 in 32 MiB (a /tmp script over a store's segment files), and
+`raylsm bench tier --clients 4` (three paired runs, 2026-12-02) gave tier_fast 1.03-1.23 GB/s
+(0.55-0.66 of the disk ceiling) with 16 MiB groups copied by the pool threads, against 0.72-0.98
+(0.40-0.61) with 4 MiB groups copied by the caller; one client 0.89-0.97 against 0.55-0.84.
 
 Called by TierClient from SGLang's prefetch and prefetch-I/O threads; thread-safe.
 """
@@ -86,16 +89,55 @@ class LocatedPointers:
             self._entries.clear()
 
 
-class BoundedLocalReader:
-    """Verified same-node reads into the caller's page parts, bounded by a deadline."""
+class _CallerBuffers:
+    """The caller's page parts for one `read_into`, and the gate that keeps pool threads out of
+    them once the call has returned: a thread copies only between `enter` and `leave`, and
+    `close` (the call returning) waits for copies in progress (memory copies of one group,
+    milliseconds; never I/O) and turns every later `enter` away."""
 
-    def __init__(self, reader: LocalSegmentReader, health: ShardHealth, staging_bytes: int = 4 << 20,
-                 threads: int = 3, spare_buffers: int = 6) -> None:
+    def __init__(self, parts_of: dict[int, tuple[memoryview, ...]]) -> None:
+        self.parts_of = parts_of
+        self._open = True
+        self._copying = 0
+        self._done = threading.Condition()
+
+    def enter(self) -> bool:
+        with self._done:
+            if not self._open:
+                return False
+            self._copying += 1
+            return True
+
+    def leave(self) -> None:
+        with self._done:
+            self._copying -= 1
+            if not self._copying:
+                self._done.notify_all()
+
+    def close(self) -> None:
+        with self._done:
+            self._open = False
+            self._done.wait_for(lambda: not self._copying)
+
+
+class BoundedLocalReader:
+    """Verified same-node reads into the caller's page parts, bounded by a deadline.
+
+    Each group of pages (up to `staging_bytes`) is read O_DIRECT into a staging buffer and verified
+    there by a pool thread, which then copies the verified pages into the caller's parts itself if
+    the call is still waiting for them (`_CallerBuffers`).
+    NOTE: the copies ran on the calling thread before; py-spy and timers on a 4-process cold read of
+    1.6 GB (/tmp script, no Ray) found the calling thread copying for 1.07 s of a 1.65 s span while
+    the three pool threads waited on it; a copy into a large pool runs at 2.2 GB/s on one thread and
+    3.9 GB/s on two here (numpy releases the GIL), so the copies belong beside the reads.
+    """
+
+    def __init__(self, reader: LocalSegmentReader, health: ShardHealth, staging_bytes: int = 16 << 20,
+                 threads: int = 3, spare_buffers: int = 3) -> None:
         self._reader = reader
         self._health = health
         self._staging_bytes = staging_bytes
         self._spare_buffers = spare_buffers
-        self._depth = threads
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="raylsm-local-read")
         self._spares: list[np.ndarray] = []
         self._lock = threading.Lock()
@@ -104,7 +146,8 @@ class BoundedLocalReader:
                   page_parts: Sequence[Any], deadline: float) -> tuple[ReadOutcome, bool]:
         """Fill page_parts[i] from pointers[i] (None = absent) by `deadline` (time.monotonic()).
         Returns (outcome, timed_out); `outcome.results[i]` is True per verified page copied in
-        time, `failed_slots` are pages whose bytes failed their checksum or read."""
+        time, `failed_slots` are pages whose bytes failed their checksum or read. Once it returns,
+        nothing writes into `page_parts` (a read still running lands in its staging buffer only)."""
         outcome = ReadOutcome(results=[False] * len(pointers))
         wanted = []
         parts_of: dict[int, tuple[memoryview, ...]] = {}  # the caller's buffers, checked once
@@ -114,24 +157,24 @@ class BoundedLocalReader:
                 wanted.append((slot, pointer))
                 parts_of[slot] = parts
         wanted.sort(key=lambda item: (item[1].segment_id, item[1].offset))
-        groups = deque(self._groups(wanted))
-        running: deque[tuple[list, Future]] = deque()
-        for _ in range(self._depth):  # groups in flight: some are read while another is copied
-            self._submit_next(groups, running, segments_dir)
+        caller = _CallerBuffers(parts_of)
+        running = deque((group, self._pool.submit(self._read_group, segments_dir, group, caller))
+                        for group in self._groups(wanted))
         while running:
-            group, future = running.popleft()
+            group, future = running[0]
             try:
-                group_outcome, staging, views = future.result(timeout=max(0.0, deadline - time.monotonic()))
+                group_outcome, copied = future.result(timeout=max(0.0, deadline - time.monotonic()))
             except FutureTimeout:
-                for abandoned in [future, *(queued for _, queued in running)]:
+                caller.close()  # from here on no pool thread writes into the caller's parts
+                for _, abandoned in running:
                     if abandoned.cancel():
                         continue  # never started
                     self._health.local_read_abandoned(shard)
-                    abandoned.add_done_callback(lambda done: self._abandoned_done(shard, done))
+                    abandoned.add_done_callback(lambda _: self._health.local_read_finished(shard))
                 return outcome, True
-            self._submit_next(groups, running, segments_dir)
-            self._merge(outcome, group, group_outcome, views, parts_of)
-            self._release(staging)
+            running.popleft()
+            self._merge(outcome, group, group_outcome, copied)
+        caller.close()
         return outcome, False
 
     def close(self) -> None:
@@ -150,32 +193,41 @@ class BoundedLocalReader:
             groups.append(current)
         return groups
 
-    def _submit_next(self, groups: deque, running: deque, segments_dir: str) -> None:
-        if groups:
-            group = groups.popleft()
-            running.append((group, self._pool.submit(self._read_group, segments_dir, group)))
-
-    def _read_group(self, segments_dir: str, group: list) -> tuple[ReadOutcome, np.ndarray, list[np.ndarray]]:
-        """Runs on a pool thread: read and verify one group into a staging buffer."""
+    def _read_group(self, segments_dir: str, group: list, caller: _CallerBuffers) -> tuple[ReadOutcome, bool]:
+        """Runs on a pool thread: read and verify one group into a staging buffer, then copy its
+        verified pages into the caller's parts unless the call has returned. Returns the group's
+        outcome and whether its pages were copied."""
         sizes = [fmt.align_up(pointer.length) for _, pointer in group]
         staging = self._take(sum(sizes))
-        views, offset = [], 0
-        for (_, pointer), size in zip(group, sizes):
-            views.append(staging[offset:offset + pointer.length])
-            offset += size
-        return self._reader.read_into(segments_dir, [pointer for _, pointer in group], views), staging, views
+        try:
+            views, offset = [], 0
+            for (_, pointer), size in zip(group, sizes):
+                views.append(staging[offset:offset + pointer.length])
+                offset += size
+            group_outcome = self._reader.read_into(segments_dir, [pointer for _, pointer in group], views)
+            if not caller.enter():
+                return group_outcome, False
+            try:
+                for index, ((slot, _), hit) in enumerate(zip(group, group_outcome.results)):
+                    if hit:
+                        source, at = views[index], 0
+                        for part in caller.parts_of[slot]:
+                            np.copyto(np.frombuffer(part, dtype=np.uint8), source[at:at + part.nbytes])
+                            at += part.nbytes
+            finally:
+                caller.leave()
+            return group_outcome, True
+        finally:
+            self._release(staging)
 
-    def _merge(self, outcome: ReadOutcome, group: list, group_outcome: ReadOutcome, views: list,
-               parts_of: dict[int, tuple[memoryview, ...]]) -> None:
-        """Copy a group's verified pages from staging into the caller's parts; merge its counts."""
-        for index, ((slot, _), hit) in enumerate(zip(group, group_outcome.results)):
-            if not hit:
-                continue
-            source, offset = views[index], 0
-            for part in parts_of[slot]:
-                np.copyto(np.frombuffer(part, dtype=np.uint8), source[offset:offset + part.nbytes])
-                offset += part.nbytes
-            outcome.results[slot] = True
+    @staticmethod
+    def _merge(outcome: ReadOutcome, group: list, group_outcome: ReadOutcome, copied: bool) -> None:
+        """Merge one group's outcome, its pages copied into the caller's parts, into the call's."""
+        if not copied:
+            return
+        for (slot, _), hit in zip(group, group_outcome.results):
+            if hit:
+                outcome.results[slot] = True
         outcome.hit_bytes += group_outcome.hit_bytes
         outcome.stale += group_outcome.stale
         outcome.corrupt += group_outcome.corrupt
@@ -183,11 +235,6 @@ class BoundedLocalReader:
         outcome.failed_slots.extend(group[index][0] for index in group_outcome.failed_slots)
         for segment_id, offsets in group_outcome.hit_offsets.items():
             outcome.hit_offsets.setdefault(segment_id, []).extend(offsets)
-
-    def _abandoned_done(self, shard: str, future: Future) -> None:
-        self._health.local_read_finished(shard)
-        if not future.cancelled() and future.exception() is None:
-            self._release(future.result()[1])
 
     def _take(self, nbytes: int) -> np.ndarray:
         with self._lock:
