@@ -53,7 +53,7 @@ def sealed_segment_ids(store: "ShardStore") -> list[int]:
 def room_state(store: "ShardStore") -> RoomState:
     """The store's room, and who may free more. In a pool this publishes the store's figures (its
     heartbeat) and wakes the member whose turn it is when the pool is short of room."""
-    disk = store._disk_bytes()
+    disk = store._disk_bytes() - store._freeing_bytes  # (an eviction in progress: see evict_oldest)
     segment = store._config.segment_bytes
     pool = store._pool
     if pool is None:

@@ -75,13 +75,27 @@ def evict_oldest(store: "ShardStore", budget: list[int], reappend_first: bool = 
         if not segment.pin():
             return []
     try:
-        plan = _plan(store, segment, segment_id, budget)
-        if reappend_first and plan.kept:
-            drop_kept(store, reappend(store, [page for page, _ in plan.kept], into_room=True, at_origin=True))
-            plan = plan._replace(kept=[])  # re-appended pages point elsewhere now; the rest are evicted
+        try:
+            plan = _plan(store, segment, segment_id, budget)
+            if reappend_first:
+                # From here the eviction will free its segment less what it re-appends: a roll
+                # may count that room now instead of waiting for the commit (disk use stays within
+                # the budget plus this one segment until then, as for the re-append itself).
+                # NOTE: packaged trace, 0.25 of its conversations, capacity 0.10, 1 shard: 74 rolls
+                # waited 2,142 ms in all for the commit; put p50 / p99 21.67 / 62.94 ms.
+                with store._write_lock:
+                    store._freeing_bytes = max(0, segment.file_bytes - plan.charged)
+                    store._room.notify_all()
+                if plan.kept:
+                    drop_kept(store, reappend(store, [page for page, _ in plan.kept], into_room=True, at_origin=True))
+                    plan = plan._replace(kept=[])  # re-appended pages point elsewhere now; the rest are evicted
+        finally:
+            segment.unpin()
+        return _commit(store, segment, segment_id, plan)
     finally:
-        segment.unpin()
-    return _commit(store, segment, segment_id, plan)
+        if reappend_first:
+            with store._write_lock:
+                store._freeing_bytes = 0
 
 
 class _Plan(NamedTuple):
@@ -168,6 +182,7 @@ def _commit(store: "ShardStore", segment, segment_id: int, plan: _Plan) -> list[
         store._reads_since_written.pop(segment_id, None)  # (reads counted while it was re-appended)
         index.commit(batch)
         del store._segments[segment_id]
+        store._freeing_bytes = 0  # (its room is in the disk bytes now)
         store._live.drop(segment_id)
         segment.unlink()
         store._room.notify_all()  # a put waiting for room in a roll

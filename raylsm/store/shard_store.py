@@ -64,6 +64,9 @@ class ShardStore(WritePath, ReadPath):
         self._segments_dir = os.path.join(root, fmt.SEGMENTS_DIR)
         self._write_lock = threading.RLock()
         self._room = threading.Condition(self._write_lock)  # notified when the reclaimer freed a segment
+        # Bytes the reclaimer's eviction in progress will free: its segment less the kept pages it
+        # re-appends (raylsm.store.segment_reclaimer.evict_oldest); counted as free room.
+        self._freeing_bytes = 0
         self._closed = False
         self._stats = StoreStats()
         self._admission = make_admission_policy(config)

@@ -38,6 +38,8 @@ COUNTERS = (
     "deleted_pages",
     "evicted_segments",
     "evicted_segments_inline",  # dropped whole by a put that found no room (the reclaimer lagged)
+    "rolls_waited",         # rolls that waited for the reclaimer's room (a put's tail latency)
+    "roll_wait_ms",         # milliseconds those rolls waited, in total
     "evicted_pages",
     "evicted_bytes",
     "reinserted_pages",

@@ -237,13 +237,16 @@ class WritePath:
             # NOTE: `raylsm bench trace --quick` (back-to-back puts, 6 MB segments) with no wait:
             # 82 of 800 segments dropped by puts, reinserted pages 12.6k (23.4k inline), L3 hit 0.184.
             # In a budget pool the room may come from another member's reclaimer (it polls).
-            deadline = time.monotonic() + config.roll_wait_s
+            waited_from = time.monotonic()
+            deadline = waited_from + config.roll_wait_s
+            waited = False
             while True:
                 room = self.room_state()
                 if not room.full or not (self._has_sealed_segment() or room.others_sealed):
                     break
                 remaining = deadline - time.monotonic()
                 if self._reclaimer is not None and remaining > 0:
+                    waited = True
                     self._reclaimer.wake()
                     # (another member's eviction does not notify this condition: look again soon)
                     self._room.wait(min(remaining, 0.05 if self._pool is None else 0.005))
@@ -252,6 +255,8 @@ class WritePath:
                     break  # the pool's other members lag: roll past the budget by this segment
                 evict_oldest(self, [0])
                 self._stats.add(evicted_segments_inline=1)
+            if waited:
+                self._stats.add(rolls_waited=1, roll_wait_ms=int((time.monotonic() - waited_from) * 1e3))
             if self._active is not None:  # another writer rolled while this one waited
                 return self._active
         else:

@@ -202,3 +202,38 @@ def test_the_reclaimer_keeps_two_free_segments_where_the_budget_can_spare_them(s
     assert space["disk_bytes"] + room * segment <= space["capacity_bytes"]
     assert space["disk_bytes"] + (room + 1) * segment > space["capacity_bytes"], "it freed more than its room"
     assert kit.counters(store)["evicted_segments_inline"] == 0
+
+
+def test_a_roll_counts_the_room_an_eviction_in_progress_will_free(background_store, kit, monkeypatch):
+    """Between an eviction's plan and its commit the room it frees (its segment less the kept pages
+    it re-appends) is already counted: a put that rolls then neither waits for the commit nor drops
+    a segment whole, and disk use stays within the budget plus one segment."""
+    from raylsm.store import segment_reclaimer
+
+    store = background_store
+    segment = store.config.segment_bytes
+    limit = store.config.capacity_bytes + segment
+    store.apply_tuning({"roll_wait_s": 0.3})
+    real_commit = segment_reclaimer._commit
+    during, inside = [], []
+
+    def put_then_commit(store_, segment_, segment_id, plan):
+        if len(during) < 3 and not inside:  # a put that rolls while this eviction is in progress
+            inside.append(True)
+            before = kit.counters(store_)
+            big = kit.key(("during", len(during)))
+            assert store_.put_batch([big], [kit.value(("during", len(during)), segment - 64 * KiB)]) == [True]
+            after = kit.counters(store_)
+            during.append((after["rolls_waited"] - before["rolls_waited"],
+                           after["evicted_segments_inline"] - before["evicted_segments_inline"],
+                           store_.stats()["space"]["disk_bytes"]))
+            inside.clear()
+        return real_commit(store_, segment_, segment_id, plan)
+
+    monkeypatch.setattr(segment_reclaimer, "_commit", put_then_commit)
+    for step in range(16):
+        _fill(store, kit, ("cold", step), 2)
+        assert store.stats()["space"]["disk_bytes"] <= limit, f"step {step}"
+    assert len(during) == 3
+    assert [(waited, inline) for waited, inline, _ in during] == [(0, 0)] * 3
+    assert all(disk <= limit for _, _, disk in during), during
