@@ -189,11 +189,12 @@ def test_a_reinserted_page_evicted_later_is_absent_and_can_be_stored_again(store
     assert set(again) == {PutOutcome.STORED}
 
 
-@pytest.mark.parametrize("capacity_segments, room", [(40, 2), (12, 1)])
-def test_the_reclaimer_keeps_two_free_segments_where_the_budget_can_spare_them(store_factory, kit,
-                                                                               capacity_segments, room):
+@pytest.mark.parametrize("capacity_segments, room", [(136, 3), (40, 2), (12, 1)])
+def test_the_reclaimer_keeps_more_free_segments_where_the_budget_can_spare_them(store_factory, kit,
+                                                                                capacity_segments, room):
     """A budget of 32 segments or more keeps two segments free (the reclaimer has a whole segment's
-    writes to free the next before a roll waits); a small one keeps one (it keeps its capacity)."""
+    writes to free the next before a roll waits), one of 128 or more three; a small one keeps one
+    (it keeps its capacity)."""
     store = store_factory(capacity_bytes=capacity_segments * MiB, background_reclaim=True)
     for step in range(capacity_segments + 8):
         _fill(store, kit, ("fill", step), 1, per_batch=16)  # a segment's worth per step
