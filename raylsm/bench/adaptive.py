@@ -296,7 +296,7 @@ def _run_one(config: AdaptiveConfig, name: str, plan, shape, capacity_bytes: int
 
 
 def add_adaptive_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    from raylsm.cli import output_file
+    from raylsm.cli_args import output_file
 
     parser.add_argument("--quick", action="store_true",
                         help=f"one conversation in {round(1 / QUICK_SAMPLE_RATE)} of the packaged trace (about 5 minutes)")

@@ -49,7 +49,7 @@ from raylsm.bench.report import write_json
 from raylsm.bench.trace import MODEL_PROFILES, PageKeyCache, conversation_of, load_sampled
 from raylsm.bench.trace_replay import (CAPACITY_FRACTION, HOST_CACHE_FRACTION, PAYLOAD_SCALE, SAMPLE_RATE,
                                        TIME_WINDOW_S)  # the same flags as `bench trace`, the same ranges
-from raylsm.cli import CommaList, NumberRange, directory_path, existing_file, output_file, require_ranges
+from raylsm.cli_args import CommaList, NumberRange, directory_path, existing_file, output_file, require_ranges
 from raylsm.errors import ConfigError
 
 SYSTEMS = ("raylsm", "hicache_file_private", "mooncake_store")

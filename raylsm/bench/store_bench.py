@@ -1,8 +1,8 @@
 """`raylsm bench store`: one shard store against SGLang's file backend, plain BlobDB and the disk.
 
 Owns the store benchmark: the workload (SGLang-like chains of pages), the runner that times put,
-probe, cold get and warm get on every system in one process and one run on the same disk, the
-printed table with ratios, and the JSON report. Called by `raylsm.cli` (`raylsm bench store`, also
+probe, cold get and warm get on every system in one process and one run on the same disk, and the
+JSON report (the printed tables, ratios and goals: raylsm.bench.store_report). Called by `raylsm.cli` (`raylsm bench store`, also
 `make demo` / `make bench`). A command, not a test: it asserts nothing about timings.
 
 Workload. Chains of `chain_pages` pages (default 64), page hashes SHA-256-chained as SGLang's are;
@@ -49,13 +49,15 @@ import tempfile
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from raylsm.bench import disk_budget
 from raylsm.bench.baselines import (BASELINES, BenchSystem, PageBatch, SystemPlan, SystemUnavailable)
+from raylsm.bench.store_report import (BATCH_PAGES, GB, Measurement, format_goals, format_tables, rate_text,
+                                      size_name)
 from raylsm.errors import ConfigError
 from raylsm.store.io_buffers import aligned_empty
 from raylsm.store.page_key import encode, namespace_id
@@ -63,9 +65,7 @@ from raylsm.store.page_key import encode, namespace_id
 KiB = 1 << 10
 MiB = 1 << 20
 GiB = 1 << 30
-GB = 1e9  # throughput is reported in decimal GB/s
 
-BATCH_PAGES = 128  # SGLang's STORAGE_BATCH_SIZE
 POOL_PAGES = 2 * BATCH_PAGES
 FULL_CHECK_EVERY = 16
 POISON = np.uint64(2**64 - 1)  # no page id: a buffer a read left untouched fails the stamp check
@@ -73,8 +73,6 @@ PAGE_SIZES = (64 * KiB, 1 * MiB)
 FULL_PAGES = {64 * KiB: 100_000, 1 * MiB: 8_000}
 QUICK_PAGES = {64 * KiB: 16_000, 1 * MiB: 1_500}
 SYSTEMS = ("disk_ceiling", "raylsm", "raylsm_buffered", "rocksdb_blobdb", "hicache_file")
-BASELINE_NAMES = ("hicache_file", "rocksdb_blobdb", "disk_ceiling")
-OPS = ("put", "probe", "get_cold", "get_warm")
 # Footprint on disk of one system while it runs, per stored byte (RocksDB: blob files plus the WAL
 # of the unflushed memtables); disk_budget adds its spare room on top.
 DISK_FACTOR = 1.3
@@ -231,52 +229,6 @@ def _chain_keys(pages: int, chain_pages: int, extent_pages: int, seed: int) -> t
 # ---- measurements -------------------------------------------------------------------------------
 
 
-@dataclass
-class Measurement:
-    system: str
-    op: str
-    page_bytes: int
-    stored_pages: int
-    pages: int  # pages (or keys) the pass covered
-    seconds: float
-    latencies_ms: np.ndarray
-    ok_pages: int  # stored / present / hit
-    wrong_pages: int = 0
-    threads: int = 1
-    method: str = ""
-    detail: dict = field(default_factory=dict)
-
-    @property
-    def pages_per_s(self) -> float:
-        return self.pages / self.seconds if self.seconds > 0 else float("inf")
-
-    @property
-    def gb_per_s(self) -> float | None:
-        return None if self.op == "probe" else self.pages * self.page_bytes / self.seconds / GB
-
-    def quantile_ms(self, q: float) -> float:
-        return float(np.percentile(self.latencies_ms, q)) if len(self.latencies_ms) else 0.0
-
-    @property
-    def valid(self) -> bool:
-        return self.ok_pages == self.pages and self.wrong_pages == 0
-
-    def to_json(self) -> dict:
-        gb = self.gb_per_s
-        row = {"system": self.system, "op": self.op, "page_bytes": self.page_bytes,
-               "stored_pages": self.stored_pages, "pages_per_s": round(self.pages_per_s, 1),
-               "gb_per_s": None if gb is None else round(gb, 4),
-               "p50_ms": round(self.quantile_ms(50), 3), "p99_ms": round(self.quantile_ms(99), 3),
-               "seconds": round(self.seconds, 3), "threads": self.threads, "valid": self.valid}
-        if not self.valid:
-            row["ok_pages"], row["wrong_pages"] = self.ok_pages, self.wrong_pages
-        if self.method:
-            row["method"] = self.method
-        if self.detail:
-            row["detail"] = self.detail
-        return row
-
-
 class _Progress:
     """A tqdm bar on stderr, or nothing (no tqdm installed, or --no-progress)."""
 
@@ -396,8 +348,8 @@ def _read_pass(system: BenchSystem, workload: Workload, op: str, batches: Sequen
 def run_system(system: BenchSystem, workload: Workload, config: BenchConfig, root: str,
                log: Callable[[str], None]) -> list[Measurement]:
     """put, probe, cold get and warm get of one system on a fresh directory, removed afterwards."""
-    label = f"{system.name} {_size_name(workload.page_bytes)}"
-    directory = os.path.join(root, f"{system.name}-{_size_name(workload.page_bytes)}")
+    label = f"{system.name} {size_name(workload.page_bytes)}"
+    directory = os.path.join(root, f"{system.name}-{size_name(workload.page_bytes)}")
     shutil.rmtree(directory, ignore_errors=True)
     os.makedirs(directory)
     drop_page_cache()  # every system starts from the same clean page cache
@@ -443,8 +395,8 @@ def run_system(system: BenchSystem, workload: Workload, config: BenchConfig, roo
     # (Not on the way out of an error or Ctrl-C: a global sync waits for every dirty page of the
     # machine, which on a busy one can outlast the patience of whoever pressed Ctrl-C.)
     os.sync()
-    log(f"  {system.name:<16} {_size_name(workload.page_bytes):>6}: " + ", ".join(
-        f"{m.op} {_rate(m)}" for m in results) + f"  [{time.perf_counter() - started:.1f} s]")
+    log(f"  {system.name:<16} {size_name(workload.page_bytes):>6}: " + ", ".join(
+        f"{m.op} {rate_text(m)}" for m in results) + f"  [{time.perf_counter() - started:.1f} s]")
     for measurement in results:
         if not measurement.valid:
             log(f"  !! {system.name} {measurement.op}: {measurement.ok_pages}/{measurement.pages} pages ok, "
@@ -491,7 +443,7 @@ def run(config: BenchConfig, out=sys.stdout, log: Callable[[str], None] | None =
             built = time.perf_counter()
             workload = Workload(page_bytes, pages, config.chain_pages, config.extent_pages, config.seed)
             workloads[page_bytes] = workload
-            log(f"{_size_name(page_bytes)} pages: {pages:,} stored ({workload.total_bytes / GB:.2f} GB), "
+            log(f"{size_name(page_bytes)} pages: {pages:,} stored ({workload.total_bytes / GB:.2f} GB), "
                 f"workload built in {time.perf_counter() - built:.1f} s")
             for name in config.systems:
                 if name in systems_skipped:
@@ -503,7 +455,7 @@ def run(config: BenchConfig, out=sys.stdout, log: Callable[[str], None] | None =
                     systems_skipped[name] = str(error)
                     log(f"note: skipping {name}: {error}")
                 except Exception as error:  # one broken system must not hide the others' figures
-                    notes.append(f"{name} {_size_name(page_bytes)} failed: {type(error).__name__}: {error}")
+                    notes.append(f"{name} {size_name(page_bytes)} failed: {type(error).__name__}: {error}")
                     log("!! " + notes[-1] + "\n" + traceback.format_exc())
             for line in format_tables(measurements, workload, config, can_drop):
                 print(line, file=out)
@@ -580,106 +532,11 @@ def fit_to_disk(pages_by_size: dict[int, int], path: str, log: Callable[[str], N
         if fitting < BATCH_PAGES:
             smallest = disk_budget.with_spare(footprint_bytes(page_bytes, BATCH_PAGES))
             raise ConfigError(
-                f"raylsm bench store: not even one batch of {BATCH_PAGES} {_size_name(page_bytes)} pages fits: it "
+                f"raylsm bench store: not even one batch of {BATCH_PAGES} {size_name(page_bytes)} pages fits: it "
                 f"needs {smallest / GB:.2f} GB with the spare room, and {free / GB:.2f} GB is free under {path}; "
                 f"free some space, point --dir at another disk, or skip the size (--pages-64k 0 / --pages-1m 0)")
         fitted[page_bytes] = fitting
-        notes.append(f"{_size_name(page_bytes)}: {pages:,} pages need ~{need / GB:.1f} GB but {free / GB:.1f} GB is "
+        notes.append(f"{size_name(page_bytes)}: {pages:,} pages need ~{need / GB:.1f} GB but {free / GB:.1f} GB is "
                      f"free at {path}; scaled down to {fitting:,} pages")
         log("WARNING: " + notes[-1])
     return fitted
-
-
-# ---- output -------------------------------------------------------------------------------------
-
-
-def _size_name(page_bytes: int) -> str:
-    return f"{page_bytes // MiB}MiB" if page_bytes >= MiB else f"{page_bytes // KiB}KiB"
-
-
-def _rate(m: Measurement) -> str:
-    return f"{m.pages_per_s:,.0f} keys/s" if m.op == "probe" else f"{m.gb_per_s:.3f} GB/s"
-
-
-def _find(measurements: Sequence[Measurement], system: str, op: str, page_bytes: int) -> Measurement | None:
-    for m in measurements:
-        if m.system == system and m.op == op and m.page_bytes == page_bytes:
-            return m
-    return None
-
-
-def _ratio(measurements: Sequence[Measurement], op: str, page_bytes: int, baseline: str) -> float | None:
-    ours, theirs = _find(measurements, "raylsm", op, page_bytes), _find(measurements, baseline, op, page_bytes)
-    if ours is None or theirs is None or theirs.pages_per_s <= 0:
-        return None
-    return ours.pages_per_s / theirs.pages_per_s
-
-
-def format_tables(measurements: Sequence[Measurement], workload: Workload, config: BenchConfig,
-                  can_drop: bool) -> list[str]:
-    page_bytes = workload.page_bytes
-    rows = [m for m in measurements if m.page_bytes == page_bytes]
-    lines = ["", f"== {_size_name(page_bytes)} pages: {workload.pages:,} stored ({workload.total_bytes / GB:.2f} GB), "
-                 f"chains of {config.chain_pages} pages, extents of {config.extent_pages}, batches of {BATCH_PAGES} ==",
-             f"put: 1 writer thread, time = put calls + final flush + os.sync(); probe and get: {config.threads} "
-             f"threads; get_cold after {'sync + drop_caches' if can_drop else 'nothing (O_DIRECT only)'}; "
-             "latency per 128-page call",
-             f"{'op':<9} {'system':<16} {'GB/s':>8} {'pages/s':>11} {'p50 ms':>9} {'p99 ms':>9}  note"]
-    for op in OPS:
-        for system in config.systems:
-            m = _find(rows, system, op, page_bytes)
-            if m is None:
-                continue
-            gb = "-" if m.gb_per_s is None else f"{m.gb_per_s:.3f}"
-            note = m.method
-            if not m.valid:
-                note = f"!! {m.ok_pages}/{m.pages} ok, {m.wrong_pages} wrong " + note
-            lines.append(f"{op:<9} {system:<16} {gb:>8} {m.pages_per_s:>11,.0f} {m.quantile_ms(50):>9.2f} "
-                         f"{m.quantile_ms(99):>9.2f}  {note}".rstrip())
-        if op == "probe":
-            lines.append(f"{'':<9} {'(probe pages/s = keys/s)'}")
-    present = [b for b in BASELINE_NAMES if any(m.system == b for m in rows)]
-    if _find(rows, "raylsm", "put", page_bytes) is not None and present:
-        lines.append("")
-        lines.append(f"{'raylsm / baseline':<18}" + "".join(f"{b:>16}" for b in present))
-        for op in OPS:
-            cells = []
-            for baseline in present:
-                ratio = _ratio(rows, op, page_bytes, baseline)
-                cells.append(f"{'-' if ratio is None else f'{ratio:.2f}x':>16}")
-            lines.append(f"{op:<18}" + "".join(cells))
-        ceiling = _find(rows, "disk_ceiling", "get_cold", page_bytes)
-        if ceiling is not None and ceiling.detail:
-            parts = [f"{key.removesuffix('_gb_per_s')} " + " / ".join(f"{v:.3f}" for v in values) + " GB/s"
-                     for key, values in ceiling.detail.items() if key.endswith("_gb_per_s")]
-            lines.append(f"disk_ceiling get = {ceiling.method}: " + ", ".join(parts))
-    return lines
-
-
-# (description, op, page_bytes, baseline, minimum ratio, needs >= 100,000 stored pages)
-GOALS = (
-    ("put vs hicache_file >= 5x (64KiB)", "put", 64 * KiB, "hicache_file", 5.0, True),
-    ("probe vs hicache_file >= 10x (64KiB)", "probe", 64 * KiB, "hicache_file", 10.0, True),
-    ("cold get vs hicache_file >= 2x (64KiB)", "get_cold", 64 * KiB, "hicache_file", 2.0, True),
-    ("cold get >= 70% of disk ceiling (1MiB)", "get_cold", 1 * MiB, "disk_ceiling", 0.70, False),
-    ("put >= 70% of disk ceiling (1MiB)", "put", 1 * MiB, "disk_ceiling", 0.70, False),
-    ("put >= 70% of disk ceiling (64KiB)", "put", 64 * KiB, "disk_ceiling", 0.70, False),
-    ("put faster than rocksdb_blobdb (64KiB)", "put", 64 * KiB, "rocksdb_blobdb", 1.0, False),
-    ("put faster than rocksdb_blobdb (1MiB)", "put", 1 * MiB, "rocksdb_blobdb", 1.0, False),
-    ("cold get faster than rocksdb_blobdb (64KiB)", "get_cold", 64 * KiB, "rocksdb_blobdb", 1.0, False),
-    ("cold get faster than rocksdb_blobdb (1MiB)", "get_cold", 1 * MiB, "rocksdb_blobdb", 1.0, False),
-)
-
-
-def format_goals(measurements: Sequence[Measurement]) -> list[str]:
-    lines = ["", "goals (ratios from this run):"]
-    for description, op, page_bytes, baseline, minimum, needs_full in GOALS:
-        ratio = _ratio(measurements, op, page_bytes, baseline)
-        if ratio is None:
-            continue
-        verdict = "met" if ratio >= minimum else "MISSED"
-        ours = _find(measurements, "raylsm", op, page_bytes)
-        if needs_full and ours.stored_pages < 100_000:
-            verdict += f" (indicative: {ours.stored_pages:,} < 100,000 pages)"
-        lines.append(f"  {description:<46} {ratio:>7.2f}x  {verdict}")
-    return lines if len(lines) > 2 else []

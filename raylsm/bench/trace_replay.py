@@ -58,8 +58,9 @@ from raylsm.bench.systems import (SEGMENTS_PER_SHARD, HiCacheFileSystem, RaylsmS
                                   segment_bytes_for, shard_summary, store_latency, sum_counters)
 from raylsm.bench.trace import (MODEL_PROFILES, TRACE_BLOCK_TOKENS, conversation_of, load_sampled,
                                 sample_conversations)
-from raylsm.cli import (SHARDS, CommandParser, CommaList, NumberRange, directory_path, existing_file,
-                        output_file, require_ranges, run_command)
+from raylsm.cli import run_command
+from raylsm.cli_args import (SHARDS, CommandParser, CommaList, NumberRange, directory_path, existing_file,
+                             output_file, require_ranges)
 from raylsm.errors import ConfigError
 from raylsm.store.page_key import namespace_id
 

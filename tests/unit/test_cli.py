@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from raylsm import cli
+from raylsm import cli, cli_args
 
 Usage = collections.namedtuple("Usage", "total used free")
 
@@ -179,12 +179,12 @@ def test_config_file_values_are_kept_under_the_flags(tmp_path):
 
 
 def test_number_range_describes_and_checks():
-    fraction = cli.NumberRange(float, 0, 1, low_open=True, fractions=True)
+    fraction = cli_args.NumberRange(float, 0, 1, low_open=True, fractions=True)
     assert fraction("1/16") == pytest.approx(1 / 16) and fraction("1") == 1.0
     assert fraction.describe() == "a number in (0, 1]"
     assert not fraction.contains(0) and not fraction.contains(float("nan")) and not fraction.contains(True)
-    assert cli.NumberRange(int, 1).describe() == "an integer >= 1"
-    assert not cli.NumberRange(int, 0, 5).contains(2.5)
+    assert cli_args.NumberRange(int, 1).describe() == "an integer >= 1"
+    assert not cli_args.NumberRange(int, 0, 5).contains(2.5)
 
 
 # ---- a benchmark that would not fit on the disk: refused before it creates anything ---------------
