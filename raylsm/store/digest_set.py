@@ -20,6 +20,7 @@ stale answer is harmless (a miss, or a duplicate put the store skips).
 
 from __future__ import annotations
 
+import operator
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -68,7 +69,12 @@ class DigestSet:
             return []
         found = self._base_hits(digests) if len(self._base) else [False] * len(digests)
         added, removed = self._added, self._removed
-        return [digest in added or (hit and digest not in removed) for digest, hit in zip(digests, found)]
+        # (C-level maps: a Python step per digest cost a quarter of a 128-key probe)
+        if removed:
+            found = list(map(operator.and_, found, map(operator.not_, map(removed.__contains__, digests))))
+        if added:
+            found = list(map(operator.or_, found, map(added.__contains__, digests)))
+        return found
 
     def add(self, digest: int) -> None:
         self.update((digest,))

@@ -27,6 +27,8 @@ EXTENT_ID_BYTES = 16
 PAGE_HASH_BYTES = 32
 EXTENT_PREFIX_BYTES = 1 + NAMESPACE_ID_BYTES + EXTENT_ID_BYTES  # 25
 KEY_BYTES = EXTENT_PREFIX_BYTES + 4 + PAGE_HASH_BYTES  # 61
+_BYTES_ONLY = {bytes}
+_KEY_LENGTH_ONLY = {KEY_BYTES}
 MAX_DEPTH = 2**32 - 1
 
 _DEPTH = struct.Struct(">I")
@@ -47,6 +49,11 @@ def namespace_id(name: str) -> bytes:
 def key_digest(key: bytes) -> int:
     """The 64-bit digest of an encoded page key (what a store's in-memory resident set holds)."""
     return xxhash.xxh3_64_intdigest(key)
+
+
+def key_digests(keys: Sequence[bytes]) -> list[int]:
+    """`key_digest` of each key (one C-level map: no Python call per key)."""
+    return list(map(xxhash.xxh3_64_intdigest, keys))
 
 
 def page_hash_from_hex(key: str) -> bytes:
@@ -97,8 +104,13 @@ def extent_prefix(key: bytes) -> bytes:
 
 def validate_keys(keys: Sequence[object]) -> None:
     """Raise ValueError naming the index of the first key that is not an encoded page key."""
-    # Fast path, called on every data-path batch: one pass in C-level builtins for good batches.
-    if all(type(key) is bytes and len(key) == KEY_BYTES and key[0] == PAGE_KEY_TAG for key in keys):
+    # Fast path, called on every data-path batch: C-level builtins only for good batches.
+    # NOTE: a generator over the keys took 90 us of a 164 us probe of 128 keys (cProfile, /tmp script);
+    # sets of the types and lengths and one join take a few.
+    if not keys:
+        return
+    if set(map(type, keys)) == _BYTES_ONLY and set(map(len, keys)) == _KEY_LENGTH_ONLY \
+            and b"".join(keys)[::KEY_BYTES].count(PAGE_KEY_TAG) == len(keys):
         return
     for index, key in enumerate(keys):
         if not is_page_key(key):

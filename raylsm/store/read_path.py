@@ -18,7 +18,7 @@ import numpy as np
 
 from raylsm.store import format as fmt
 from raylsm.store.io_buffers import aligned_empty
-from raylsm.store.page_key import key_digest, validate_keys
+from raylsm.store.page_key import key_digests, validate_keys
 from raylsm.store.page_reader import read_verified, writable_parts
 from raylsm.store.prefix_probe import count_present_prefix
 from raylsm.store.segment import Segment
@@ -149,7 +149,7 @@ class ReadPath:
         the workload statistics), or None if neither is kept."""
         if self._resident is None and self._workload is None:
             return None
-        return [key_digest(key) for key in keys]
+        return key_digests(keys)
 
     # ---- pointers for same-node readers --------------------------------------------------------
 

@@ -136,8 +136,10 @@ class WorkloadStats:
         sim_threshold = sims.threshold if sims is not None else 0
         threshold = self._threshold
         # One modulus per key: the pages either sample (the models' sample holds the curve's).
-        sampled = [(index, digest, residue) for index, digest in enumerate(asked_digests)
-                   if (residue := digest % MODULUS) < max(threshold, sim_threshold)]
+        # One vectorised modulus for the batch (a Python step per key was a fifth of a 128-key probe).
+        residues = np.fromiter(asked_digests, dtype=np.uint64, count=len(asked_digests)) % np.uint64(MODULUS)
+        chosen = np.flatnonzero(residues < max(threshold, sim_threshold)).tolist()
+        sampled = [(index, asked_digests[index], int(residues[index])) for index in chosen]
         if not sampled:
             return
         if sim_threshold:
