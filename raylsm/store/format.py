@@ -96,31 +96,43 @@ def header_bytes_for(entry_count: int) -> int:
     return align_up(PREFIX_BYTES + entry_count * ENTRY_BYTES)
 
 
+def aligned_sizes(value_lengths: Sequence[int]) -> np.ndarray:
+    """Each length rounded up to whole blocks, as int64 (one numpy pass)."""
+    lengths = np.fromiter(value_lengths, dtype=np.int64, count=len(value_lengths))
+    return -(-lengths // BLOCK_BYTES) * BLOCK_BYTES
+
+
 def plan_batch(value_lengths: Sequence[int]) -> BatchLayout:
     """Where each value goes inside one record, and the record's total size."""
     header_bytes = header_bytes_for(len(value_lengths))
-    offsets = []
-    cursor = header_bytes
-    for length in value_lengths:
-        offsets.append(cursor)
-        cursor += align_up(length)
-    return BatchLayout(header_bytes, offsets, cursor)
+    ends = np.cumsum(aligned_sizes(value_lengths)) + header_bytes
+    offsets = [header_bytes, *ends[:-1].tolist()] if len(value_lengths) else []
+    return BatchLayout(header_bytes, offsets, int(ends[-1]) if len(value_lengths) else header_bytes)
+
+
+# A record header's entries as numpy lays them out (the key, then "<II": length, value offset).
+_ENTRY_DTYPE = np.dtype({"names": ["key", "length", "value_offset"], "formats": [f"S{KEY_BYTES}", "<u4", "<u4"],
+                         "offsets": [0, KEY_BYTES, KEY_BYTES + 4], "itemsize": ENTRY_BYTES})
 
 
 def encode_batch_header(layout: BatchLayout, keys: Sequence[bytes], lengths: Sequence[int]) -> np.ndarray:
     """The header block(s) of one record of `keys` with values of `lengths`, placed by `layout`,
-    as an aligned buffer ready for O_DIRECT."""
+    as an aligned buffer ready for O_DIRECT.
+    NOTE: the entries are filled by numpy field assignment, not a struct.pack_into per entry (with
+    `plan_batch` and the write path's `_fit` in numpy too, a 128-page put of 64 KiB pages took
+    3.03-3.13 ms of CPU against 3.05-3.28 before, two paired runs of a /tmp script: small beside the
+    write itself)."""
     if len(keys) > MAX_ENTRIES_PER_BATCH:
         raise ValueError(f"at most {MAX_ENTRIES_PER_BATCH} entries per batch record")
     header = aligned_zeros(layout.header_bytes)
     raw = memoryview(header)
     _PREFIX.pack_into(raw, 0, BATCH_MAGIC, FORMAT_VERSION, len(keys), layout.header_bytes, 0,
                       layout.batch_bytes, 0)
-    cursor = PREFIX_BYTES
-    for key, length, value_offset in zip(keys, lengths, layout.value_offsets):
-        raw[cursor : cursor + KEY_BYTES] = key
-        _ENTRY_TAIL.pack_into(raw, cursor + KEY_BYTES, length, value_offset)
-        cursor += ENTRY_BYTES
+    if keys:
+        entries = np.frombuffer(raw, dtype=_ENTRY_DTYPE, count=len(keys), offset=PREFIX_BYTES)
+        entries["key"] = keys
+        entries["length"] = lengths
+        entries["value_offset"] = layout.value_offsets
     struct.pack_into("<Q", raw, _CHECKSUM_FIELD.start, checksum(raw))
     return header
 

@@ -15,6 +15,8 @@ import time
 from collections import Counter
 from typing import Any, Sequence
 
+import numpy as np
+
 from raylsm.store import format as fmt
 from raylsm.store import page_key
 from raylsm.store.disk_room import RoomState, enforce_capacity, room_state, sealed_segment_ids
@@ -319,13 +321,14 @@ def _pointer_batch(index: PointerIndex, segment_id: int, keys: Sequence[bytes], 
 
 
 def _fit(sizes: Sequence[int], start: int, room: int) -> int:
-    """One past the last page (from `start`) that fits with its record header into `room` bytes."""
-    end = start
-    values = 0
-    while end < len(sizes) and end - start < fmt.MAX_ENTRIES_PER_BATCH:
-        grown = values + fmt.align_up(sizes[end])
-        if fmt.header_bytes_for(end - start + 1) + grown > room:
-            break
-        values = grown
-        end += 1
-    return end
+    """One past the last page (from `start`) that fits with its record header into `room` bytes.
+    One numpy pass (a Python step per page showed 0.3 ms of a 128-page put under cProfile; the
+    measured gain is smaller: see format.encode_batch_header)."""
+    count = min(len(sizes), start + fmt.MAX_ENTRIES_PER_BATCH) - start
+    if count <= 0:
+        return start
+    used = np.cumsum(fmt.aligned_sizes(sizes[start:start + count]))
+    entries = np.arange(1, count + 1, dtype=np.int64)
+    headers = -(-(fmt.PREFIX_BYTES + entries * fmt.ENTRY_BYTES) // fmt.BLOCK_BYTES) * fmt.BLOCK_BYTES
+    over = np.flatnonzero(headers + used > room)  # (both grow with each page: the first over ends it)
+    return start + (int(over[0]) if len(over) else count)
