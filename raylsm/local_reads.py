@@ -160,22 +160,26 @@ class BoundedLocalReader:
         caller = _CallerBuffers(parts_of)
         running = deque((group, self._pool.submit(self._read_group, segments_dir, group, caller))
                         for group in self._groups(wanted))
-        while running:
-            group, future = running[0]
-            try:
-                group_outcome, copied = future.result(timeout=max(0.0, deadline - time.monotonic()))
-            except FutureTimeout:
-                caller.close()  # from here on no pool thread writes into the caller's parts
-                for _, abandoned in running:
-                    if abandoned.cancel():
-                        continue  # never started
-                    self._health.local_read_abandoned(shard)
-                    abandoned.add_done_callback(lambda _: self._health.local_read_finished(shard))
-                return outcome, True
-            running.popleft()
-            self._merge(outcome, group, group_outcome, copied)
-        caller.close()
-        return outcome, False
+        try:
+            while running:
+                group, future = running[0]
+                try:
+                    group_outcome, copied = future.result(timeout=max(0.0, deadline - time.monotonic()))
+                except FutureTimeout:
+                    caller.close()  # from here on no pool thread writes into the caller's parts
+                    for _, abandoned in running:
+                        if abandoned.cancel():
+                            continue  # never started
+                        self._health.local_read_abandoned(shard)
+                        abandoned.add_done_callback(lambda _: self._health.local_read_finished(shard))
+                    return outcome, True
+                running.popleft()
+                self._merge(outcome, group, group_outcome, copied)
+            return outcome, False
+        finally:
+            caller.close()  # (also when a group raised: the others must not copy after this returns)
+            for _, left in running:
+                left.cancel()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -115,3 +115,56 @@ def test_a_pointer_past_the_file_end_is_a_miss_not_an_exception(store, kit, read
                 fmt.Pointer(99, 0, 4096, 0)]
     outs = [np.zeros(p.length, np.uint8) for p in pointers]
     assert reader.read_into(segments_dir, pointers, outs).results == [False, False, False]
+
+
+@pytest.mark.parametrize("fault", ["deadline", "error"])
+def test_a_bounded_read_never_writes_into_the_callers_buffers_after_it_returned(store, kit, fault):
+    """BoundedLocalReader reads groups of pages on its pool threads and copies them into the caller's
+    buffers there. Once read_into has returned (past its deadline, or because one group failed), a
+    group still being read must not copy into those buffers when it finishes."""
+    import threading
+    import time
+
+    from raylsm.local_reads import BoundedLocalReader
+    from raylsm.shard_health import ShardHealth
+
+    keys, values = _put(store, kit, "g", 8)
+    segments_dir, _, pointers = store.locate_batch(keys)
+    real = LocalSegmentReader()
+    release, second_started = threading.Event(), threading.Event()
+    finished = []
+
+    class SlowSecondGroup:  # the first group fails or is slow; the second finishes after the return
+        def read_into(self, directory, group_pointers, views):
+            if group_pointers[0] == pointers[0]:
+                second_started.wait(10)  # (both groups are on a pool thread before either ends)
+                if fault == "error":
+                    raise RuntimeError("a reader bug")
+                release.wait(10)
+            else:
+                second_started.set()
+                release.wait(10)
+            outcome = real.read_into(directory, group_pointers, views)
+            finished.append(True)
+            return outcome
+
+    bounded = BoundedLocalReader(SlowSecondGroup(), ShardHealth(), staging_bytes=4 * 64 * KiB, threads=2)
+    outs = [np.full(64 * KiB, 0xEE, np.uint8) for _ in keys]
+    try:
+        if fault == "error":
+            with pytest.raises(RuntimeError):
+                bounded.read_into("shard", segments_dir, pointers, outs, time.monotonic() + 10)
+        else:
+            outcome, timed_out = bounded.read_into("shard", segments_dir, pointers, outs, time.monotonic() + 0.2)
+            assert timed_out and outcome.results == [False] * 8
+        release.set()
+        deadline = time.monotonic() + 10
+        while not finished and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert finished, "the second group's read never finished"
+        time.sleep(0.1)
+        assert all((out == 0xEE).all() for out in outs), "a group copied into the caller's buffers after the return"
+    finally:
+        release.set()
+        bounded.close()
+        real.close()
