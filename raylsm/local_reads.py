@@ -27,7 +27,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict, deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Sequence
 
@@ -126,7 +126,7 @@ class BoundedLocalReader:
     Each group of pages (up to `staging_bytes`) is read O_DIRECT into a staging buffer and verified
     there by a pool thread, which then copies the verified pages into the caller's parts itself if
     the call is still waiting for them (`_CallerBuffers`).
-    NOTE: the copies ran on the calling thread before; py-spy and timers on a 4-process cold read of
+    NOTE: the copies ran on the calling thread before; timers on a 4-process cold read of
     1.6 GB (/tmp script, no Ray) found the calling thread copying for 1.07 s of a 1.65 s span while
     the three pool threads waited on it; a copy into a large pool runs at 2.2 GB/s on one thread and
     3.9 GB/s on two here (numpy releases the GIL), so the copies belong beside the reads.
@@ -160,26 +160,26 @@ class BoundedLocalReader:
         caller = _CallerBuffers(parts_of)
         running = deque((group, self._pool.submit(self._read_group, segments_dir, group, caller))
                         for group in self._groups(wanted))
+        timed_out = False
         try:
             while running:
                 group, future = running[0]
                 try:
                     group_outcome, copied = future.result(timeout=max(0.0, deadline - time.monotonic()))
                 except FutureTimeout:
-                    caller.close()  # from here on no pool thread writes into the caller's parts
-                    for _, abandoned in running:
-                        if abandoned.cancel():
-                            continue  # never started
-                        self._health.local_read_abandoned(shard)
-                        abandoned.add_done_callback(lambda _: self._health.local_read_finished(shard))
+                    timed_out = True
                     return outcome, True
                 running.popleft()
                 self._merge(outcome, group, group_outcome, copied)
             return outcome, False
         finally:
-            caller.close()  # (also when a group raised: the others must not copy after this returns)
+            # On every way out (done, past the deadline, a group that raised): from here on no pool
+            # thread writes into the caller's parts; groups not started never start.
+            caller.close()
             for _, left in running:
-                left.cancel()
+                if not left.cancel() and timed_out:  # still reading: its bytes land in staging only
+                    self._health.local_read_abandoned(shard)
+                    left.add_done_callback(lambda _: self._health.local_read_finished(shard))
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -98,7 +98,7 @@ def header_bytes_for(entry_count: int) -> int:
 
 def aligned_sizes(value_lengths: Sequence[int]) -> np.ndarray:
     """Each length rounded up to whole blocks, as int64 (one numpy pass)."""
-    lengths = np.fromiter(value_lengths, dtype=np.int64, count=len(value_lengths))
+    lengths = np.asarray(value_lengths, dtype=np.int64)
     return -(-lengths // BLOCK_BYTES) * BLOCK_BYTES
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Container, Sequence
 
 from raylsm.store import format as fmt
-from raylsm.store.page_key import extent_prefix, key_digest
+from raylsm.store.page_key import extent_prefix, key_digests
 from raylsm.store.pointer_index import PointerIndex
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ def count_present_prefix(index: PointerIndex, keys: Sequence[bytes], resident: "
         # NOTE: the resident set answers a 128-key probe in tens of microseconds (one vectorised search); the RocksDB
         # seek-and-scan below ran at ~240k keys/s (bench store), barely above HiCacheFile's
         # stat() per page with a warm dentry cache.
-        present = resident.contains_many(digests if digests is not None else [key_digest(key) for key in keys])
+        present = resident.contains_many(digests if digests is not None else key_digests(keys))
         return present.index(False) if False in present else len(keys)
     count = 0
     for use_scan, group in probe_groups(keys):

@@ -47,7 +47,7 @@ import numpy as np
 
 from raylsm.store import page_key
 from raylsm.store.mini_sims import MODULUS, MiniSims
-from raylsm.store.page_key import key_digest
+from raylsm.store.page_key import key_digests
 
 # Reuse-distance histogram edges, in pages (scaled): 2**(k/2), 1 page to 2**40 pages.
 DISTANCE_EDGES = np.array([2.0 ** (k / 2) for k in range(81)])
@@ -124,7 +124,7 @@ class WorkloadStats:
         """A probe of `keys` (chain order) whose first `present` were present: the asks are those
         and the first absent one. `digests`: the keys' key_digests, if the caller has them."""
         asked = keys[:present + 1]
-        asked_digests = digests[:present + 1] if digests is not None else list(map(key_digest, asked))
+        asked_digests = digests[:present + 1] if digests is not None else key_digests(asked)
         missed = asked_digests[present] if present < len(keys) else None
         with self._lock:
             self._refs_all += len(asked)
@@ -195,7 +195,7 @@ class WorkloadStats:
 
     def evicted(self, keys: Sequence[bytes]) -> None:
         """Pages an eviction dropped (not those it re-appended)."""
-        tracked = [digest for digest in map(key_digest, keys) if digest % MODULUS < self._threshold]
+        tracked = [digest for digest in key_digests(keys) if digest % MODULUS < self._threshold]
         if not tracked:
             return
         with self._lock:

@@ -22,7 +22,7 @@ from raylsm.store import page_key
 from raylsm.store.disk_room import RoomState, enforce_capacity, room_state, sealed_segment_ids
 from raylsm.store.io_buffers import page_views, parts_nbytes
 from raylsm.store.outcomes import ACCEPTED, IN_STORE, PutOutcome
-from raylsm.store.page_key import key_digest, validate_keys
+from raylsm.store.page_key import key_digests, validate_keys
 from raylsm.store.pointer_index import PointerIndex
 from raylsm.store.segment import Segment
 from raylsm.store.segment_reclaimer import drop_kept, evict_oldest, reappend
@@ -101,7 +101,8 @@ class WritePath:
                     todo_slots.append(slot)
                 else:
                     outcomes[slot] = PutOutcome.DECLINED
-            written = self._append_pages(todo_keys, todo_pages, todo_sizes)
+            written = self._append_pages(todo_keys, todo_pages, todo_sizes, digests=None if digests is None
+                                         else [digests[slot] for slot in todo_slots])
             for slot, ok in zip(todo_slots, written):
                 outcomes[slot] = PutOutcome.STORED if ok else PutOutcome.FAILED
             for slot, key in enumerate(keys):
@@ -128,13 +129,13 @@ class WritePath:
         """Take keys out of the resident set (their pointers are being deleted). Caller holds the
         write lock."""
         if self._resident is not None and keys:
-            self._resident.discard_many([key_digest(key) for key in keys])
+            self._resident.discard_many(key_digests(keys))
 
     def _present_flags(self, keys: Sequence[bytes], digests: Sequence[int] | None = None) -> list[bool]:
         """Whether each key has a pointer into a live segment: from the resident set if kept (by
         `digests`, the keys' key_digests, if the caller has them), else one multi-get."""
         if self._resident is not None:
-            return self._resident.contains_many(digests if digests is not None else [key_digest(key) for key in keys])
+            return self._resident.contains_many(digests if digests is not None else key_digests(keys))
         return [raw is not None and self._points_to_live_segment(raw) for raw in self._index.get_many(keys)]
 
     def _points_to_live_segment(self, raw: bytes) -> bool:
@@ -143,10 +144,11 @@ class WritePath:
 
     def _append_pages(self, keys: Sequence[bytes], pages: Sequence[tuple[memoryview, ...]], sizes: Sequence[int],
                       checksums: Sequence[int] | None = None, roll: bool = True,
-                      wait_for_room: bool = True) -> list[bool]:
+                      wait_for_room: bool = True, digests: Sequence[int] | None = None) -> list[bool]:
         """Append pages as records into the active segment, rolling segments as needed (unless
         `roll` is False: then only what fits the active segment), and commit their pointers. Caller
-        holds the write lock. An I/O error fails the pages not yet committed."""
+        holds the write lock. An I/O error fails the pages not yet committed. `digests`: the keys'
+        key_digests, if the caller has them (else they are computed for the resident set)."""
         results = [False] * len(keys)
         start = 0
         while start < len(keys):
@@ -164,7 +166,8 @@ class WritePath:
                 continue
             try:
                 self._write_record(segment, keys[start:end], pages[start:end], sizes[start:end],
-                                   checksums[start:end] if checksums is not None else None)
+                                   checksums[start:end] if checksums is not None else None,
+                                   digests[start:end] if digests is not None else None)
             except OSError:
                 if not roll:
                     logger.warning("store %s: re-appending %d kept pages failed; evicted", self.root, end - start)
@@ -174,7 +177,8 @@ class WritePath:
         return results
 
     def _write_record(self, segment: Segment, keys: Sequence[bytes], pages: Sequence[tuple[memoryview, ...]],
-                      lengths: Sequence[int], checksums: Sequence[int] | None = None) -> None:
+                      lengths: Sequence[int], checksums: Sequence[int] | None = None,
+                      digests: Sequence[int] | None = None) -> None:
         """Write one record and commit its pointers; raises OSError (the space is given back).
 
         The header needs no checksums, so the header and the values go out in one vectored write
@@ -211,7 +215,7 @@ class WritePath:
         self._index.commit(batch)
         self._live.add(segment.segment_id, len(keys), sum(lengths))
         if self._resident is not None:
-            self._resident.update(key_digest(key) for key in keys)
+            self._resident.update(digests if digests is not None else key_digests(keys))
 
     def _seal_active(self) -> None:
         if self._active is not None:
@@ -329,6 +333,6 @@ def _fit(sizes: Sequence[int], start: int, room: int) -> int:
         return start
     used = np.cumsum(fmt.aligned_sizes(sizes[start:start + count]))
     entries = np.arange(1, count + 1, dtype=np.int64)
-    headers = -(-(fmt.PREFIX_BYTES + entries * fmt.ENTRY_BYTES) // fmt.BLOCK_BYTES) * fmt.BLOCK_BYTES
+    headers = fmt.aligned_sizes(fmt.PREFIX_BYTES + entries * fmt.ENTRY_BYTES)  # header_bytes_for(1..count)
     over = np.flatnonzero(headers + used > room)  # (both grow with each page: the first over ends it)
     return start + (int(over[0]) if len(over) else count)
