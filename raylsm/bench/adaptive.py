@@ -247,7 +247,7 @@ def _run_one(config: AdaptiveConfig, name: str, plan, shape, capacity_bytes: int
     store_changes, controller = tier_settings(name, config.tuning_period_s)
     tier = TierSession(config.shards, capacity_bytes, shape.page_bytes, data_dir, private=True,
                        pool_disk_budget=not config.partitioned,
-                       store_changes=store_changes, controller=controller)
+                       store_changes=store_changes, controller=controller, ring_seed=config.seed)
     result = ConfigRun(name)
     system = None
     phase = time.perf_counter()
@@ -275,7 +275,8 @@ def _run_one(config: AdaptiveConfig, name: str, plan, shape, capacity_bytes: int
                 polled = time.monotonic()
                 tunings = ray.get(controller_handle.status.remote()).get("shards", [])
                 result.tunings.append({"request": index, "choices": {
-                    shard["shard"]: (shard.get("tuning") or {}).get("choice") for shard in tunings}})
+                    shard["shard"]: (shard.get("tuning") or {}).get("choice") for shard in tunings}, "scores": {
+                    shard["shard"]: (shard.get("tuning") or {}).get("scores") for shard in tunings}})
             progress.update(1)
         progress.close()
         result.hits, result.load_ms, result.wrong_pages = record.l3_hit_pages, record.load_ms, record.wrong_pages
@@ -315,7 +316,8 @@ def add_adaptive_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
                         help="the controller run's tuning period in seconds, in [0.05, 600] (default 2)")
     parser.add_argument("--configs", default="", metavar="LIST",
                         help=f"comma-separated subset of: {', '.join(config_names())} (default all)")
-    parser.add_argument("--seed", type=int, default=0, help="sampling and generator seed (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling and generator seed, and the ring: every configuration runs on shards named "
+                        "shard-bench-<seed>-<i> (default 0)")
     parser.add_argument("--dir", metavar="PATH", dest="data_dir",
                         help="data directory (default ./.raylsm/bench/adaptive-<pid>, removed afterwards)")
     parser.add_argument("--json", metavar="PATH", dest="json_path", type=output_file, help="write the report as JSON")

@@ -222,14 +222,18 @@ class TierSession:
     def __init__(self, shards: int, capacity_bytes: int, page_bytes: int, data_dir: str,
                  ray_address: str | None = None, direct_io: bool = True, inline_reply_bytes: int = 0,
                  pool_disk_budget: bool = True, private: bool = False, store_changes: dict | None = None,
-                 controller: dict | None = None) -> None:
+                 controller: dict | None = None, ring_seed: int = 0) -> None:
         """`private`: always a private Ray and tier (never a `raylsm up` head's); `store_changes`:
-        StoreConfig fields of the shards started here; `controller`: ControllerConfig fields."""
+        StoreConfig fields of the shards started here; `controller`: ControllerConfig fields;
+        `ring_seed`: a private Ray's node gets the disk label `bench-<ring_seed>`, so its shards are
+        `shard-bench-<ring_seed>-<i>` and the ring (hence every page's shard) is the same in every run
+        with that seed (named after the Ray node id, it was a new ring in every run)."""
         self.private = private
         self.store_changes = dict(store_changes or {})
         self.controller = dict(controller or {})
         self.inline_reply_bytes = inline_reply_bytes
         self.pool_disk_budget = pool_disk_budget
+        self.ring_seed = ring_seed
         self.requested_shards = shards
         self.direct_io = direct_io
         self.capacity_bytes = capacity_bytes
@@ -275,8 +279,14 @@ class TierSession:
                 self._resize_running_tier(address)
                 return
         else:
+            # NOTE: the ring decides a run's hit ratio at bench scale. `bench adaptive --quick`, 4
+            # partitioned shards of ~1,040 pages (8 extents): its first 80 requests hit 0.030, 0.057,
+            # 0.099 and 0.128 on four rings, the segment-clock model on the same rings 0.039, 0.068,
+            # 0.152 and 0.129 (`/tmp` script); configurations compared on different rings measured the
+            # ring. A fixed disk label gives every run of a seed one ring.
             ray.init(address="local", namespace=RAY_NAMESPACE, include_dashboard=False, log_to_driver=False,
-                     resources={ShardConfig().resource_name: self.requested_shards})
+                     resources={ShardConfig().resource_name: self.requested_shards},
+                     labels={ShardConfig().disk_label: f"bench-{self.ring_seed}"})
             interrupts.restore_handlers()
             self.owns_ray = True
         self.per_shard_capacity = self.capacity_bytes // self.requested_shards

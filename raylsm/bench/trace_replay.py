@@ -342,7 +342,7 @@ def _run_measured(config: ReplayConfig, plan: ReplayPlan, shape: PoolShape, capa
         if "raylsm" in measured:
             direct_io = config.page_cache == "cold"
             tier = TierSession(config.shards, capacity_bytes, shape.page_bytes, root, config.ray_address, direct_io,
-                               pool_disk_budget=not config.partitioned)
+                               pool_disk_budget=not config.partitioned, ring_seed=config.seed)
             print("raylsm bench trace: joining or starting the raylsm tier", file=sys.stderr)
             phase = time.perf_counter()
             tier.start()
@@ -504,7 +504,8 @@ def add_trace_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--raylsm-extra-config", metavar="JSON", type=_json_object, default={},
                         help='extra keys for RayLSMStorage\'s extra config, e.g. \'{"same_node_fast_path": false}\'')
     parser.add_argument("--seed", type=SEED, default=0,
-                        help=f"seed of the host-pool slot choice and the conversation sample, {SEED.describe()}")
+                        help=f"seed of the host-pool slot choice, the conversation sample and a private tier's ring "
+                             f"(shards shard-bench-<seed>-<i>), {SEED.describe()}")
     parser.add_argument("--page-cache", choices=PAGE_CACHE_MODES, default="cold",
                         help="cold (default): both systems read the disk, raylsm with O_DIRECT and hicache_file "
                              "after its files' cached pages are dropped (untimed), as when host memory holds the "

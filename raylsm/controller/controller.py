@@ -303,7 +303,14 @@ class Controller(ScaleSteps):
                     # A new shard, or this controller restarted: what the shard runs is the start.
                     tuning = ShardTuning(answer["choice"], int(answer.get("version", 0)))
                 window = window_of(self._sims_seen.get(name), answer.get("sims") or {})
-                self._sims_seen[name] = answer.get("sims") or {}
+                if window and max(refs for refs, _ in window.values()) < controller.tuning_min_references:
+                    # Too few references to judge: the window grows until it has enough (read
+                    # against the same baseline next round). Dropping it froze a shard whose models
+                    # sample fewer than tuning_min_references per period: in `bench adaptive`
+                    # (1/8 of the trace), one shard's scores stayed put for 2,500 requests.
+                    window = None
+                else:
+                    self._sims_seen[name] = answer.get("sims") or {}
                 if window:
                     windows[name] = window
                 current[name] = tuning

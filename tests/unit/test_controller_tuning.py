@@ -194,3 +194,30 @@ def test_a_shard_configured_with_none_of_the_candidates_is_not_tuned(store_facto
     _scan_flood(store, 5, 0, kit)
     _reconcile(controller, 3)
     assert controller.tunings() == {} and store.config.reinsertion_policy == "prefix_aware"
+
+
+def test_windows_too_small_to_judge_add_up_until_they_are_not(cluster, kit):
+    """A shard whose models sample fewer references per period than tuning_min_references is tuned
+    once its windows add up to enough; it used to be judged on none of them."""
+    controller = Controller(_config(tuning_min_references=400), api=cluster)
+    _reconcile(controller, 2)
+    value = np.zeros(PAGE, np.uint8)
+    scan = (kit.key(("slow scan", i)) for i in _one_off)
+    for seed, tuner in enumerate(cluster.tuners.values()):
+        store = tuner._store
+        hot = [kit.key(("slow hot", seed, i)) for i in range(200)]
+        for round_ in range(8):
+            for start in range(0, len(hot), 20):  # about 80 sampled references per period
+                for key in hot[start:start + 20]:
+                    if store.probe([key]):
+                        store.get_batch_into([key], [np.empty(PAGE, np.uint8)])
+                    else:
+                        store.put_batch([key], [value])
+                    one_off = [next(scan) for _ in range(3)]
+                    store.probe(one_off)
+                    store.put_batch(one_off, [value] * 3)
+                _reconcile(controller)
+    tunings = controller.tunings()
+    for name, tuner in cluster.tuners.items():
+        assert tuner._store.config.admission_policy == "second_touch", tunings[name]
+        assert tunings[name]["version"] == tuner.version > 0
