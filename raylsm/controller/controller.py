@@ -33,6 +33,7 @@ from raylsm.controller.ray_api import RayClusterApi, ShardSlot
 from raylsm.controller.scale_steps import ScaleSteps, advertised_leaving
 from raylsm.controller.states import DRAINING, IN_RING, SERVING, STARTING, UNREACHABLE, WARMING, ShardRecord
 from raylsm.controller.tuning import ShardTuning, TuningParams, tune, window_of
+from raylsm.store.mini_sims import candidate_of
 
 logger = logging.getLogger(__name__)
 
@@ -325,7 +326,8 @@ class Controller(ScaleSteps):
 
         params = TuningParams(decay=controller.tuning_decay, min_references=controller.tuning_min_references,
                               margin_abs=controller.tuning_margin_abs, margin_rel=controller.tuning_margin_rel,
-                              confirm_windows=controller.tuning_confirm_windows)
+                              confirm_windows=controller.tuning_confirm_windows,
+                              preferred=candidate_of(self._config.shard.store))
         tuned = tune(windows, current, params, next_version)
         with self._lock:
             self._tunings.update(tuned)

@@ -37,6 +37,9 @@ class TuningParams:
     margin_rel: float = 0.03  # ...and this fraction of the current choice's score
     confirm_windows: int = 2  # ...in this many windows in a row
     significance: float = 2.0  # ...and by this many standard errors of the window's difference
+    # The candidate a tie goes to after the current choice: the shard's configured default (what
+    # the operator chose), not whichever comes first in CANDIDATES.
+    preferred: str | None = None
 
 
 @dataclass(frozen=True)
@@ -96,9 +99,13 @@ def _tune_one(window: Window | None, tuning: ShardTuning, params: TuningParams,
     if tuning.choice not in scores:
         return dataclasses.replace(updated, challenger=None, streak=0)
     current = scores[tuning.choice]
-    # The best; on a tie the current choice, then CANDIDATES order.
+    # The best; on a tie the current choice, then the preferred one, then CANDIDATES order.
+    # NOTE: models restarted from one state (a rebase) tie until their evictions differ; with ties
+    # going to CANDIDATES order, `bench adaptive` (1/8 of the trace) moved a shard leaving
+    # second-touch to FIFO, which it kept through most of the agents phase.
     order = list(CANDIDATES)
-    best = max(scores, key=lambda name: (scores[name], name == tuning.choice, -order.index(name)))
+    best = max(scores, key=lambda name: (scores[name], name == tuning.choice, name == params.preferred,
+                                         -order.index(name)))
     margin = max(params.margin_abs, params.margin_rel * current)
     refs, hits = window[best]
     own_refs, own_hits = window[tuning.choice]

@@ -5,6 +5,7 @@ and versions each change."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 
@@ -97,6 +98,24 @@ def test_a_one_window_lead_changes_nothing_a_lasting_one_does():
     lasting = _run([_window(best)] * 2)
     assert [tuning.choice for tuning in lasting] == ["clock2", "clock4"]
     assert lasting[1].version > 0 and lasting[1].challenger is None
+
+
+def test_leaving_a_choice_for_candidates_that_tie_goes_to_the_preferred_one():
+    # Models restarted from one state tie: every admit-all candidate leads second-touch equally.
+    tied = {name: 0.30 for name in CANDIDATES if not name.startswith("second_touch")}
+    windows = [_window({**tied, "second_touch_clock1": 0.10, "second_touch_clock2": 0.10})] * 2
+    for preferred in ("clock2", "clock4", "fifo"):
+        params = dataclasses.replace(PARAMS, preferred=preferred)
+        tuning, version = ShardTuning("second_touch_clock1"), _versions()
+        for window in windows:
+            tuning = tune({"s": window}, {"s": tuning}, params, version)["s"]
+        assert tuning.choice == preferred
+    # A preferred candidate that does not lead is never chosen for it.
+    params = dataclasses.replace(PARAMS, preferred="second_touch_clock2")
+    tuning, version = ShardTuning("second_touch_clock1"), _versions()
+    for window in windows:
+        tuning = tune({"s": window}, {"s": tuning}, params, version)["s"]
+    assert not tuning.choice.startswith("second_touch")
 
 
 def test_leads_inside_the_margins_never_switch():
