@@ -316,8 +316,9 @@ def add_adaptive_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
                         help="the controller run's tuning period in seconds, in [0.05, 600] (default 2)")
     parser.add_argument("--configs", default="", metavar="LIST",
                         help=f"comma-separated subset of: {', '.join(config_names())} (default all)")
-    parser.add_argument("--seed", type=int, default=0, help="sampling and generator seed, and the ring: every configuration runs on shards named "
-                        "shard-bench-<seed>-<i> (default 0)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="sampling and generator seed, and the ring: every configuration runs on shards "
+                             "named shard-bench-<seed>-<i> (default 0)")
     parser.add_argument("--dir", metavar="PATH", dest="data_dir",
                         help="data directory (default ./.raylsm/bench/adaptive-<pid>, removed afterwards)")
     parser.add_argument("--json", metavar="PATH", dest="json_path", type=output_file, help="write the report as JSON")

@@ -206,7 +206,7 @@ def test_windows_too_small_to_judge_add_up_until_they_are_not(cluster, kit):
     for seed, tuner in enumerate(cluster.tuners.values()):
         store = tuner._store
         hot = [kit.key(("slow hot", seed, i)) for i in range(200)]
-        for round_ in range(8):
+        for round_ in range(5):
             for start in range(0, len(hot), 20):  # about 80 sampled references per period
                 for key in hot[start:start + 20]:
                     if store.probe([key]):
