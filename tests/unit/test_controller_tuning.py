@@ -79,20 +79,25 @@ def _config(**controller):
 _one_off = itertools.count()
 
 
+def _flood_through(store, hot, scan) -> None:
+    """Each hot page through probe and get (or put), then 3 one-off pages from `scan`."""
+    value = np.zeros(PAGE, np.uint8)
+    for key in hot:
+        if store.probe([key]):
+            store.get_batch_into([key], [np.empty(PAGE, np.uint8)])
+        else:
+            store.put_batch([key], [value])
+        one_off = [next(scan) for _ in range(3)]
+        store.probe(one_off)
+        store.put_batch(one_off, [value] * 3)
+
+
 def _scan_flood(store, rounds: int, seed: int, kit) -> None:
     """A 200-page hot loop, 3 one-off pages between its references, through probe and put."""
-    value = np.zeros(PAGE, np.uint8)
     hot = [kit.key(("hot", seed, i)) for i in range(200)]
     scan = (kit.key(("scan", i)) for i in _one_off)
     for _ in range(rounds):
-        for key in hot:
-            if store.probe([key]):
-                store.get_batch_into([key], [np.empty(PAGE, np.uint8)])
-            else:
-                store.put_batch([key], [value])
-            one_off = [next(scan) for _ in range(3)]
-            store.probe(one_off)
-            store.put_batch(one_off, [value] * 3)
+        _flood_through(store, hot, scan)
 
 
 @pytest.fixture
@@ -201,21 +206,12 @@ def test_windows_too_small_to_judge_add_up_until_they_are_not(cluster, kit):
     once its windows add up to enough; it used to be judged on none of them."""
     controller = Controller(_config(tuning_min_references=400), api=cluster)
     _reconcile(controller, 2)
-    value = np.zeros(PAGE, np.uint8)
     scan = (kit.key(("slow scan", i)) for i in _one_off)
     for seed, tuner in enumerate(cluster.tuners.values()):
-        store = tuner._store
         hot = [kit.key(("slow hot", seed, i)) for i in range(200)]
         for round_ in range(5):
             for start in range(0, len(hot), 20):  # about 80 sampled references per period
-                for key in hot[start:start + 20]:
-                    if store.probe([key]):
-                        store.get_batch_into([key], [np.empty(PAGE, np.uint8)])
-                    else:
-                        store.put_batch([key], [value])
-                    one_off = [next(scan) for _ in range(3)]
-                    store.probe(one_off)
-                    store.put_batch(one_off, [value] * 3)
+                _flood_through(tuner._store, hot[start:start + 20], scan)
                 _reconcile(controller)
     tunings = controller.tunings()
     for name, tuner in cluster.tuners.items():
