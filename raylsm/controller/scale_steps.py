@@ -76,10 +76,13 @@ class ScaleSteps:
             if before is not None and now > before[0] and traffic >= before[1]:
                 rates.append((traffic - before[1]) / (now - before[0]))
         windows = window_curves(curves, self._curves_before)
-        self._curves_before = curves
         with self._lock:
             ring_version, spans_change = self._ring_version, self._ring_version != self._autoscale_ring_version
             self._autoscale_ring_version = ring_version
+        if spans_change or sum(window.references for window in windows.values()) >= controller.scale_min_references:
+            # A window too thin to judge grows until it is not (read against the same baseline next
+            # period), as the tuning loop's does; one that spans a ring change is dropped.
+            self._curves_before = curves
         if spans_change:
             # The window began under another ring (a shard joined or left, or this is the first
             # reading): its curves mix the two (cold misses on a new shard read as "capacity does

@@ -355,6 +355,25 @@ def _stats(references: int, knee_mib: float) -> dict:
             "workload": {"references": references, "mrc": [list(point) for point in curve.points]}}
 
 
+def test_windows_too_thin_to_judge_add_up_until_the_policy_can_decide():
+    """References that trickle in below scale_min_references per period still move the target once
+    they add up; each period's window used to be judged alone, and dropped."""
+    import time
+
+    cluster = ElasticCluster(["shard-a-0"])
+    controller = Controller(_elastic_config(autoscale=True, min_shards=1, max_shards=3, autoscale_period_s=0.05,
+                                            scale_cooldown_s=0.0, scale_min_references=100, scale_out_gain=0.01),
+                            api=cluster)
+    references = 1000
+    for _ in range(6):  # the first reading spans the ring's first version; then 40 references a period
+        cluster.stats["shard-a-0"] = _stats(references, knee_mib=4096)
+        controller.reconcile_once()
+        time.sleep(0.06)
+        references += 40
+    status = controller.scale_status()
+    assert status["target"] == 2 and cluster.requests[-1] == 2, status["decision"]
+
+
 def test_the_policy_holds_a_scale_out_while_its_node_is_coming_and_decides_again_once_it_serves():
     import time
 
