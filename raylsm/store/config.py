@@ -40,9 +40,19 @@ class StoreConfig:
     capacity_bytes: int = _knob(64 * GiB, LIVE, "bytes of segment files kept on disk")
     # Size of one segment file. Larger: fewer files, coarser eviction. Smaller: finer FIFO, more files.
     segment_bytes: int = _knob(256 * MiB, NEXT_SEGMENT, "bytes per segment file")
-    # Reserve each new segment's blocks up front (posix_fallocate): a full disk is found when a
-    # segment is created, never halfway through a write.
-    preallocate_segments: bool = _knob(True, NEXT_SEGMENT, "fallocate segments when created")
+    # Reserve each new segment's blocks up front (posix_fallocate): a full disk is then found when a
+    # segment is created rather than halfway through a write (either way the put fails cleanly: the
+    # write path gives the space back and the pages are not stored; tests/unit/test_disk_full.py).
+    # NOTE: off by default. O_DIRECT writes into fallocated (unwritten) extents must convert them in
+    # the journal, and on this VM's ext4 (mounted `discard`) some of those writes stalled behind a
+    # journal commit: 8 MiB writes of a /tmp script took up to 883 ms (max of 256 writes; 44 ms
+    # writing an extending file), in one run of two or three. A ShardStore's 64 KiB put (/tmp script,
+    # 40,000 pages, 3 paired runs): 0.47-0.50 GB/s preallocated, 0.73-0.93 without (time to os.sync
+    # included), longest put 19-836 ms against 34-41 ms. `raylsm bench trace --sample-conversations
+    # 0.25 --capacity-fraction 0.1`, 1 shard: put p50 / p99 15.66 / 141.15 ms preallocated,
+    # 17.21 / 105.97 and 16.66 / 111.88 without (hit ratio 0.209, 0.203, 0.209); `raylsm bench
+    # store`: 64 KiB put 0.89x of the disk ceiling without (0.68x with, earlier the same day).
+    preallocate_segments: bool = _knob(False, NEXT_SEGMENT, "fallocate segments when created")
     # Bypass the kernel page cache (O_DIRECT where buffers are aligned, else read + FADV_DONTNEED).
     # The host-memory tier above is the cache; a second copy in the page cache only evicts it.
     direct_io: bool = _knob(True, LIVE, "O_DIRECT reads and writes where buffers allow")

@@ -113,7 +113,8 @@ def test_live_reinsertion_policy_change_takes_effect_at_the_next_eviction(store_
     assert store.get_batch(first[:1]) == [None]
 
 
-def test_segment_bytes_change_applies_to_the_next_segment(store, kit):
+def test_segment_bytes_change_applies_to_the_next_segment(store_factory, kit):
+    store = store_factory(preallocate_segments=True)  # a segment's file size is then its capacity
     store.put_batch([kit.key(0)], [b"x"])
     store.apply_tuning({"segment_bytes": 2 * MiB})
     assert kit.segment_files(store.root) == {0: MiB}  # the active segment keeps its size

@@ -336,7 +336,7 @@ def test_stats_counts_and_space(store, kit):
     assert space["live_bytes"] == 30000
     written = fmt.plan_batch([10000] * 4).batch_bytes
     assert space["dead_bytes"] == written - 30000
-    assert space["segment_bytes"] == store.config.segment_bytes  # the active segment is preallocated
+    assert space["segment_bytes"] == store.config.segment_bytes  # the active segment counts whole
     assert space["disk_bytes"] == space["segment_bytes"] + space["index_bytes"] and space["index_bytes"] > 0
     assert space["capacity_bytes"] == store.config.capacity_bytes and space["segments"] == 1
     assert sum(stats["latency"]["put"]["counts"]) == 1
