@@ -34,6 +34,7 @@ import ray
 
 from raylsm.bench import disk_budget, interrupts, tier_clients
 from raylsm.bench.host_pool import MiniHostKVPool, PagePattern
+from raylsm.bench.store_report import BATCH_PAGES
 from raylsm.bench.systems import RaylsmSystem
 from raylsm.config import TierConfig
 from raylsm.router import ExtentConfig, page_keys
@@ -41,7 +42,6 @@ from raylsm.store import ShardStore, StoreConfig
 from raylsm.store.page_key import namespace_id
 from raylsm.sglang.host_pages import page_parts
 
-BATCH_PAGES = 128
 # 2 (K, V) x 8 layers x 64 tokens x 2 heads x 64 dims x 2 bytes = 256 KiB per page.
 POOL_SHAPE = {"page_size": 64, "layer_num": 8, "head_num": 2, "head_dim": 64}
 PAGE_BYTES = 2 * POOL_SHAPE["layer_num"] * POOL_SHAPE["page_size"] * POOL_SHAPE["head_num"] * POOL_SHAPE["head_dim"] * 2

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-BATCH_PAGES = 128
+from raylsm.bench.store_report import BATCH_PAGES
 
 
 def client_main(spec: dict, barrier: Any, results: Any) -> None:
