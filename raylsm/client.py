@@ -74,7 +74,7 @@ class TierClient(RingView, ShardCalls):
         self._routing_ids: dict[bytes, bytes] = {}
         self._handles: dict[str, Any] = {}
         self._handles_lock = threading.Lock()
-        self._health = ShardHealth(max_backoff_s=self._config.client.ring_refresh_s)
+        self._health = ShardHealth()
         self._local_reader = LocalSegmentReader(direct_io=client.local_read_direct_io)
         self._bounded_reader = BoundedLocalReader(self._local_reader, self._health)
         self._located = LocatedPointers(client.located_pointer_entries, client.located_pointer_ttl_s)

@@ -109,15 +109,10 @@ class RingView:
                     self.report_reads()
             except Exception:  # noqa: BLE001 (the thread must outlive any one failure)
                 logger.exception("raylsm: read report failed")
-            try:
-                if self._health.due():  # a stalled shard's next health check (ShardHealth's backoff)
-                    self._check_stalled()
-            except Exception:  # noqa: BLE001
-                logger.exception("raylsm: health check of stalled shards failed")
 
     def _background_loop(self) -> None:
         while not self._closed.wait(self._config.client.ring_refresh_s):
-            for step in (self.refresh_ring, self._settle_puts):
+            for step in (self.refresh_ring, self._settle_puts, self._check_stalled):
                 try:
                     step()
                 except Exception:  # the thread must outlive any one failure, or the ring goes stale
