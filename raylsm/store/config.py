@@ -45,8 +45,8 @@ class StoreConfig:
     # write path gives the space back and the pages are not stored; tests/unit/test_disk_full.py).
     # NOTE: off by default. O_DIRECT writes into fallocated (unwritten) extents must convert them in
     # the journal, and on this VM's ext4 (mounted `discard`) some of those writes stalled behind a
-    # journal commit: 8 MiB writes of a /tmp script took up to 883 ms (max of 256 writes; 44 ms
-    # writing an extending file), in one run of two or three. A ShardStore's 64 KiB put (/tmp script,
+    # journal commit: the longest of 256 8 MiB writes of a /tmp script took 883, 83 and 791 ms in
+    # three passes (44, 40 and 38 ms writing extending files). A ShardStore's 64 KiB put (/tmp script,
     # 40,000 pages, 3 paired runs): 0.47-0.50 GB/s preallocated, 0.73-0.93 without (time to os.sync
     # included), longest put 19-836 ms against 34-41 ms. `raylsm bench trace --sample-conversations
     # 0.25 --capacity-fraction 0.1`, 1 shard: put p50 / p99 15.66 / 141.15 ms preallocated,

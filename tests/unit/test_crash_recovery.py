@@ -47,10 +47,10 @@ WRITER_SOURCE = BATCH_SOURCE + textwrap.dedent("""
     from raylsm.store import ShardStore, StoreConfig
 
     root, first, capacity, read_back = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
-    background = sys.argv[5] == "1"
+    background, preallocate = sys.argv[5] == "1", sys.argv[6] == "1"
     store = ShardStore.open(root, StoreConfig(segment_bytes=1 << 20, capacity_bytes=capacity,
                                               block_cache_bytes=1 << 20, write_buffer_bytes=1 << 20,
-                                              background_reclaim=background))
+                                              background_reclaim=background, preallocate_segments=preallocate))
     print("ready", flush=True)
     i = first
     while True:
@@ -65,10 +65,10 @@ WRITER_SOURCE = BATCH_SOURCE + textwrap.dedent("""
 
 
 def _run_and_kill(root: str, first: int, capacity: int, read_back: bool, delay_s: float,
-                  background: bool = False) -> dict[int, set[int]]:
+                  background: bool = False, preallocate: bool = False) -> dict[int, set[int]]:
     """Run a writer, SIGKILL it `delay_s` after its first committed batch; {committed batch: its segments}."""
     writer = subprocess.Popen([sys.executable, "-c", WRITER_SOURCE, root, str(first), str(capacity),
-                               "1" if read_back else "0", "1" if background else "0"],
+                               "1" if read_back else "0", "1" if background else "0", "1" if preallocate else "0"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert writer.stdout.readline().strip() == "ready", writer.stderr.read()
@@ -124,25 +124,27 @@ def _check_segment_files_are_clean(root: str) -> None:
             segment.close()
 
 
-def _config(capacity: int, background: bool = False) -> StoreConfig:
+def _config(capacity: int, background: bool = False, preallocate: bool = False) -> StoreConfig:
     return StoreConfig(segment_bytes=1 << 20, capacity_bytes=capacity, block_cache_bytes=1 << 20,
-                       write_buffer_bytes=1 << 20, background_reclaim=background)
+                       write_buffer_bytes=1 << 20, background_reclaim=background, preallocate_segments=preallocate)
 
 
-@pytest.mark.parametrize("capacity, read_back, background", [
-    (1 << 30, False, False), (3 << 20, True, False), (4 << 20, True, True)],
-    ids=["no_eviction", "eviction_and_reinsertion", "background_reclaim"])
-def test_kill_9_at_random_moments(tmp_path, capacity, read_back, background, kit):
+# Segments are not preallocated by default; the no-eviction case preallocates, so that recovery's
+# cut of a preallocated (zero) tail stays covered as well as that of a torn extending write.
+@pytest.mark.parametrize("capacity, read_back, background, preallocate", [
+    (1 << 30, False, False, True), (3 << 20, True, False, False), (4 << 20, True, True, False)],
+    ids=["no_eviction_preallocated", "eviction_and_reinsertion", "background_reclaim"])
+def test_kill_9_at_random_moments(tmp_path, capacity, read_back, background, preallocate, kit):
     root = str(tmp_path / "store")
     rng = random.Random(capacity)
     verified = 0
     for round_number in range(3):
         first = round_number * 1_000_000
         committed = _run_and_kill(root, first, capacity, read_back, delay_s=rng.uniform(0.01, 0.25),
-                                  background=background)
+                                  background=background, preallocate=preallocate)
         assert committed, "the writer committed nothing before the kill"
         newest, tail_bytes = _newest_segment_tail(root)
-        store = ShardStore.open(root, _config(capacity, background))
+        store = ShardStore.open(root, _config(capacity, background, preallocate))
         try:
             assert not store.recovery.clean_shutdown
             # The kill usually leaves the active segment's preallocated (or torn) tail; recovery cuts
