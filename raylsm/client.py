@@ -74,7 +74,7 @@ class TierClient(RingView, ShardCalls):
         self._routing_ids: dict[bytes, bytes] = {}
         self._handles: dict[str, Any] = {}
         self._handles_lock = threading.Lock()
-        self._health = ShardHealth()
+        self._health = ShardHealth(max_check_delay_s=client.ring_refresh_s)
         self._local_reader = LocalSegmentReader(direct_io=client.local_read_direct_io)
         self._bounded_reader = BoundedLocalReader(self._local_reader, self._health)
         self._located = LocatedPointers(client.located_pointer_entries, client.located_pointer_ttl_s)
@@ -94,6 +94,8 @@ class TierClient(RingView, ShardCalls):
         self._refresher.start()
         self._reporter = threading.Thread(target=self._report_loop, name="raylsm-read-report", daemon=True)
         self._reporter.start()
+        self._health_checker = threading.Thread(target=self._health_loop, name="raylsm-health", daemon=True)
+        self._health_checker.start()
 
     @property
     def metrics(self) -> ClientMetrics:
@@ -395,7 +397,8 @@ class TierClient(RingView, ShardCalls):
         a thread still inside a Ray call when the process shuts Ray down can crash the process),
         report pending reads and close the local readers. Idempotent."""
         self._closed.set()
-        for thread in (self._refresher, self._reporter):
+        self._health.wake.set()
+        for thread in (self._refresher, self._reporter, self._health_checker):
             if thread is not threading.current_thread():
                 thread.join(CLOSE_JOIN_S)
         self.report_reads()

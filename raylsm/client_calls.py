@@ -30,6 +30,10 @@ def _shard_of(call_key: "str | _Chunk") -> str:
     return call_key.shard if isinstance(call_key, _Chunk) else call_key
 
 
+# Calls that a shard marked stalled by a late read still gets (see raylsm.shard_health).
+_WRITE_METHODS = frozenset({"put_batch", "delete_batch"})
+
+
 class _Unsettled(NamedTuple):
     """A put call that passed its deadline: the client answered False for its pages, so whatever it
     stored when it lands late is deleted again."""
@@ -88,7 +92,7 @@ class ShardCalls:
         for call_key, (method, args) in calls.items():
             pages = len(args[0]) if args and isinstance(args[0], list) else 0
             shard = _shard_of(call_key)
-            if self._health.is_stalled(shard):
+            if self._health.is_stalled(shard, writes=method in _WRITE_METHODS):
                 results[call_key] = ShardUnavailableError(f"shard {shard} is stalled")
                 self._count(stalled_calls=1)
                 self._metrics.failed(shard, method, "stalled", pages)
@@ -106,7 +110,8 @@ class ShardCalls:
                  deadline: float | None = None, settle_late: bool = False) -> dict[Any, Any]:
         """Wait for submitted calls until `deadline` (default: call_timeout_s from now); the value or
         exception per call key. `on_result(call_key, value)` runs for each answer as it arrives.
-        A call still running at the deadline marks its shard stalled; it is cancelled, or with
+        A call still running at the deadline marks its shard stalled (its puts too with
+        `settle_late`); it is cancelled, or with
         `settle_late` (puts) kept so that what it stores when it lands late is deleted again."""
         refs, results = submitted
         if deadline is None:
@@ -137,7 +142,7 @@ class ShardCalls:
             results[call_key] = TimeoutError(f"shard {shard} did not answer in time")
             self._count(timeouts=1)
             self._metrics.failed(shard, method, "timeout", pages)
-            self._health.mark(shard)
+            self._health.mark(shard, writes=settle_late)
             if settle_late:
                 with self._unsettled_lock:
                     self._unsettled.append(_Unsettled(ref, shard, list(args[0])))
@@ -169,6 +174,20 @@ class ShardCalls:
         for shard in self._health.check(ask, timeout_s):
             logger.info("raylsm: shard %s answers again", shard)
 
+    def _health_loop(self) -> None:
+        """Check stalled shards when their check is due (raylsm.shard_health), off the data path."""
+        health = self._health
+        while not self._closed.is_set():
+            due_in = health.due_in()
+            health.wake.wait(self._config.client.ring_refresh_s if due_in is None else due_in)
+            health.wake.clear()
+            if self._closed.is_set():
+                return
+            try:
+                self._check_stalled()
+            except Exception:  # noqa: BLE001 (the thread must outlive any one failure)
+                logger.exception("raylsm: health check failed")
+
     def _count_failure(self, shard: str, method: str, pages: int, cause: str) -> None:
         self._count(**{cause if cause != "error" else "call_errors": 1})
         self._metrics.failed(shard, method, cause, pages)
@@ -183,4 +202,4 @@ class ShardCalls:
             counters = dict(self._counters)
         return {"ring_version": self.ring_version, "shards": len(self._ring_info["shards"]),
                 "split_extents": len(self._split_extents), "counters": counters,
-                "stalled_shards": self._health.stalled()}
+                "stalled_shards": self._health.stalled(), "breaker": self._health.totals()}

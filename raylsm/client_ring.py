@@ -112,7 +112,7 @@ class RingView:
 
     def _background_loop(self) -> None:
         while not self._closed.wait(self._config.client.ring_refresh_s):
-            for step in (self.refresh_ring, self._settle_puts, self._check_stalled):
+            for step in (self.refresh_ring, self._settle_puts):
                 try:
                     step()
                 except Exception:  # the thread must outlive any one failure, or the ring goes stale

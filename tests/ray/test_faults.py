@@ -214,7 +214,9 @@ def test_a_shard_down_during_clear_serves_none_of_the_old_pages_when_it_returns(
 
 
 def test_a_hung_shard_costs_one_timeout_then_fails_fast_until_it_answers(tier, pages, tools):
-    client = tier.client(call_timeout_s=1.0, same_node_fast_path=False)
+    """One read timeout fails its reads fast; its puts, whose deadline is longer, still try it, and
+    one put timeout fails those fast too (raylsm.shard_health)."""
+    client = tier.client(call_timeout_s=1.0, put_timeout_s=1.5, same_node_fast_path=False)
     chain = _split_chain(tier, pages, "hung shard")
     assert all(client.put(pages.namespace, chain, [], pages.values(chain)))
     routed = tier.router().route_pages(pages.namespace, chain, [])
@@ -230,6 +232,13 @@ def test_a_hung_shard_costs_one_timeout_then_fails_fast_until_it_answers(tier, p
         assert counters["timeouts"] == 1 and counters["stalled_calls"] == 19
         assert client.exists(pages.namespace, other, []) == EXTENT_PAGES  # batches not touching it
         assert hung in client.stats()["stalled_shards"]
+        fresh = tier.chain_where(pages, "hung shard, new pages", EXTENT_PAGES, lambda shards: shards[0] == hung)
+        for _ in range(3):
+            assert client.put(pages.namespace, fresh, [], pages.values(fresh)) == [False] * EXTENT_PAGES
+        counters = client.stats()["counters"]
+        assert counters["timeouts"] == 2 and counters["stalled_calls"] == 21
+        assert client.stats()["breaker"]["write_trips"] == 1
+        assert all(client.put(pages.namespace, other, [], pages.values(other)))  # still stored elsewhere
     finally:
         os.kill(pid, signal.SIGCONT)
     tools.wait_until(lambda: client.exists(pages.namespace, chain, []) == 8, 30, "the shard to be used again")
@@ -255,6 +264,10 @@ def test_a_same_node_read_past_its_deadline_is_a_miss_and_never_lands_in_the_cal
     out = pages.buffers(EXTENT_PAGES)
     assert client.get_into(pages.namespace, chain, [], out) == [False] * EXTENT_PAGES
     assert client.stats()["counters"]["local_read_timeouts"] == 1
+    # A late read fails the shard's reads fast, not its puts: they still store while the read hangs.
+    assert client.exists(pages.namespace, chain, []) == 0 and client.stats()["counters"]["stalled_calls"] == 1
+    more = pages.chain("stored while a local read hangs", EXTENT_PAGES)
+    assert all(client.put(pages.namespace, more, [], pages.values(more)))
     tools.wait_until(lambda: finished, 30, "the hung read to finish")
     time.sleep(0.2)
     assert all((o == 0xA5).all() for o in out), "a read that passed its deadline wrote into the caller's buffer"
