@@ -26,6 +26,7 @@ import numpy as np
 import ray
 
 from raylsm.actors.metrics import ClientMetrics
+from raylsm.client_forwarding import ForwardHints
 from raylsm.client_calls import ShardCalls, _Chunk, _retryable, _Unsettled
 from raylsm.client_ring import RingView, _Routed
 from raylsm.config import INLINE_ENV, TierConfig
@@ -78,6 +79,8 @@ class TierClient(RingView, ShardCalls):
         self._local_reader = LocalSegmentReader(direct_io=client.local_read_direct_io)
         self._bounded_reader = BoundedLocalReader(self._local_reader, self._health)
         self._located = LocatedPointers(client.located_pointer_entries, client.located_pointer_ttl_s)
+        # Where shards said they forwarded pages (raylsm.client_forwarding), for the reads that follow.
+        self._forward_hints = ForwardHints(client.located_pointer_entries, max(client.located_pointer_ttl_s, 2.0))
         # Reads done on the fast path, per shard, not yet reported: they ride on the next
         # probe_located, locate_batch or put call to that shard, or go in the reporter's flush every
         # READ_REPORT_S.
@@ -106,19 +109,29 @@ class TierClient(RingView, ShardCalls):
 
     def _probe_into(self, routed: _Routed, present: list[bool]) -> None:
         """Probe every shard group of `routed` at once; mark the slots each shard holds (its group's
-        leading run) in `present`. Same-node shards answer with pointers, kept for the get."""
+        leading run) in `present`. Same-node shards answer with pointers, kept for the get. Pages
+        of the run a shard forwarded elsewhere (raylsm.actors.forwarding) are not marked: where
+        they are goes into the forward hints, for the `exists_forwarded_probes` fallback."""
         local = self._split_local(routed.groups)[0] if self._located.enabled else {}
-        calls = {shard: (("probe_located", ([routed.keys[s] for s in slots], self._take_unreported(shard)))
-                         if shard in local else ("probe", ([routed.keys[s] for s in slots],)))
+        calls = {shard: (("probe_located", ([routed.keys[s] for s in slots], self._take_unreported(shard), True))
+                         if shard in local else ("probe", ([routed.keys[s] for s in slots], True)))
                  for shard, slots in routed.groups.items()}
         for shard, value in self._fan_out(calls).items():
-            if shard in local and isinstance(value, tuple):
-                segments_dir, low_watermark, pointers = value
-                keys = [routed.keys[s] for s in routed.groups[shard][:len(pointers)]]
-                self._located.add(shard, keys, segments_dir, low_watermark, pointers)
-                value = len(pointers)
-            if isinstance(value, int):
-                for slot in routed.groups[shard][:value]:
+            if not isinstance(value, tuple):
+                continue
+            slots = routed.groups[shard]
+            if shard in local:
+                segments_dir, low_watermark, pointers, where = value
+                count = len(pointers)
+                held = [index for index in range(count) if index not in where]
+                self._located.add(shard, [routed.keys[slots[index]] for index in held], segments_dir, low_watermark,
+                                  [pointers[index] for index in held])
+            else:
+                count, where = value
+            if where:
+                self._forward_hints.add([routed.keys[slot] for slot in slots], where)
+            for index, slot in enumerate(slots[:count]):
+                if index not in where:
                     present[slot] = True
 
     def exists(self, namespace_id: bytes, page_hashes: Sequence[bytes],
@@ -201,7 +214,7 @@ class TierClient(RingView, ShardCalls):
             return results
         started = time.monotonic()
         try:
-            routed = self._route(namespace_id, page_hashes, prefix_hashes)
+            routed = self._forward_hints.reroute(self._route(namespace_id, page_hashes, prefix_hashes))
             page_parts = [page_views(buffer) for buffer in out_buffers]  # once per page, shared below
             page_bytes = [parts_nbytes(parts) for parts in page_parts]
             client = self._config.client

@@ -216,7 +216,16 @@ class RingView:
 
     def _fallbacks(self, op: str) -> list[tuple[Callable[..., _Routed | None], str]]:
         """Where else a read looks for the pages it missed, in order, with the counter of each look:
-        under their extents' unsplit keys, then on the previous ring's shards (each None when it
-        does not apply)."""
-        return [(self._unsplit_fallback, "exists_unsplit_probes" if op == "exists" else "get_unsplit_reads"),
-                (self._handoff_fallback, "exists_handoff_probes" if op == "exists" else "get_handoff_reads")]
+        for `exists`, first on the shards their owners forwarded them to; then under their extents'
+        unsplit keys, then on the previous ring's shards (each None when it does not apply)."""
+        fallbacks = [(self._unsplit_fallback, "exists_unsplit_probes" if op == "exists" else "get_unsplit_reads"),
+                     (self._handoff_fallback, "exists_handoff_probes" if op == "exists" else "get_handoff_reads")]
+        if op == "exists":  # (a get reads forwarded pages where they are from the start: get_into)
+            fallbacks.insert(0, (self._forwarded_fallback, "exists_forwarded_probes"))
+        return fallbacks
+
+    def _forwarded_fallback(self, namespace_id: bytes, page_hashes: Sequence[bytes],
+                            prefix_hashes: Sequence[bytes] | None, routed: _Routed,
+                            slots: Sequence[int]) -> _Routed | None:
+        """Where shards said they forwarded pages of `slots` (raylsm.client_forwarding)."""
+        return self._forward_hints.fallback(routed, slots)

@@ -63,6 +63,14 @@ class ShardConfig:
     # write lock: py-spy on a shard, full packaged trace, 76 of the put path's ~560 samples waited
     # there (behind the reclaimer's commits) before the reply went out.
     metrics_period_s: float = 1.0
+    # Eviction forwarding (raylsm/actors/forwarding.py, docs/placement.md): a shard evicting a
+    # segment younger than (1 - forward_slack) x the age of the oldest segment on another disk (or
+    # with another disk that has room) sends its pages there and keeps a pointer per page, at most
+    # forward_pointers (about 100 B of memory each). Shards of one disk budget pool never forward to
+    # each other: they already evict in one order.
+    forward_evictions: bool = True
+    forward_slack: float = 0.25
+    forward_pointers: int = 1 << 18
     store: StoreConfig = field(default_factory=StoreConfig)
 
     def validate(self) -> "ShardConfig":
@@ -71,6 +79,8 @@ class ShardConfig:
         _require(self, "hot_extent_window_pages", 1 <= self.hot_extent_window_pages <= 1 << 30, "in [1, 2**30]")
         _require(self, "inline_reply_bytes", 0 <= self.inline_reply_bytes <= 1 << 29, "in [0, 2**29]")
         _require(self, "metrics_period_s", 0.01 <= self.metrics_period_s <= 3600, "in [0.01, 3600]")
+        _require(self, "forward_slack", 0.0 <= self.forward_slack < 1.0, "in [0, 1)")
+        _require(self, "forward_pointers", 1 <= self.forward_pointers <= 1 << 30, "in [1, 2**30]")
         _require(self, "resource_name", bool(self.resource_name), "non-empty")
         _require(self, "disk_label", bool(self.disk_label), "non-empty")
         self.store.validate()

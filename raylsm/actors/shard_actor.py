@@ -26,6 +26,7 @@ import numpy as np
 import ray
 
 from raylsm.actors.drain import drain_pages
+from raylsm.actors.forwarding import Forwarding
 from raylsm.actors.metrics import ShardMetrics
 from raylsm.actors.store_tuning import StoreTuning
 from raylsm.config import ShardConfig
@@ -59,6 +60,13 @@ class ShardServer:
         self._in_flight_lock = threading.Lock()
         self._call_ids = itertools.count()
         self._tuning = StoreTuning(self._store, shard_name)
+        self._handles: dict[str, Any] = {}
+        self._forwarding: Forwarding | None = None
+        if config.forward_evictions:
+            disk = f"{self._node_id}:{disk_pool_path(config, shard_name) or self._path}"
+            self._forwarding = Forwarding(shard_name, disk, self._handle_of, config.forward_slack,
+                                          config.forward_pointers, self._store.frontier)
+            self._store.forwarder = self._forwarding
         # The ring this shard last heard from the controller (a restarted controller adopts the
         # newest any shard holds) and the routing ids of its namespaces (a drain routes by them);
         # both kept on disk with the store.
@@ -107,7 +115,22 @@ class ShardServer:
     def stats(self) -> dict:
         stats = self._store.stats()
         self._metrics.sync(stats)
-        return {**stats, **self.info()}
+        forwarding = {"forwarding": self._forwarding.stats()} if self._forwarding is not None else {}
+        return {**stats, **self.info(), **forwarding}
+
+    def exchange_frontiers(self, frontiers: Mapping[str, Any]) -> dict | None:
+        """Eviction forwarding (raylsm.actors.forwarding): take every shard's last frontier report
+        ({shard: report}) from the controller and answer this shard's (None: forwarding is off)."""
+        if self._forwarding is None:
+            return None
+        self._forwarding.update(frontiers)
+        return self._forwarding.frontier()
+
+    def _handle_of(self, name: str) -> Any:
+        handle = self._handles.get(name)
+        if handle is None:
+            handle = self._handles[name] = ray.get_actor(name, namespace=self._ray_namespace)
+        return handle
 
     def apply_tuning(self, changes: dict, version: int | None = None) -> dict:
         """Apply a tuning (raylsm.actors.store_tuning.StoreTuning.apply)."""
@@ -192,6 +215,8 @@ class ShardServer:
     def shutdown(self) -> None:
         """Close the store cleanly before the actor is killed (`raylsm down`)."""
         self._stop_metrics.set()
+        if self._forwarding is not None:
+            self._forwarding.close()
         self._store.close()
 
     def _export_metrics(self, period_s: float) -> None:
@@ -228,6 +253,16 @@ class ShardServer:
                 self._hot_extents.add(stored)
         return outcomes
 
+    def accept_forwarded(self, keys: Sequence[bytes], values: Sequence[Any], deadline_s: float) -> list[int]:
+        """Pages another shard evicted and forwarded here (raylsm.actors.forwarding): stored as a
+        hand-over (no admission), never forwarded again; a PutOutcome code per page."""
+        with self._data_call("put"):
+            outcomes = [int(outcome) for outcome in
+                        self._store.put_batch_outcomes(keys, values, deadline_s, handover=True)]
+        if self._forwarding is not None:
+            self._forwarding.received([key for key, outcome in zip(keys, outcomes) if outcome == PutOutcome.STORED])
+        return outcomes
+
     def get_batch(self, keys: Sequence[bytes], page_bytes: Sequence[int]) -> tuple[list[bool], np.ndarray]:
         """Read pages into one new array (page i at sum(page_bytes[:i])); hits per page."""
         with self._data_call("get"):
@@ -241,9 +276,18 @@ class ShardServer:
             hits = self._store.get_batch_into(keys, views)
             return hits, buffer
 
-    def probe(self, keys: Sequence[bytes]) -> int:
+    def probe(self, keys: Sequence[bytes], forwarded: bool = False) -> int | tuple[int, dict[int, str]]:
+        """The number of leading keys held. With `forwarded`: (that number counting the keys this
+        shard forwarded elsewhere, {index: shard holding it} for those)."""
         with self._data_call("probe"):
-            return self._store.probe(keys) if self._synced.is_set() else 0
+            count = self._store.probe(keys) if self._synced.is_set() else 0
+            if not forwarded:
+                return count
+            if self._forwarding is None or not self._synced.is_set():
+                return count, {}
+            items, where = self._forwarding.probe_through(
+                keys, lambda rest: [True] * self._store.probe(rest), [True] * count)
+            return len(items), where
 
     def locate_batch(self, keys: Sequence[bytes], reads: Mapping[int, Sequence[int]] | None = None
                      ) -> tuple[str, int, list]:
@@ -255,16 +299,25 @@ class ShardServer:
             segments_dir, low_watermark, pointers = self._store.locate_batch(keys)
             return segments_dir, low_watermark, pointers if self._synced.is_set() else [None] * len(keys)
 
-    def probe_located(self, keys: Sequence[bytes], reads: Mapping[int, Sequence[int]] | None = None
-                      ) -> tuple[str, int, list]:
+    def probe_located(self, keys: Sequence[bytes], reads: Mapping[int, Sequence[int]] | None = None,
+                      forwarded: bool = False) -> tuple:
         """`probe` for a same-node reader: (segments dir, low watermark, pointers of the leading
         present keys); the reader skips the locate call of its get. `reads`: value offsets by
-        segment of pages the reader read from earlier pointers, counted as `note_reads` does."""
+        segment of pages the reader read from earlier pointers, counted as `note_reads` does.
+        With `forwarded`, the run continues through keys forwarded elsewhere (None pointers) and
+        a fourth item gives {index: shard holding it} for those."""
         with self._data_call("probe"):
             if reads:
                 self._store.note_reads(reads)
             segments_dir, low_watermark, pointers = self._store.probe_located(keys)
-            return segments_dir, low_watermark, pointers if self._synced.is_set() else []
+            if not self._synced.is_set():
+                pointers = []
+            where: dict[int, str] = {}
+            if forwarded and self._forwarding is not None and self._synced.is_set():
+                pointers, where = self._forwarding.probe_through(
+                    keys, lambda rest: self._store.probe_located(rest)[2], pointers)
+            return (segments_dir, low_watermark, pointers, where) if forwarded else \
+                (segments_dir, low_watermark, pointers)
 
     def report_failed_reads(self, keys: Sequence[bytes], pointers: Sequence[Sequence[int]]) -> int:
         """Pages a same-node reader failed to read (checksum or I/O) from these pointers: re-read

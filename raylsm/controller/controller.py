@@ -33,6 +33,7 @@ from raylsm.controller.ray_api import RayClusterApi, ShardSlot
 from raylsm.controller.scale_steps import ScaleSteps, advertised_leaving
 from raylsm.controller.states import DRAINING, IN_RING, SERVING, STARTING, UNREACHABLE, WARMING, ShardRecord
 from raylsm.controller.tuning import ShardTuning, TuningParams, tune, window_of
+from raylsm.controller.frontiers import FrontierRelay
 from raylsm.store.mini_sims import candidate_of
 
 logger = logging.getLogger(__name__)
@@ -80,12 +81,14 @@ class Controller(ScaleSteps):
         self._traffic_before: dict[str, tuple[float, float]] = {}
         self._autoscaled_at = -float("inf")
         self._autoscale_ring_version = -1  # the ring version at the autoscaling policy's last reading
+        self._frontiers = FrontierRelay()  # eviction forwarding's frontier reports (raylsm.actors.forwarding)
 
     # ---- the loop -----------------------------------------------------------------------------
 
     def reconcile_once(self) -> None:
         for step in (self._reconcile_membership, self._reconcile_health, self._reconcile_namespaces,
-                     self._reconcile_splits, self._reconcile_tuning, self._reconcile_autoscale,
+                     self._reconcile_splits, self._reconcile_tuning, self._reconcile_frontiers,
+                     self._reconcile_autoscale,
                      self._reconcile_scale, self._publish_ring):
             try:
                 step()
@@ -350,6 +353,16 @@ class Controller(ScaleSteps):
                 else:
                     logger.warning("shard %s did not acknowledge tuning version %d: %r", name,
                                    self._tunings[name].version if name in self._tunings else -1, ack)
+
+    def _reconcile_frontiers(self) -> None:
+        """Relay the serving shards' eviction frontiers to each other (raylsm.controller.frontiers)."""
+        with self._lock:
+            handles = {name: record.handle for name, record in self._shards.items() if record.state == SERVING}
+        self._frontiers.reconcile(self._api, handles, self._config.controller.ping_timeout_s)
+
+    def frontiers(self) -> dict[str, dict]:
+        """The shards' last frontier reports ({shard: {"disk", "oldest_sealed_at", "full"}})."""
+        return self._frontiers.reports()
 
     def tunings(self) -> dict:
         """Each tuned shard's tuning: {shard: {"version", "acked_version", "choice", "challenger",

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import numpy as np
 
@@ -48,6 +48,19 @@ class KeptPage(NamedTuple):
     checksum: int
     origin: tuple[int, int]  # (segment id, value offset) it is evicted from
     credit: int = 0  # reads it keeps for its next eviction (StoreConfig.reinsertion_read_credits)
+
+
+class EvictionForwarder(Protocol):
+    """What the reclaimer hands evicted pages to (`ShardStore.forwarder`): the shard actor's
+    forwarding to a shard that evicts older pages (raylsm.actors.forwarding)."""
+
+    def wants(self, sealed_at: float) -> bool:
+        """Whether the pages of a segment sealed at `sealed_at` (wall clock) should be forwarded
+        rather than dropped: read them only if so."""
+
+    def forward(self, pages: list[KeptPage]) -> None:
+        """Take the verified pages this eviction dropped (their index entries are gone); must not
+        block (a queue and a thread of its own)."""
 
 
 def evict_oldest(store: "ShardStore", budget: list[int], reappend_first: bool = False) -> list[KeptPage]:
@@ -74,6 +87,7 @@ def evict_oldest(store: "ShardStore", budget: list[int], reappend_first: bool = 
         segment = store._segments[segment_id]
         if not segment.pin():
             return []
+    forwarded: list[KeptPage] = []
     try:
         try:
             plan = _plan(store, segment, segment_id, budget)
@@ -89,9 +103,21 @@ def evict_oldest(store: "ShardStore", budget: list[int], reappend_first: bool = 
                 if plan.kept:
                     drop_kept(store, reappend(store, [page for page, _ in plan.kept], into_room=True, at_origin=True))
                     plan = plan._replace(kept=[])  # re-appended pages point elsewhere now; the rest are evicted
+                forwarder = store.forwarder
+                if forwarder is not None and forwarder.wants(segment.sealed_at):
+                    forwarded = _read_live(store, segment, segment_id, plan.entries)
         finally:
             segment.unpin()
-        return _commit(store, segment, segment_id, plan)
+        if not forwarded:
+            return _commit(store, segment, segment_id, plan)
+        evicted: set[bytes] = set()
+        kept = _commit(store, segment, segment_id, plan, evicted)
+        # Only what this commit evicted: a page deleted or stored again meanwhile is not forwarded
+        # (a delete must never be undone elsewhere).
+        forwarded = [page for page in forwarded if page.key in evicted]
+        if forwarded:
+            store.forwarder.forward(forwarded)
+        return kept
     finally:
         if reappend_first:
             with store._write_lock:
@@ -148,8 +174,34 @@ def _plan(store: "ShardStore", segment, segment_id: int, budget: list[int]) -> _
     return _Plan(entries, walked_to, kept, charged)
 
 
-def _commit(store: "ShardStore", segment, segment_id: int, plan: _Plan) -> list[KeptPage]:
-    """Delete the pointers still into the segment, move the low watermark, unlink the file."""
+def _read_live(store: "ShardStore", segment, segment_id: int,
+               entries: list[tuple[int, bytes, int]]) -> list[KeptPage]:
+    """Read (verified) every page of the segment that the index still points at: the pages its
+    eviction will drop, for the forwarder. One merged read into one aligned buffer; a page that
+    fails its checksum or read is left out. The caller holds the segment pinned."""
+    current = store._index.get_many([key for _, key, _ in entries]) if entries else []
+    live = []
+    for (offset, key, _), raw in zip(entries, current):
+        pointer = fmt.decode_pointer(raw) if raw is not None else None
+        if pointer is not None and pointer.segment_id == segment_id and pointer.offset == offset:
+            live.append((key, pointer))
+    if not live:
+        return []
+    ends = np.cumsum([fmt.align_up(pointer.length) for _, pointer in live])
+    buffer = aligned_empty(int(ends[-1]))
+    values = [buffer[start:start + pointer.length] for start, (_, pointer) in zip([0, *ends[:-1].tolist()], live)]
+    outcome = read_verified(list(enumerate(pointer for _, pointer in live)),
+                            {slot: (memoryview(value),) for slot, value in enumerate(values)}, len(live),
+                            store._config.merge_gap_bytes, store._config.direct_io,
+                            lambda _: segment if segment.pin() else None)
+    return [KeptPage(key, value, pointer.checksum, (segment_id, pointer.offset))
+            for (key, pointer), value, ok in zip(live, values, outcome.results) if ok]
+
+
+def _commit(store: "ShardStore", segment, segment_id: int, plan: _Plan,
+            evicted_out: set[bytes] | None = None) -> list[KeptPage]:
+    """Delete the pointers still into the segment, move the low watermark, unlink the file. The
+    keys whose pointers it deleted go into `evicted_out` when given."""
     with store._write_lock:
         if store._segments.get(segment_id) is not segment:
             return []  # freed meanwhile (a put that found no room, or a lowered capacity)
@@ -177,6 +229,8 @@ def _commit(store: "ShardStore", segment, segment_id: int, plan: _Plan) -> list[
                     batch.delete(key)
                     forgotten.append(key)
         store._forget_many(forgotten)
+        if evicted_out is not None:
+            evicted_out.update(forgotten)
         kept = [page for page, offset in plan.kept if offset in still_here]
         batch.put(fmt.META_LOW_WATERMARK, fmt.encode_u32(segment_id + 1))
         store._reads_since_written.pop(segment_id, None)  # (reads counted while it was re-appended)

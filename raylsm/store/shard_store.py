@@ -39,6 +39,7 @@ from raylsm.store import page_key
 from raylsm.store.page_key import validate_keys
 from raylsm.store.pointer_index import IndexOptions, PointerIndex, read_format_version
 from raylsm.store.digest_set import DigestSet
+from raylsm.store.disk_room import sealed_segment_ids
 from raylsm.store.recovery import recover, write_open_snapshot
 from raylsm.store.reinsertion import make_reinsertion_policy
 from raylsm.store.segment import Segment
@@ -83,6 +84,9 @@ class ShardStore(WritePath, ReadPath):
         self._active: Segment | None = None
         self._reclaimer: SegmentReclaimer | None = None  # started by open() when background_reclaim
         self._pool: BudgetPool | None = None  # joined by open() when given a pool path
+        # Takes the pages the reclaimer evicts when it wants them (raylsm.store.segment_reclaimer
+        # .EvictionForwarder; the shard actor's forwarding to another shard): None, none forwarded.
+        self.forwarder = None
         # Reads served per page since it was written, by segment then value offset (for reinsertion).
         self._reads_since_written: dict[int, dict[int, int]] = {}
         # Unaligned pages are copied through this on their way to O_DIRECT (Segment.write_at); used
@@ -321,6 +325,16 @@ class ShardStore(WritePath, ReadPath):
             if new.index_write_buffer_bytes() != old.index_write_buffer_bytes():
                 self._index.set_rocksdb_options({"write_buffer_size": str(new.index_write_buffer_bytes())})
             return new
+
+    def frontier(self) -> dict:
+        """What eviction forwarding compares (raylsm.actors.forwarding): the seal time (wall clock)
+        of the oldest sealed segment of this store's budget, the store's own or in a pool its
+        oldest member's (None if none), and whether that budget is evicting (`full`)."""
+        room = self.room_state()
+        sealed = sealed_segment_ids(self)
+        oldest = self._segments.get(sealed[0]) if sealed else None
+        return {"oldest_sealed_at": oldest.sealed_at if oldest is not None else None,
+                "full": bool(room.needs_room or room.full)}
 
     def drain_sims(self) -> dict | None:
         """Run the miniature simulations over the references recorded since the last call
