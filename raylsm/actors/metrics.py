@@ -46,6 +46,10 @@ _OUTCOMES = {
     "probe_misses": ("probe", "miss"),  # probe_keys - probe_hits (sync adds it)
 }
 _BYTES = {"gets_hit_bytes": "read", "puts_bytes": "written"}
+# eviction forwarding's counter (raylsm.actors.forwarding) -> outcome label
+_FORWARDING = {"forwarded_pages": "forwarded", "received_pages": "received",
+               "forward_dropped_pages": "dropped_queue_full", "forward_failed_pages": "send_failed",
+               "forward_second_chances_skipped": "not_forwarded_again", "forwarded_reads": "found_by_probe"}
 
 
 class ShardMetrics:
@@ -73,6 +77,9 @@ class ShardMetrics:
                                 tag_keys=("shard",))
         self._reinserted = Counter("raylsm_reinserted_pages_total", description="pages re-appended at eviction",
                                    tag_keys=("shard",))
+        self._forwarded = Counter("raylsm_forwarded_pages_total",
+                                  description="pages handled by eviction forwarding between shards, by outcome",
+                                  tag_keys=("shard", "outcome"))
         self._capacity = Gauge("raylsm_capacity_bytes", description="disk budget", tag_keys=("shard",))
         self._disk = Gauge("raylsm_disk_bytes", description="bytes on the shard disk: segment files and the RocksDB index (what capacity bounds)", tag_keys=("shard",))
         self._live = Gauge("raylsm_live_bytes", description="bytes referenced by the index", tag_keys=("shard",))
@@ -160,6 +167,12 @@ class ShardMetrics:
         if free is not None:
             budget = stats.get("pool") or space  # a pool's members evict as one: its budget is theirs
             self._headroom.set(free - max(budget["capacity_bytes"] - budget["disk_bytes"], 0), tags=self._tags)
+
+    def sync_forwarding(self, stats: dict) -> None:
+        """Turn eviction forwarding's cumulative counters (Forwarding.stats()) into increments."""
+        deltas = self._deltas({("forwarding", name): stats.get(name, 0) for name in _FORWARDING})
+        for (_, name), delta in deltas.items():
+            self._forwarded.inc(delta, tags={**self._tags, "outcome": _FORWARDING[name]})
 
     def _filesystem_free_bytes(self) -> int | None:
         """Free bytes of the store's file system, read at most every FILESYSTEM_PERIOD_S (None before

@@ -225,6 +225,8 @@ class ShardServer:
         while not self._stop_metrics.wait(period_s):
             try:
                 self._metrics.sync(self._store.stats(workload_max_age_s=1.0))
+                if self._forwarding is not None:
+                    self._metrics.sync_forwarding(self._forwarding.stats())
             except Exception:  # noqa: BLE001 (metrics must never stop the shard)
                 logger.exception("shard %s: exporting metrics failed", self._name)
 

@@ -148,6 +148,13 @@ def format_report(report: dict) -> str:
         lines.append(f"raylsm balance: stored bytes max/mean over {report['shards']} shards "
                      f"{report['balance_max_over_mean']:.2f}; shards per 128-page call "
                      f"{_show(report.get('shards_per_batch_mean'))}")
+    forwarding = report.get("forwarding")
+    if forwarding:
+        lines.append(f"raylsm forwarding (partitioned shards): {forwarding['forwarded_pages']} pages forwarded "
+                     f"({forwarding['forwarded_bytes'] / 1e9:.2f} GB), {forwarding['forwarded_reads']} found "
+                     f"forwarded by probes; dropped: {forwarding['forward_dropped_pages']} (send queue full), "
+                     f"{forwarding['forward_failed_pages']} (send failed), "
+                     f"{forwarding['forward_second_chances_skipped']} (forwarded once already)")
     inside = next((row.get("store_latency_ms") for row in report.get("systems", []) if row.get("store_latency_ms")), None)
     if inside:
         lines.append("raylsm inside the stores (bucket upper bounds, ms): " + "; ".join(

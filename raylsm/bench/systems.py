@@ -222,17 +222,19 @@ class TierSession:
     def __init__(self, shards: int, capacity_bytes: int, page_bytes: int, data_dir: str,
                  ray_address: str | None = None, direct_io: bool = True, inline_reply_bytes: int = 0,
                  pool_disk_budget: bool = True, private: bool = False, store_changes: dict | None = None,
-                 controller: dict | None = None, ring_seed: int = 0) -> None:
+                 controller: dict | None = None, ring_seed: int = 0, forward_evictions: bool = True) -> None:
         """`private`: always a private Ray and tier (never a `raylsm up` head's); `store_changes`:
         StoreConfig fields of the shards started here; `controller`: ControllerConfig fields;
         `ring_seed`: a private Ray's node gets the disk label `bench-<ring_seed>`, so its shards are
         `shard-bench-<ring_seed>-<i>` and the ring (hence every page's shard) is the same in every run
-        with that seed (named after the Ray node id, it was a new ring in every run)."""
+        with that seed (named after the Ray node id, it was a new ring in every run);
+        `forward_evictions`: ShardConfig.forward_evictions of the shards started here."""
         self.private = private
         self.store_changes = dict(store_changes or {})
         self.controller = dict(controller or {})
         self.inline_reply_bytes = inline_reply_bytes
         self.pool_disk_budget = pool_disk_budget
+        self.forward_evictions = forward_evictions
         self.ring_seed = ring_seed
         self.requested_shards = shards
         self.direct_io = direct_io
@@ -295,7 +297,8 @@ class TierSession:
                             direct_io=self.direct_io, **self.store_changes).validate()
         config = TierConfig(shard=ShardConfig(data_dir=os.path.join(self.data_dir, "shards"), store=store,
                                               inline_reply_bytes=self.inline_reply_bytes,
-                                              pool_disk_budget=self.pool_disk_budget),
+                                              pool_disk_budget=self.pool_disk_budget,
+                                              forward_evictions=self.forward_evictions),
                             controller=ControllerConfig(**self.controller).validate())
         self.owns_controller = True
         lifecycle.up(config, shards=self.requested_shards)  # Ray is initialized: controller + shards only

@@ -115,6 +115,9 @@ class ReplayConfig:
     # ring, against 0.234 with one shard.
     shards: int = 1
     partitioned: bool = False
+    # Eviction forwarding between shards of separate disk budgets (ShardConfig.forward_evictions;
+    # only partitioned shards have them here): off, to measure what it buys.
+    forwarding: bool = True
     prefill_tokens_per_s: float = 10_000.0  # modelled GPU prefill rate (8B model, one GPU)
     systems: tuple[str, ...] = SYSTEMS
     data_dir: str | None = None  # default ./.raylsm/bench/trace-<pid>
@@ -164,6 +167,11 @@ class ReplayConfig:
 PAGE_TOKEN_CHOICES = tuple(tokens for tokens in range(1, TRACE_BLOCK_TOKENS + 1) if TRACE_BLOCK_TOKENS % tokens == 0)
 PAGE_TOKENS_ALLOWED = (f"a divisor of the trace's {TRACE_BLOCK_TOKENS}-token blocks "
                        f"({', '.join(map(str, PAGE_TOKEN_CHOICES))})")
+
+
+# The shards' forwarding counters summed in the report (raylsm.actors.forwarding).
+FORWARDING_TOTALS = ("forwarded_pages", "forwarded_bytes", "received_pages", "forward_dropped_pages",
+                     "forward_failed_pages", "forward_second_chances_skipped", "forwarded_reads")
 
 
 def run(config: ReplayConfig) -> dict:
@@ -342,7 +350,8 @@ def _run_measured(config: ReplayConfig, plan: ReplayPlan, shape: PoolShape, capa
         if "raylsm" in measured:
             direct_io = config.page_cache == "cold"
             tier = TierSession(config.shards, capacity_bytes, shape.page_bytes, root, config.ray_address, direct_io,
-                               pool_disk_budget=not config.partitioned, ring_seed=config.seed)
+                               pool_disk_budget=not config.partitioned, ring_seed=config.seed,
+                               forward_evictions=config.forwarding)
             print("raylsm bench trace: joining or starting the raylsm tier", file=sys.stderr)
             phase = time.perf_counter()
             tier.start()
@@ -389,6 +398,9 @@ def _run_measured(config: ReplayConfig, plan: ReplayPlan, shape: PoolShape, capa
             calls = runs["raylsm"].shards_per_call
             details["shards_per_batch_mean"] = round(sum(calls) / len(calls), 3) if calls else None
             details["shard_stats"] = [shard_summary(s) for s in stats]
+            forwarding = [s["forwarding"] for s in stats if isinstance(s.get("forwarding"), dict)]
+            if forwarding and config.partitioned:
+                details["forwarding"] = {key: sum(f.get(key, 0) for f in forwarding) for key in FORWARDING_TOTALS}
             runs["raylsm"].extra["store_counters"] = sum_counters(stats)
             runs["raylsm"].extra["store_latency_ms"] = store_latency(stats)
         wrong = sum(item.wrong_pages for item in runs.values())
@@ -473,6 +485,9 @@ def add_trace_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--partitioned", action="store_true",
                         help="give each shard started here a fixed share of the capacity (no disk budget pool), as "
                              "shards on separate nodes have: what partitioning costs")
+    parser.add_argument("--no-forwarding", dest="forwarding", action="store_false",
+                        help="with --partitioned: shards drop what they evict instead of forwarding pages younger "
+                             "than another shard's oldest there (ShardConfig.forward_evictions): what forwarding buys")
     parser.add_argument("--capacity-fraction", type=CAPACITY_FRACTION, default=0.1, metavar="F",
                         help=f"L3 capacity as a fraction of the replayed window's distinct page bytes, "
                              f"{CAPACITY_FRACTION.describe()} (default 0.1; 1 holds every page); every measured "
@@ -523,7 +538,8 @@ def config_from_args(args: argparse.Namespace) -> ReplayConfig:
         trace_path=args.trace_path, limit=args.limit, time_window_s=args.time_window_s, sample_rate=args.sample_rate,
         page_tokens=args.page_tokens, profile=args.profile, payload_scale=args.payload_scale,
         capacity_fraction=args.capacity_fraction, host_cache_fraction=args.host_cache_fraction,
-        shards=args.shards, partitioned=args.partitioned, prefill_tokens_per_s=args.prefill_tokens_per_s,
+        shards=args.shards, partitioned=args.partitioned, forwarding=args.forwarding,
+        prefill_tokens_per_s=args.prefill_tokens_per_s,
         systems=systems, data_dir=args.data_dir, ray_address=args.ray_address,
         raylsm_extra_config=tuple(sorted(args.raylsm_extra_config.items())), json_path=args.json_path, plot_path=args.plot_path,
         progress=not args.no_progress, quick=args.quick, seed=args.seed, page_cache=args.page_cache)

@@ -721,6 +721,7 @@ def closed_label_values(ray_metrics) -> dict[tuple[str, str], set[str]]:
         ("ray_raylsm_put_pages_total", "outcome"): {outcome for metric, outcome in outcomes if metric == "put"},
         ("ray_raylsm_probe_pages_total", "outcome"): {outcome for metric, outcome in outcomes if metric == "probe"},
         ("ray_raylsm_page_bytes_total", "direction"): set(actors._BYTES.values()),
+        ("ray_raylsm_forwarded_pages_total", "outcome"): set(actors._FORWARDING.values()),
         ("ray_raylsm_shard_call_duration_seconds", "op"): shard_ops,
         ("ray_raylsm_client_failed_pages_total", "cause"): set(actors.ClientMetrics.CAUSES),
         ("ray_raylsm_client_call_duration_seconds", "op"): set(actors.ClientMetrics.SGLANG_CALLS),

@@ -34,6 +34,19 @@ def test_probes_export_hits_and_misses_and_same_node_reads_count_as_local_hits(s
     assert gets.value(**SHARD, outcome="hit") == 3 and gets.value(**SHARD, outcome="local_hit") == 7
 
 
+def test_eviction_forwarding_exports_its_counters_by_outcome_and_never_counts_twice(shard_metrics):
+    metrics, defined = shard_metrics
+    metrics.sync_forwarding({"forwarded_pages": 10, "received_pages": 0, "forward_dropped_pages": 2,
+                             "forwarded_reads": 3, "forward_target": "shard-b", "forward_pointers": 10})
+    metrics.sync_forwarding({"forwarded_pages": 8, "forward_dropped_pages": 2, "forwarded_reads": 3})  # older
+    metrics.sync_forwarding({"forwarded_pages": 25, "forward_dropped_pages": 2, "forwarded_reads": 7})
+    forwarded = defined["raylsm_forwarded_pages_total"]
+    assert forwarded.value(**SHARD, outcome="forwarded") == 25
+    assert forwarded.value(**SHARD, outcome="dropped_queue_full") == 2
+    assert forwarded.value(**SHARD, outcome="found_by_probe") == 7
+    assert forwarded.value(**SHARD, outcome="received") is None
+
+
 def test_shard_call_durations_are_exported_in_seconds(shard_metrics):
     metrics, defined = shard_metrics
     metrics.observe_call("get", 2.5)
