@@ -68,7 +68,10 @@ class ShardConfig:
     # with another disk that has room) sends its pages there and keeps a pointer per page, at most
     # forward_pointers (about 100 B of memory each). Shards of one disk budget pool never forward to
     # each other: they already evict in one order.
-    forward_evictions: bool = True
+    # NOTE: off by default: it lost hits where it was measured. `raylsm bench trace --partitioned`,
+    # agentic workload, capacity 0.05, 8 shards (2026-12-02, one run each): 0.1026 without it,
+    # 0.0872 with it (0.0622 with the first policy, which cascaded); docs/placement.md.
+    forward_evictions: bool = False
     forward_slack: float = 0.25
     forward_pointers: int = 1 << 18
     store: StoreConfig = field(default_factory=StoreConfig)

@@ -9,15 +9,20 @@ with the eviction age of each shard's disk as the measure of what it can afford 
   or its budget pool's), and whether that budget is full, in `frontier()`. The controller relays
   every shard's report to every shard each reconcile round (`exchange_frontiers`): one small call
   per shard per round, one round stale.
-- *Target.* The shard of another disk with free room, else the one whose oldest segment is oldest.
-  A segment being evicted is forwarded there if its age is below (1 - slack) x the target's oldest
-  age (a page still young for the tier), or always if the target has free room. The slack prices
-  it: modelled on the bench workloads, slack 0.25 keeps 0.94-0.99 of one cache's hit ratio for
-  0.17-0.47 pages forwarded per page reference (docs/placement.md).
+- *Targets.* A segment being evicted may go to any shard of another disk that has free room, or
+  whose oldest segment is older than the evicted one by more than the slack: its age is below
+  (1 - slack) x theirs (a page still young for the tier). Each send picks one of them at random,
+  so that many senders do not all flood the single oldest shard between two rounds. The slack
+  prices it: modelled on the bench workloads, slack 0.25 keeps 0.94-0.99 of one cache's hit ratio
+  for 0.17-0.47 pages forwarded per page reference (docs/placement.md).
+- *No cascade.* A shard that received forwarded pages within the last two rounds forwards nothing:
+  the pages it evicts then are the tier's oldest, and forwarding them on would only push the
+  receiver's own pages out in turn (as the model does: the receiver drops its oldest).
 - *Sending.* The reclaimer hands over the verified pages the eviction dropped (`forward`); a thread
-  sends them to the target as a hand-over put (no admission there; the target's own eviction makes
-  room) and records a pointer per stored page. Bounded: a send queue of `QUEUE_SEGMENTS` segments
-  (more are dropped, as without forwarding) and `max_pointers` pointers (oldest out).
+  sends them as a hand-over put (`accept_forwarded`: no admission there; the receiver's own
+  eviction makes room), several segments per call to one shard (`SEND_BYTES`), and records a
+  pointer per stored page. Bounded: `QUEUE_BYTES` of pages waiting (more are dropped, as without
+  forwarding) and `max_pointers` pointers (oldest out).
 - *Reading.* A probe that asks for it continues its leading run through forwarded pages and says
   where each is (`probe_through`); the client reads them there (raylsm.client_forwarding). A stale
   pointer costs one miss on that shard, never wrong bytes (its store verifies its own checksums).
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import random
 import threading
 import time
 import zlib
@@ -40,7 +46,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 logger = logging.getLogger(__name__)
 
-QUEUE_SEGMENTS = 4  # evicted segments waiting to be sent; more are dropped
+QUEUE_BYTES = 64 << 20  # evicted page bytes waiting to be sent; more are dropped
+SEND_BYTES = 16 << 20  # queued segments sent together to one shard, up to this many bytes per call
 SEND_TIMEOUT_S = 10.0
 
 
@@ -59,12 +66,18 @@ class Forwarding:
         self._max_pointers = max_pointers
         self._frontier_of = frontier_of
         self._lock = threading.Lock()
-        self._target: tuple[str, float | None] | None = None  # (shard, its oldest seal time; None: room)
+        # Shards of other disks and the seal time of their oldest segment (None: they have room).
+        self._candidates: list[tuple[str, float | None]] = []
+        self._updated_at: float | None = None  # last update() (monotonic)
+        self._round_s = 2.0  # the interval between the last two update() calls
+        self._received_at = -float("inf")  # when pages forwarded by another shard last arrived
+        self._queued_bytes = 0
+        self._random = random.Random(zlib.crc32(shard_name.encode()))
         self._pointers: OrderedDict[bytes, str] = OrderedDict()  # forwarded key -> shard holding it
         self._received: OrderedDict[bytes, None] = OrderedDict()  # keys other shards forwarded here
-        self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_SEGMENTS)
+        self._queue: queue.Queue = queue.Queue()  # (pages, sealed_at, bytes); bounded by QUEUE_BYTES
         self._stats = {"forwarded_pages": 0, "forwarded_bytes": 0, "forward_dropped_pages": 0,
-                       "forward_failed_pages": 0, "forwarded_reads": 0, "forwarded_segments": 0,
+                       "forward_failed_pages": 0, "forwarded_reads": 0, "forward_calls": 0,
                        "received_pages": 0, "forward_second_chances_skipped": 0}
         self._thread = threading.Thread(target=self._send_loop, name="raylsm-forward", daemon=True)
         self._thread.start()
@@ -76,42 +89,48 @@ class Forwarding:
         return {"disk": self._disk, **self._frontier_of()}
 
     def update(self, frontiers: Mapping[str, Any]) -> None:
-        """Choose the target from every shard's last report ({shard: frontier()}); None if no
-        shard of another disk reported."""
-        room, oldest = [], []
+        """Take every shard's last report ({shard: frontier()}): the candidates are the shards of
+        other disks, with their oldest seal time (None: they have room). Called once a reconcile
+        round; the interval between calls sets how long a shard that received pages holds back."""
+        candidates = []
         for shard, report in frontiers.items():
             if shard == self._name or not isinstance(report, dict) or report.get("disk") == self._disk:
                 continue
             if not report.get("full"):
-                room.append(shard)
+                candidates.append((shard, None))
             elif report.get("oldest_sealed_at") is not None:
-                oldest.append((float(report["oldest_sealed_at"]), shard))
+                candidates.append((shard, float(report["oldest_sealed_at"])))
+        now = time.monotonic()
         with self._lock:
-            if room:  # spread the senders over the shards with room (a stable choice per sender)
-                self._target = (sorted(room)[zlib.crc32(self._name.encode()) % len(room)], None)
-            elif oldest:
-                sealed_at, shard = min(oldest)
-                self._target = (shard, sealed_at)
-            else:
-                self._target = None
+            self._candidates = sorted(candidates)
+            if self._updated_at is not None:
+                self._round_s = now - self._updated_at
+            self._updated_at = now
+
+    def targets(self, sealed_at: float) -> list[str]:
+        """The shards that would take the pages of a segment sealed at `sealed_at` (wall clock):
+        those with room, and those whose oldest segment is older than (1 - slack) of its age. None
+        while this shard received forwarded pages within the last two rounds: its evictions are
+        the tier's oldest then, to be dropped (forwarding them on would cascade)."""
+        now = time.time()
+        with self._lock:
+            if time.monotonic() - self._received_at < 2 * self._round_s:
+                return []
+            candidates = self._candidates
+        age = now - sealed_at
+        return [shard for shard, oldest in candidates if oldest is None or age < (1.0 - self._slack) * (now - oldest)]
 
     def target(self) -> str | None:
-        with self._lock:
-            return self._target[0] if self._target else None
+        """A shard that would take a segment sealed now (None: none would)."""
+        found = self.targets(time.time())
+        return found[0] if found else None
 
     # ---- the reclaimer's side (raylsm.store.segment_reclaimer.EvictionForwarder) -------------------
 
     def wants(self, sealed_at: float) -> bool:
-        with self._lock:
-            target = self._target
-        if target is None:
-            return False
-        if target[1] is None:
-            return True
-        now = time.time()
-        return now - sealed_at < (1.0 - self._slack) * (now - target[1])
+        return bool(self.targets(sealed_at))
 
-    def forward(self, pages: list) -> None:
+    def forward(self, pages: list, sealed_at: float) -> None:
         if self._received:
             with self._lock:
                 fresh = [page for page in pages if page.key not in self._received]
@@ -119,50 +138,79 @@ class Forwarding:
             pages = fresh
             if not pages:
                 return
-        try:
-            self._queue.put_nowait(pages)
-        except queue.Full:
-            self._count(forward_dropped_pages=len(pages))
+        nbytes = sum(page.value.nbytes for page in pages)
+        with self._lock:
+            if self._queued_bytes + nbytes > QUEUE_BYTES:
+                self._stats["forward_dropped_pages"] += len(pages)
+                return
+            self._queued_bytes += nbytes
+        self._queue.put((pages, sealed_at, nbytes))
 
     def _send_loop(self) -> None:
+        """Send what the reclaimer queued: each segment's pages to a shard picked at random among
+        those that would take them now (spreading the senders over the receivers), several segments
+        per call to one shard (up to SEND_BYTES)."""
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            items = [item]
+            nbytes = item[2]
+            while nbytes < SEND_BYTES:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._queue.put(None)
+                    break
+                items.append(more)
+                nbytes += more[2]
+            with self._lock:
+                self._queued_bytes -= nbytes
+            by_target: dict[str, list] = {}
+            for pages, sealed_at, _ in items:
+                found = self.targets(sealed_at)
+                if not found:
+                    self._count(forward_dropped_pages=len(pages))
+                    continue
+                by_target.setdefault(self._random.choice(found), []).extend(pages)
+            for target, pages in by_target.items():
+                self._send(target, pages)
+
+    def _send(self, target: str, pages: list) -> None:
         from raylsm.store.outcomes import PutOutcome
 
         accepted = (PutOutcome.STORED, PutOutcome.PRESENT)
-        while True:
-            pages = self._queue.get()
-            if pages is None:
-                return
-            target = self.target()
-            if target is None:
-                self._count(forward_dropped_pages=len(pages))
-                continue
-            try:
-                import ray
+        keys = [page.key for page in pages]
+        try:
+            import ray
 
-                keys = [page.key for page in pages]
-                ref = self._handle_of(target).accept_forwarded.remote(keys, [page.value for page in pages],
-                                                                      time.time() + SEND_TIMEOUT_S)
-                outcomes = ray.get(ref, timeout=SEND_TIMEOUT_S)
-            except Exception as error:  # noqa: BLE001 (a failed send drops the pages, as eviction would)
-                logger.info("shard %s: forwarding %d pages to %s failed: %r", self._name, len(pages), target, error)
-                self._count(forward_failed_pages=len(pages))
-                continue
-            stored = [key for key, outcome in zip(keys, outcomes) if outcome in accepted]
-            with self._lock:
-                pointers = self._pointers
-                for key in stored:
-                    pointers[key] = target
-                    pointers.move_to_end(key)
-                while len(pointers) > self._max_pointers:
-                    pointers.popitem(last=False)
-            self._count(forwarded_pages=len(stored), forwarded_segments=1,
-                        forwarded_bytes=sum(page.value.nbytes for page, outcome in zip(pages, outcomes)
-                                            if outcome in accepted),
-                        forward_failed_pages=len(pages) - len(stored))
+            ref = self._handle_of(target).accept_forwarded.remote(keys, [page.value for page in pages],
+                                                                  time.time() + SEND_TIMEOUT_S)
+            outcomes = ray.get(ref, timeout=SEND_TIMEOUT_S)
+        except Exception as error:  # noqa: BLE001 (a failed send drops the pages, as eviction would)
+            logger.info("shard %s: forwarding %d pages to %s failed: %r", self._name, len(pages), target, error)
+            self._count(forward_failed_pages=len(pages))
+            return
+        stored = [key for key, outcome in zip(keys, outcomes) if outcome in accepted]
+        with self._lock:
+            pointers = self._pointers
+            for key in stored:
+                pointers[key] = target
+                pointers.move_to_end(key)
+            while len(pointers) > self._max_pointers:
+                pointers.popitem(last=False)
+        self._count(forwarded_pages=len(stored), forward_calls=1,
+                    forwarded_bytes=sum(page.value.nbytes for page, outcome in zip(pages, outcomes)
+                                        if outcome in accepted),
+                    forward_failed_pages=len(pages) - len(stored))
 
     def received(self, keys: Sequence[bytes]) -> None:
-        """Pages another shard forwarded here (and this shard stored): never forwarded again."""
+        """Pages another shard forwarded here (and this shard stored): never forwarded again, and
+        for two rounds this shard forwards nothing (raylsm.actors.forwarding.Forwarding.targets)."""
         with self._lock:
+            self._received_at = time.monotonic()
             received = self._received
             for key in keys:
                 received[key] = None
@@ -200,17 +248,15 @@ class Forwarding:
     # ---- the rest -----------------------------------------------------------------------------
 
     def stats(self) -> dict:
+        target = self.target()
         with self._lock:
             stats = dict(self._stats)
             stats["forward_pointers"] = len(self._pointers)
-            stats["forward_target"] = self._target[0] if self._target else None
+            stats["forward_target"] = target
         return stats
 
     def close(self) -> None:
-        try:
-            self._queue.put_nowait(None)
-        except queue.Full:
-            pass
+        self._queue.put(None)
 
     def _count(self, **deltas: int) -> None:
         with self._lock:

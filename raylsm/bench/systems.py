@@ -222,7 +222,7 @@ class TierSession:
     def __init__(self, shards: int, capacity_bytes: int, page_bytes: int, data_dir: str,
                  ray_address: str | None = None, direct_io: bool = True, inline_reply_bytes: int = 0,
                  pool_disk_budget: bool = True, private: bool = False, store_changes: dict | None = None,
-                 controller: dict | None = None, ring_seed: int = 0, forward_evictions: bool = True) -> None:
+                 controller: dict | None = None, ring_seed: int = 0, forward_evictions: bool = False) -> None:
         """`private`: always a private Ray and tier (never a `raylsm up` head's); `store_changes`:
         StoreConfig fields of the shards started here; `controller`: ControllerConfig fields;
         `ring_seed`: a private Ray's node gets the disk label `bench-<ring_seed>`, so its shards are

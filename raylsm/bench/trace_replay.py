@@ -115,9 +115,9 @@ class ReplayConfig:
     # ring, against 0.234 with one shard.
     shards: int = 1
     partitioned: bool = False
-    # Eviction forwarding between shards of separate disk budgets (ShardConfig.forward_evictions;
-    # only partitioned shards have them here): off, to measure what it buys.
-    forwarding: bool = True
+    # Eviction forwarding between shards of separate disk budgets (ShardConfig.forward_evictions,
+    # off by default; only partitioned shards have separate budgets here): on, to measure it.
+    forwarding: bool = False
     prefill_tokens_per_s: float = 10_000.0  # modelled GPU prefill rate (8B model, one GPU)
     systems: tuple[str, ...] = SYSTEMS
     data_dir: str | None = None  # default ./.raylsm/bench/trace-<pid>
@@ -485,9 +485,10 @@ def add_trace_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--partitioned", action="store_true",
                         help="give each shard started here a fixed share of the capacity (no disk budget pool), as "
                              "shards on separate nodes have: what partitioning costs")
-    parser.add_argument("--no-forwarding", dest="forwarding", action="store_false",
-                        help="with --partitioned: shards drop what they evict instead of forwarding pages younger "
-                             "than another shard's oldest there (ShardConfig.forward_evictions): what forwarding buys")
+    parser.add_argument("--forwarding", action="store_true",
+                        help="with --partitioned: shards forward what they evict to a shard whose oldest pages are "
+                             "older, instead of dropping it (ShardConfig.forward_evictions, off by default; "
+                             "docs/placement.md)")
     parser.add_argument("--capacity-fraction", type=CAPACITY_FRACTION, default=0.1, metavar="F",
                         help=f"L3 capacity as a fraction of the replayed window's distinct page bytes, "
                              f"{CAPACITY_FRACTION.describe()} (default 0.1; 1 holds every page); every measured "

@@ -356,6 +356,8 @@ class Controller(ScaleSteps):
 
     def _reconcile_frontiers(self) -> None:
         """Relay the serving shards' eviction frontiers to each other (raylsm.controller.frontiers)."""
+        if not self._config.shard.forward_evictions:
+            return
         with self._lock:
             handles = {name: record.handle for name, record in self._shards.items() if record.state == SERVING}
         self._frontiers.reconcile(self._api, handles, self._config.controller.ping_timeout_s)

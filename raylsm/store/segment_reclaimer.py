@@ -58,9 +58,9 @@ class EvictionForwarder(Protocol):
         """Whether the pages of a segment sealed at `sealed_at` (wall clock) should be forwarded
         rather than dropped: read them only if so."""
 
-    def forward(self, pages: list[KeptPage]) -> None:
-        """Take the verified pages this eviction dropped (their index entries are gone); must not
-        block (a queue and a thread of its own)."""
+    def forward(self, pages: list[KeptPage], sealed_at: float) -> None:
+        """Take the verified pages this eviction dropped (their index entries are gone) from a
+        segment sealed at `sealed_at`; must not block (a queue and a thread of its own)."""
 
 
 def evict_oldest(store: "ShardStore", budget: list[int], reappend_first: bool = False) -> list[KeptPage]:
@@ -116,7 +116,7 @@ def evict_oldest(store: "ShardStore", budget: list[int], reappend_first: bool = 
         # (a delete must never be undone elsewhere).
         forwarded = [page for page in forwarded if page.key in evicted]
         if forwarded:
-            store.forwarder.forward(forwarded)
+            store.forwarder.forward(forwarded, segment.sealed_at)
         return kept
     finally:
         if reappend_first:

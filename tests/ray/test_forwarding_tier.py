@@ -19,7 +19,7 @@ CHAIN = 16
 
 @pytest.fixture(scope="module")
 def tier(local_ray, tier_factory):
-    tier = tier_factory(shard={"pool_disk_budget": False,
+    tier = tier_factory(shard={"pool_disk_budget": False, "forward_evictions": True,
                                "store": {"capacity_bytes": CAPACITY, "segment_bytes": 256 * KiB}},
                         controller={"reconcile_period_s": 0.25})
     tier.wait_for_shards(2)
@@ -58,14 +58,14 @@ def test_a_full_shard_forwards_what_it_evicts_to_one_with_room_and_reads_find_it
         assert reader.stats()["counters"]["exists_forwarded_probes"] >= 4
 
 
-def test_a_forwarded_page_is_not_forwarded_again(tier, pages):
-    """The shard with room fills with forwarded pages and then evicts them: it drops them rather
-    than sending them back."""
+def test_a_shard_receiving_forwarded_pages_drops_what_it_evicts(tier, pages):
+    """The shard with room fills with forwarded pages and then evicts: those evictions are the
+    tier's oldest pages, dropped, not sent back (no cascade, no bouncing)."""
     client = tier.client()
     full, roomy = sorted(tier.ring()["shards"])
     for i in range(48):
         chain = tier.chain_where(pages, ("more", i), CHAIN, lambda routed: set(routed) == {full})
         assert all(client.put(pages.namespace, chain, [], pages.values(chain)))
-    wait_until(lambda: _forwarding(tier, roomy)["forward_second_chances_skipped"] > 0, 30,
-               "the receiving shard to evict forwarded pages")
+    wait_until(lambda: tier.shard_counters(roomy)["evicted_pages"] > 0, 30, "the receiving shard to evict")
+    assert _forwarding(tier, roomy)["forwarded_pages"] == 0
     assert _forwarding(tier, full)["received_pages"] == 0

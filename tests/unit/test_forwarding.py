@@ -28,7 +28,7 @@ class Recorder:
         self.asked += 1
         return self._wants
 
-    def forward(self, pages):
+    def forward(self, pages, sealed_at):
         self.pages.extend(pages)
 
 
@@ -81,7 +81,7 @@ def _forwarding(name="a", disk="disk-a", slack=0.25, max_pointers=8):
                       lambda: {"oldest_sealed_at": None, "full": False})
 
 
-def test_the_target_is_a_shard_of_another_disk_with_room_else_the_one_with_the_oldest_pages():
+def test_the_targets_are_shards_of_other_disks_with_room_or_older_pages_by_the_slack():
     forwarding = _forwarding()
     try:
         now = time.time()
@@ -90,14 +90,28 @@ def test_the_target_is_a_shard_of_another_disk_with_room_else_the_one_with_the_o
                            "a2": {"disk": "disk-a", "full": False},  # same disk budget: never
                            "b": {"disk": "disk-b", "oldest_sealed_at": now - 100, **full},
                            "c": {"disk": "disk-c", "oldest_sealed_at": now - 400, **full}})
-        assert forwarding.target() == "c"
-        assert forwarding.wants(now - 10) and forwarding.wants(now - 290)
-        assert not forwarding.wants(now - 310)  # within the slack of c's oldest (0.75 x 400 s)
+        assert forwarding.targets(now - 10) == ["b", "c"]
+        assert forwarding.targets(now - 290) == ["c"]  # older than 0.75 x b's oldest age
+        assert forwarding.targets(now - 310) == [] and not forwarding.wants(now - 310)  # and c's
         forwarding.update({"b": {"disk": "disk-b", "oldest_sealed_at": now - 100, **full},
                            "d": {"disk": "disk-d", "oldest_sealed_at": None, "full": False}})
-        assert forwarding.target() == "d" and forwarding.wants(now - 10_000)  # room: always
+        assert forwarding.targets(now - 10_000) == ["d"]  # room: any age
         forwarding.update({"a2": {"disk": "disk-a", "full": False}, "e": None})
-        assert forwarding.target() is None and not forwarding.wants(now)
+        assert forwarding.targets(now) == [] and not forwarding.wants(now)
+    finally:
+        forwarding.close()
+
+
+def test_a_shard_that_received_forwarded_pages_forwards_nothing_for_two_rounds():
+    forwarding = _forwarding()
+    try:
+        reports = {"b": {"disk": "disk-b", "oldest_sealed_at": None, "full": False}}
+        forwarding.update(reports)
+        assert forwarding.wants(time.time())
+        forwarding.received([b"k" * 8])
+        assert not forwarding.wants(time.time())  # its evictions are the tier's oldest now
+        forwarding._received_at -= 2 * forwarding._round_s + 0.01  # two rounds later
+        assert forwarding.wants(time.time())
     finally:
         forwarding.close()
 
