@@ -87,6 +87,7 @@ def evict_oldest(store: "ShardStore", budget: list[int], reappend_first: bool = 
         segment = store._segments[segment_id]
         if not segment.pin():
             return []
+    forwarder = store.forwarder
     forwarded: list[KeptPage] = []
     try:
         try:
@@ -103,7 +104,6 @@ def evict_oldest(store: "ShardStore", budget: list[int], reappend_first: bool = 
                 if plan.kept:
                     drop_kept(store, reappend(store, [page for page, _ in plan.kept], into_room=True, at_origin=True))
                     plan = plan._replace(kept=[])  # re-appended pages point elsewhere now; the rest are evicted
-                forwarder = store.forwarder
                 if forwarder is not None and forwarder.wants(segment.sealed_at):
                     forwarded = _read_live(store, segment, segment_id, plan.entries)
         finally:
@@ -116,7 +116,7 @@ def evict_oldest(store: "ShardStore", budget: list[int], reappend_first: bool = 
         # (a delete must never be undone elsewhere).
         forwarded = [page for page in forwarded if page.key in evicted]
         if forwarded:
-            store.forwarder.forward(forwarded, segment.sealed_at)
+            forwarder.forward(forwarded, segment.sealed_at)
         return kept
     finally:
         if reappend_first:
