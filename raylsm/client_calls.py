@@ -30,7 +30,8 @@ def _shard_of(call_key: "str | _Chunk") -> str:
     return call_key.shard if isinstance(call_key, _Chunk) else call_key
 
 
-# Calls that a shard marked stalled by a late read still gets (see raylsm.shard_health).
+# Writes: the calls a shard marked stalled by a late read still gets, and whose own lateness marks
+# it stalled for writes too (raylsm.shard_health).
 _WRITE_METHODS = frozenset({"put_batch", "delete_batch"})
 
 
@@ -110,9 +111,9 @@ class ShardCalls:
                  deadline: float | None = None, settle_late: bool = False) -> dict[Any, Any]:
         """Wait for submitted calls until `deadline` (default: call_timeout_s from now); the value or
         exception per call key. `on_result(call_key, value)` runs for each answer as it arrives.
-        A call still running at the deadline marks its shard stalled (its puts too with
-        `settle_late`); it is cancelled, or with
-        `settle_late` (puts) kept so that what it stores when it lands late is deleted again."""
+        A call still running at the deadline marks its shard stalled (for writes too if it was one:
+        `_WRITE_METHODS`); it is cancelled, or with `settle_late` (puts) kept so that what it stores
+        when it lands late is deleted again."""
         refs, results = submitted
         if deadline is None:
             deadline = time.monotonic() + self._config.client.call_timeout_s
@@ -142,7 +143,7 @@ class ShardCalls:
             results[call_key] = TimeoutError(f"shard {shard} did not answer in time")
             self._count(timeouts=1)
             self._metrics.failed(shard, method, "timeout", pages)
-            self._health.mark(shard, writes=settle_late)
+            self._health.mark(shard, writes=method in _WRITE_METHODS)
             if settle_late:
                 with self._unsettled_lock:
                     self._unsettled.append(_Unsettled(ref, shard, list(args[0])))

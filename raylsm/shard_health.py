@@ -35,12 +35,13 @@ FIRST_CHECK_S = 0.1  # the first health check after a trip; each failed one doub
 
 
 class ShardHealth:
-    def __init__(self, max_check_delay_s: float = 2.0) -> None:
+    def __init__(self, max_check_delay_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._stalled: dict[str, float] = {}  # shard -> when it was marked (monotonic)
         self._writes_stalled: set[str] = set()  # marked shards whose puts fail fast too
         self._due: dict[str, tuple[float, float]] = {}  # shard -> (next check, delay after it)
         self._local_reads_in_flight: dict[str, int] = {}  # abandoned same-node reads still running
         self._max_check_delay_s = max(FIRST_CHECK_S, max_check_delay_s)
+        self._clock = clock  # seconds, monotonic (a test's fake clock)
         self._lock = threading.Lock()
         self.wake = threading.Event()  # set when a check may be due earlier than due_in() said
         # What the breaker did, for stats(): trips, seconds marked (trips closed so far), the
@@ -79,7 +80,7 @@ class ShardHealth:
                 return
             self._local_reads_in_flight.pop(shard, None)
             if shard in self._stalled:  # the disk answered: check the shard now
-                self._due[shard] = (time.monotonic(), self._due.get(shard, (0.0, FIRST_CHECK_S))[1])
+                self._due[shard] = (self._clock(), self._due.get(shard, (0.0, FIRST_CHECK_S))[1])
                 self.wake.set()
 
     def forget(self, shards: set[str]) -> None:
@@ -94,14 +95,14 @@ class ShardHealth:
         with self._lock:
             if not self._due:
                 return None
-            return max(0.0, min(due for due, _ in self._due.values()) - time.monotonic())
+            return max(0.0, min(due for due, _ in self._due.values()) - self._clock())
 
     def check(self, ask: Callable[[Mapping[str, Any]], Mapping[str, Any]], stall_limit_s: float) -> list[str]:
         """Ask every stalled shard whose check is due for its health (`ask({shard: None})` returns
         the shard's `health()` answer, or an exception, per shard) and clear those that answered
         with no data call running longer than `stall_limit_s` and no abandoned same-node read.
         Returns the shards cleared; the others are checked again after twice the last delay."""
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             due = [shard for shard, (at, _) in self._due.items() if at <= now]
         if not due:
@@ -126,7 +127,7 @@ class ShardHealth:
                     continue
                 self._totals[kept] += 1
                 delay = self._due[shard][1]
-                self._due[shard] = (time.monotonic() + delay, min(2 * delay, self._max_check_delay_s))
+                self._due[shard] = (self._clock() + delay, min(2 * delay, self._max_check_delay_s))
         return cleared
 
     def totals(self) -> dict:
@@ -142,8 +143,9 @@ class ShardHealth:
 
     def _trip(self, shard: str) -> None:  # under the lock
         if shard not in self._stalled:
-            self._stalled[shard] = time.monotonic()
-            self._due[shard] = (time.monotonic() + FIRST_CHECK_S, min(2 * FIRST_CHECK_S, self._max_check_delay_s))
+            now = self._clock()
+            self._stalled[shard] = now
+            self._due[shard] = (now + FIRST_CHECK_S, min(2 * FIRST_CHECK_S, self._max_check_delay_s))
             self._totals["trips"] += 1
             self.wake.set()
 
@@ -152,6 +154,6 @@ class ShardHealth:
         self._writes_stalled.discard(shard)
         self._due.pop(shard, None)
         if since is not None:
-            lasted = time.monotonic() - since
+            lasted = self._clock() - since
             self._totals["stalled_s"] += lasted
             self._totals["longest_s"] = max(self._totals["longest_s"], lasted)
