@@ -79,7 +79,8 @@ class TierClient(RingView, ShardCalls):
         self._local_reader = LocalSegmentReader(direct_io=client.local_read_direct_io)
         self._bounded_reader = BoundedLocalReader(self._local_reader, self._health)
         self._located = LocatedPointers(client.located_pointer_entries, client.located_pointer_ttl_s)
-        # Where shards said they forwarded pages (raylsm.client_forwarding), for the reads that follow.
+        # Where shards said they forwarded pages (raylsm.client_forwarding), for the reads that follow;
+        # kept at least 2 s even with the fast path's pointers off (ttl 0): exists needs them too.
         self._forward_hints = ForwardHints(client.located_pointer_entries, max(client.located_pointer_ttl_s, 2.0))
         # Reads done on the fast path, per shard, not yet reported: they ride on the next
         # probe_located, locate_batch or put call to that shard, or go in the reporter's flush every
@@ -123,16 +124,18 @@ class TierClient(RingView, ShardCalls):
             if shard in local:
                 segments_dir, low_watermark, pointers, where = value
                 count = len(pointers)
-                held = [index for index in range(count) if index not in where]
-                self._located.add(shard, [routed.keys[slots[index]] for index in held], segments_dir, low_watermark,
-                                  [pointers[index] for index in held])
             else:
                 count, where = value
-            if where:
+            held = slots[:count]
+            if where:  # (only where a shard forwarded pages: the run less those)
                 self._forward_hints.add([routed.keys[slot] for slot in slots], where)
-            for index, slot in enumerate(slots[:count]):
-                if index not in where:
-                    present[slot] = True
+                held = [slot for index, slot in enumerate(held) if index not in where]
+                if shard in local:
+                    pointers = [pointer for index, pointer in enumerate(pointers) if index not in where]
+            if shard in local:
+                self._located.add(shard, [routed.keys[slot] for slot in held], segments_dir, low_watermark, pointers)
+            for slot in held:
+                present[slot] = True
 
     def exists(self, namespace_id: bytes, page_hashes: Sequence[bytes],
                prefix_hashes: Sequence[bytes] | None = None) -> int:

@@ -195,12 +195,7 @@ class Forwarding:
             return
         stored = [key for key, outcome in zip(keys, outcomes) if outcome in accepted]
         with self._lock:
-            pointers = self._pointers
-            for key in stored:
-                pointers[key] = target
-                pointers.move_to_end(key)
-            while len(pointers) > self._max_pointers:
-                pointers.popitem(last=False)
+            _remember(self._pointers, stored, target, self._max_pointers)
         self._count(forwarded_pages=len(stored), forward_calls=1,
                     forwarded_bytes=sum(page.value.nbytes for page, outcome in zip(pages, outcomes)
                                         if outcome in accepted),
@@ -211,12 +206,7 @@ class Forwarding:
         for two rounds this shard forwards nothing (raylsm.actors.forwarding.Forwarding.targets)."""
         with self._lock:
             self._received_at = time.monotonic()
-            received = self._received
-            for key in keys:
-                received[key] = None
-                received.move_to_end(key)
-            while len(received) > self._max_pointers:
-                received.popitem(last=False)
+            _remember(self._received, keys, None, self._max_pointers)
         self._count(received_pages=len(keys))
 
     # ---- reads --------------------------------------------------------------------------------
@@ -262,3 +252,12 @@ class Forwarding:
         with self._lock:
             for name, delta in deltas.items():
                 self._stats[name] += delta
+
+
+def _remember(entries: OrderedDict, keys: Sequence[bytes], value: Any, limit: int) -> None:
+    """Set entries[key] = value for each key, newest last, then drop the oldest beyond `limit`."""
+    for key in keys:
+        entries[key] = value
+        entries.move_to_end(key)
+    while len(entries) > limit:
+        entries.popitem(last=False)

@@ -362,10 +362,6 @@ class Controller(ScaleSteps):
             handles = {name: record.handle for name, record in self._shards.items() if record.state == SERVING}
         self._frontiers.reconcile(self._api, handles, self._config.controller.ping_timeout_s)
 
-    def frontiers(self) -> dict[str, dict]:
-        """The shards' last frontier reports ({shard: {"disk", "oldest_sealed_at", "full"}})."""
-        return self._frontiers.reports()
-
     def tunings(self) -> dict:
         """Each tuned shard's tuning: {shard: {"version", "acked_version", "choice", "challenger",
         "streak", "scores"}}."""

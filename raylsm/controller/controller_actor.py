@@ -65,9 +65,6 @@ class ControllerServer:
     def clear_namespace(self, base_id: bytes, timeout_s: float = 10.0) -> dict:
         return self._controller.clear_namespace(base_id, timeout_s)
 
-    def frontiers(self) -> dict:
-        return self._controller.frontiers()
-
     def scale(self, shards: int, drain: bool | None = None) -> dict:
         return self._controller.scale(shards, drain)
 

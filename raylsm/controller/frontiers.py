@@ -21,6 +21,3 @@ class FrontierRelay:
         answer or has forwarding off drops out of the reports until it answers again."""
         answers = api.call_all(handles, "exchange_frontiers", timeout_s, dict(self._reports))
         self._reports = {name: answer for name, answer in answers.items() if isinstance(answer, dict)}
-
-    def reports(self) -> dict[str, dict]:
-        return dict(self._reports)

@@ -155,47 +155,42 @@ def _plan(store: "ShardStore", segment, segment_id: int, budget: list[int]) -> _
                                                    lambda key=key: _prefix_of_live(store, key, segment_id, deepest)):
             spent += charge
             candidates.append((key, pointer, max(0, min(read, credits) - 1)))
-    kept: list[tuple[KeptPage, int]] = []
-    if candidates:
-        # One merged, verified read of every kept page (neighbours in one preadv), into slices of
-        # one aligned buffer; a page that fails its checksum or its read is evicted instead.
-        ends = np.cumsum([fmt.align_up(pointer.length) for _, pointer, _ in candidates])
-        buffer = aligned_empty(int(ends[-1]))
-        starts = [0, *ends[:-1].tolist()]
-        values = [buffer[start:start + pointer.length] for start, (_, pointer, _) in zip(starts, candidates)]
-        outcome = read_verified(list(enumerate(pointer for _, pointer, _ in candidates)),
-                                {slot: (memoryview(value),) for slot, value in enumerate(values)}, len(candidates),
-                                store._config.merge_gap_bytes, store._config.direct_io,
-                                lambda _: segment if segment.pin() else None)
-        kept = [(KeptPage(key, value, pointer.checksum, (segment_id, pointer.offset), credit), pointer.offset)
-                for (key, pointer, credit), value, ok in zip(candidates, values, outcome.results) if ok]
+    # A page that fails its checksum or its read is evicted instead.
+    kept = [(page, page.origin[1]) for page in _read_pages(store, segment, segment_id, candidates)]
     charged = spent + fmt.header_bytes_for(len(candidates)) if candidates else 0
     budget[0] -= charged
     return _Plan(entries, walked_to, kept, charged)
 
 
+def _read_pages(store: "ShardStore", segment, segment_id: int,
+                wanted: list[tuple[bytes, fmt.Pointer, int]]) -> list[KeptPage]:
+    """One merged, verified read (neighbours in one preadv) of the (key, pointer, credit) pages of
+    the segment, into slices of one aligned buffer; pages that fail their checksum or read are left
+    out. The caller holds the segment pinned."""
+    if not wanted:
+        return []
+    ends = np.cumsum([fmt.align_up(pointer.length) for _, pointer, _ in wanted])
+    buffer = aligned_empty(int(ends[-1]))
+    values = [buffer[start:start + pointer.length] for start, (_, pointer, _) in zip([0, *ends[:-1].tolist()], wanted)]
+    outcome = read_verified(list(enumerate(pointer for _, pointer, _ in wanted)),
+                            {slot: (memoryview(value),) for slot, value in enumerate(values)}, len(wanted),
+                            store._config.merge_gap_bytes, store._config.direct_io,
+                            lambda _: segment if segment.pin() else None)
+    return [KeptPage(key, value, pointer.checksum, (segment_id, pointer.offset), credit)
+            for (key, pointer, credit), value, ok in zip(wanted, values, outcome.results) if ok]
+
+
 def _read_live(store: "ShardStore", segment, segment_id: int,
                entries: list[tuple[int, bytes, int]]) -> list[KeptPage]:
     """Read (verified) every page of the segment that the index still points at: the pages its
-    eviction will drop, for the forwarder. One merged read into one aligned buffer; a page that
-    fails its checksum or read is left out. The caller holds the segment pinned."""
+    eviction will drop, for the forwarder (`_read_pages`)."""
     current = store._index.get_many([key for _, key, _ in entries]) if entries else []
     live = []
     for (offset, key, _), raw in zip(entries, current):
         pointer = fmt.decode_pointer(raw) if raw is not None else None
         if pointer is not None and pointer.segment_id == segment_id and pointer.offset == offset:
-            live.append((key, pointer))
-    if not live:
-        return []
-    ends = np.cumsum([fmt.align_up(pointer.length) for _, pointer in live])
-    buffer = aligned_empty(int(ends[-1]))
-    values = [buffer[start:start + pointer.length] for start, (_, pointer) in zip([0, *ends[:-1].tolist()], live)]
-    outcome = read_verified(list(enumerate(pointer for _, pointer in live)),
-                            {slot: (memoryview(value),) for slot, value in enumerate(values)}, len(live),
-                            store._config.merge_gap_bytes, store._config.direct_io,
-                            lambda _: segment if segment.pin() else None)
-    return [KeptPage(key, value, pointer.checksum, (segment_id, pointer.offset))
-            for (key, pointer), value, ok in zip(live, values, outcome.results) if ok]
+            live.append((key, pointer, 0))
+    return _read_pages(store, segment, segment_id, live)
 
 
 def _commit(store: "ShardStore", segment, segment_id: int, plan: _Plan,
