@@ -19,7 +19,7 @@ Two details keep a brief disk stall from costing more than the stall:
   shard, the bench process's segment reads stalling 1 s at every 400th read, 2026-12-02): with
   puts failed on any trip and one check every `ring_refresh_s` (2 s), 3 late reads failed 2,323
   calls and 1,162 put chunks, L3 hit 0.107; as here, 6 late reads failed 98 calls and no put, hit
-  0.197 (0.206-0.208 without stalls). docs/faults.md has the table.
+  0.197 (0.208 without stalls). docs/faults.md has the table.
 
 Called by TierClient: `is_stalled` on every call, `mark` on a timeout, `check` from the client's
 health thread, which sleeps until `due_in()` or until `wake` is set. Thread-safe (one lock).
