@@ -24,10 +24,22 @@ page, and a page read since it was written (plus the reads it banked, up to
 reinsertion_read_credits) is re-appended instead ("read_since_written", a CLOCK; "none" is FIFO).
 Not modelled: segment granularity (the store evicts and re-appends a segment's pages together),
 the reinsertion budget fraction, and prefix semantics beyond the sampled pages of one extent in one
-call (a page past an unsampled miss, or in the put after the probe, counts as a hit if the model
-holds it; the models share that optimism, so it shifts them alike).
-References are those the workload statistics' curve counts: asks up to a probe's first miss, and
-writes of absent pages, the first miss counted once (raylsm.store.workload_stats).
+call (a page past an unsampled miss, or in a put of pages no probe asked, counts as a hit if the
+model holds it; the models share that optimism, so it shifts them alike).
+References are the pages SGLang asks and writes, whatever the running store holds
+(raylsm.store.workload_stats): every key of a probe (not only those up to the store's first miss:
+each model stops at its own), and a put's pages that no probe asked just before (pages past the
+probes SGLang made, written without a probe, or present here past this store's first miss). So
+every model sees one stream, the one its policy would have been asked.
+NOTE: before, a model saw a probe only up to the running store's first miss, and the put behind it
+as a call of its own: the pages a model held past that miss counted as hits of the put (SGLang
+loads none of them), and pages this store held past its miss were no references at all. Replayed
+straight into one store per candidate (no Ray; capacity 0.05, every page sampled, the models
+drained every 100 requests as the controller drains them; a /tmp script), one candidate's
+prediction moved with the store it ran in by up to 5.7% (the packaged trace, 0.25 of its
+conversations) and 10.2% (the generator's agentic trace); now by up to 2.4% and 5.8%, what the
+rebases (below) leave. Without rebases the predictions are the same from every store
+(tests/unit/test_mini_sims.py).
 NOTE: cost (2 cores, Python 3.11): `drain` ran 0.7 s for 85,000 sampled references and the six
 candidates (the generator's agentic trace, one store): about 1.4 us per reference and candidate.
 Recording costs a modulus per key, an xxh64 per extent the call touches and one list append.
@@ -191,8 +203,8 @@ class MiniSims:
         return out
 
     def record(self, entries: Sequence[tuple[int, int]]) -> None:
-        """One call's counted references of sampled extents (`sample`): the asks of a probe up to
-        its first miss, or a put's writes of absent pages other than that first miss."""
+        """One call's references of sampled extents (`sample`): the keys of a probe, or a put's
+        pages that no probe asked just before."""
         if not entries:
             return
         with self._events_lock:

@@ -55,6 +55,7 @@ _EDGES = DISTANCE_EDGES.tolist()  # (bisect on a list: np.searchsorted costs mic
 DEPTH_EDGES = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)  # pages; the last bucket is open
 AGE_EDGES_S = (0, 1, 10, 60, 600, 3600, 86400)  # seconds; the last bucket is open
 RECENT_MISSES = 4096  # probes' first misses remembered until their write (all pages, not only tracked)
+MODELS_ASKED = 1 << 16  # the models' sampled asks past a probe's first miss, remembered until their write
 _ABSENT = object()
 CAPACITY_MULTIPLES = (0.25, 0.5, 1, 2, 4)  # where the curve is read for metrics and `raylsm status`
 
@@ -89,7 +90,8 @@ class WorkloadStats:
                  sims: MiniSims | None = None) -> None:
         """`sample_rate`: the fraction of pages tracked, in (0, 1]; `max_tracked`: tracked pages kept
         (the least recently referenced beyond it are forgotten: a later reference counts as cold);
-        `sims`: miniature simulations fed the same references (of their own, larger sample)."""
+        `sims`: miniature simulations, fed every key a probe asks and every put page no probe just
+        asked (raylsm.store.mini_sims), of their own, larger sample."""
         if not 0 < sample_rate <= 1:
             raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate!r}")
         if max_tracked < 1:
@@ -110,6 +112,7 @@ class WorkloadStats:
         self._refs_all = 0  # the same of any page
         self._hits = 0  # of them present
         self._recent_misses: OrderedDict[int, None] = OrderedDict()  # digests of probes' first misses
+        self._models_asked: OrderedDict[int, None] = OrderedDict()  # models' sampled asks awaiting their write
         self._ghost_hits = 0
         self._by_depth = [0] * len(DEPTH_EDGES)
         self._by_age = [0] * len(AGE_EDGES_S)
@@ -121,11 +124,13 @@ class WorkloadStats:
     # ---- what the store reports ---------------------------------------------------------------
 
     def asked(self, keys: Sequence[bytes], present: int, digests: Sequence[int] | None = None) -> None:
-        """A probe of `keys` (chain order) whose first `present` were present: the asks are those
-        and the first absent one. `digests`: the keys' key_digests, if the caller has them."""
+        """A probe of `keys` (chain order) whose first `present` were present: the curve's asks are
+        those and the first absent one; the models see every key. `digests`: the keys' key_digests,
+        if the caller has them."""
+        if digests is None:
+            digests = key_digests(keys)
         asked = keys[:present + 1]
-        asked_digests = digests[:present + 1] if digests is not None else key_digests(asked)
-        missed = asked_digests[present] if present < len(keys) else None
+        missed = digests[present] if present < len(keys) else None
         with self._lock:
             self._refs_all += len(asked)
             if missed is not None:  # its write follows (SGLang writes what it missed): one reference
@@ -134,17 +139,12 @@ class WorkloadStats:
                     self._recent_misses.popitem(last=False)
         sims = self.sims
         sim_threshold = sims.threshold if sims is not None else 0
-        threshold = self._threshold
-        # One modulus per key: the pages either sample (the models' sample holds the curve's).
         # One vectorised modulus for the batch (a Python step per key was a fifth of a 128-key probe).
-        residues = np.fromiter(asked_digests, dtype=np.uint64, count=len(asked_digests)) % np.uint64(MODULUS)
-        chosen = np.flatnonzero(residues < max(threshold, sim_threshold)).tolist()
-        sampled = [(index, asked_digests[index], int(residues[index])) for index in chosen]
-        if not sampled:
-            return
+        residues = np.fromiter(digests, dtype=np.uint64, count=len(digests)) % np.uint64(MODULUS)
         if sim_threshold:
-            sims.record(sims.sample([asked[index] for index, _, _ in sampled], [digest for _, digest, _ in sampled]))
-        tracked = [(index, digest) for index, digest, residue in sampled if residue < threshold]
+            self._ask_models(keys, present, digests, residues, sim_threshold)
+        chosen = np.flatnonzero(residues[:len(asked)] < self._threshold).tolist()
+        tracked = [(index, digests[index]) for index in chosen]
         if not tracked:
             return
         now = time.time()
@@ -166,23 +166,20 @@ class WorkloadStats:
                 keys: Sequence[bytes] | None = None) -> None:
         """Pages a put was offered, by key_digest, with their sizes in bytes; `stored`: absent before,
         written now or declined by admission (a miss of the curve unless it was the probe's first
-        miss, counted there), or already present (a refresh, not counted). `keys`: the pages' keys,
-        in chain order (the miniature simulations sample by extent; without them they see no
-        writes)."""
+        miss, counted there), or already present (a refresh, not counted by the curve). `keys`: the
+        pages' keys, in chain order (the miniature simulations sample by extent; without them they
+        see no writes; they count every page no probe just asked, present or not)."""
         now = time.time()
         sims = self.sims
-        counted_slots = []
         with self._lock:
             self._written_pages += len(sizes)
             self._written_bytes += int(sum(sizes))
             if sims is not None and not sims.threshold and sizes:
                 sims.start(int(sizes[0]))
-            for slot, (digest, new) in enumerate(zip(digests, stored)):
+            for digest, new in zip(digests, stored):
                 just_asked = self._recent_misses.pop(digest, _ABSENT) is not _ABSENT
                 counted = bool(new) and not just_asked
                 self._refs_all += counted
-                if counted:
-                    counted_slots.append(slot)
                 if digest % MODULUS >= self._threshold:
                     continue
                 distance = self._reference(digest)
@@ -190,8 +187,43 @@ class WorkloadStats:
                     self._count(distance)
                 self._written_at[digest] = now
                 self._ghost.pop(digest, None)
-        if sims is not None and sims.threshold and keys is not None and counted_slots:
-            sims.record(sims.sample([keys[slot] for slot in counted_slots], [digests[slot] for slot in counted_slots]))
+        if sims is not None and sims.threshold and keys is not None:
+            self._write_models(keys, digests, sims)
+
+    def _ask_models(self, keys: Sequence[bytes], present: int, digests: Sequence[int], residues: np.ndarray,
+                    sim_threshold: int) -> None:
+        """The models' references of a probe: every key SGLang asked, not only those up to the
+        running store's first miss, so that a model holding pages this store lacks sees the chain as
+        SGLang would have asked it under that model's policy (each model stops at its own first
+        miss). The sampled keys from the first miss on are remembered until their write, which
+        then counts no second time."""
+        chosen = np.flatnonzero(residues < sim_threshold).tolist()
+        if not chosen:
+            return
+        sims = self.sims
+        sims.record(sims.sample([keys[index] for index in chosen], [digests[index] for index in chosen]))
+        pending = [digests[index] for index in chosen if index >= present]
+        if pending:
+            with self._lock:
+                asked = self._models_asked
+                for digest in pending:
+                    asked[digest] = None
+                while len(asked) > MODELS_ASKED:
+                    asked.popitem(last=False)
+
+    def _write_models(self, keys: Sequence[bytes], digests: Sequence[int], sims: MiniSims) -> None:
+        """The models' references of a put: its sampled pages that no probe asked just before
+        (pages past the probes SGLang made, or written without one), present here or not (a page
+        this store holds past its first miss is one a model may lack)."""
+        threshold = sims.threshold
+        chosen = [slot for slot, digest in enumerate(digests) if digest % MODULUS < threshold]
+        if not chosen:
+            return
+        with self._lock:
+            asked = self._models_asked
+            fresh = [slot for slot in chosen if asked.pop(digests[slot], _ABSENT) is _ABSENT]
+        if fresh:
+            sims.record(sims.sample([keys[slot] for slot in fresh], [digests[slot] for slot in fresh]))
 
     def evicted(self, keys: Sequence[bytes]) -> None:
         """Pages an eviction dropped (not those it re-appended)."""

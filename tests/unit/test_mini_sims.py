@@ -146,19 +146,44 @@ def test_the_model_of_the_running_configuration_predicts_the_store(store_factory
         assert abs(predicted - actual) < 0.06, (name, predicted, actual)
 
 
-def test_workload_statistics_feed_the_models_the_references_the_curve_counts(kit):
+def test_workload_statistics_feed_the_models_every_page_sglang_asks_or_writes_once(kit):
     stats = WorkloadStats(sample_rate=1.0, sims=MiniSims(1000 * PAGE, 1.0, 1 << 20))
     keys = kit.keys(4)
     digests = [key_digest(key) for key in keys]
-    stats.asked(keys, 0, digests)  # the first miss: one reference (its write is not another)
-    stats.written(digests, [PAGE] * 4, [True] * 4, keys)  # + 3 writes of absent pages
-    stats.asked(keys, 4, digests)  # 4 asks, all present
-    stats.written(digests[:1], [PAGE], [False], keys[:1])  # a refresh: not a reference
+    stats.asked(keys, 0, digests)  # before the first write the rate is unknown: not recorded
+    stats.written(digests, [PAGE] * 4, [True] * 4, keys)  # 4 writes no probe asked since the rate was known
+    stats.asked(keys, 1, digests)  # 4 asks, the whole batch, though this store lacks pages 2-4
+    stats.written(digests[1:], [PAGE] * 3, [True] * 3, keys[1:])  # their write follows that ask: no second reference
+    stats.written(digests[:1], [PAGE], [False], keys[:1])  # page 1 again, not just asked: a reference
     counts = stats.sims.drain()["candidates"]
-    # The first ask came before the rate was known (no write yet): 3 + 4 references, and the three
-    # pages offered (missed) once are hits of the admit-all models, not of second-touch's.
-    assert {count["references"] for count in counts.values()} == {7}
-    assert counts["clock1"]["hits"] == 3 and counts["second_touch_clock1"]["hits"] == 0
+    assert {count["references"] for count in counts.values()} == {9}
+    # The admit-all models hold all four from the first write: the 4 asks and the last write hit.
+    # Second-touch admits each page at its second offer (the asks, which miss): only the last write hits.
+    assert counts["clock1"]["hits"] == 5 and counts["second_touch_clock1"]["hits"] == 1
+
+
+def test_the_models_see_one_stream_whatever_the_running_store_holds(kit):
+    # SGLang asks a chain whole and writes back what it did not load: the models must see the same
+    # references from a store that holds the chain (answers all present) and from one that lacks its
+    # first page (answers 0; the put then writes the chain), so that a policy other than the running
+    # one is judged on the stream it would have seen. Here the models hold the chain's pages 2-4 but
+    # not its first: asked whole, the chain misses at its first page, and the pages behind it are no
+    # hits (before, the store that lacked page 1 showed the models only that page's ask, and the
+    # put's pages 2-4 as three hits of their own call).
+    chain = kit.chain("chat", 4)
+    digests = [key_digest(key) for key in chain]
+
+    def replay(present: int) -> dict:
+        stats = WorkloadStats(sample_rate=1.0, sims=MiniSims(4 * PAGE, 1.0, 1 << 20))
+        stats.written(digests[1:], [PAGE] * 3, [True] * 3, chain[1:])
+        stats.asked(chain, present, digests)
+        if present < 4:
+            stats.written(digests[present:], [PAGE] * (4 - present), [True] * (4 - present), chain[present:])
+        return stats.sims.drain()["candidates"]
+
+    held, lost = replay(4), replay(0)
+    assert held == lost
+    assert held["fifo"] == {"references": 7, "hits": 0}
 
 
 def test_a_chain_stops_at_its_first_miss_in_the_models_as_sglang_stops():
