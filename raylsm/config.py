@@ -113,7 +113,7 @@ class ClientConfig:
     # (batch_exists, then batch_get_v1), and both must fit in the smallest budget, 1.0 s; a call
     # allowed to outlive it blocks SGLang's prefetch thread after SGLang gave up. Raise it with
     # prefetch_timeout_base, at most half of it (for pages of many MiB, whose 128-page batches take
-    # longer to move). Puts share it: a slow put fails rather than stalls the backup.
+    # longer to move). Puts have their own deadline (put_timeout_s, below).
     call_timeout_s: float = 0.5
     # A get may take one more second per GB it moves, on top of call_timeout_s: SGLang's budget
     # grows with the tokens too (0.25 s per 1,024), and a 128-page batch of 8 MiB pages is 1 GiB.

@@ -2,7 +2,7 @@
 and the elasticity (target and standby shards, scale events).
 
 Owned here: their names and labels, and turning one `Controller.status()` / `ring()` pair into
-gauge values. Called by the controller actor (`controller_actor.py`) from its own metrics thread
+gauge and counter values. Called by the controller actor (`controller_actor.py`) from its own metrics thread
 every EXPORT_PERIOD_S, never from the reconcile loop: `status()` asks every shard for its stats
 (up to its timeout), and a slow shard must not delay membership. Names get Ray's `ray_` prefix;
 docs/deploy.md lists them. Not thread-safe: one exporting thread.
@@ -10,7 +10,7 @@ docs/deploy.md lists them. Not thread-safe: one exporting thread.
 
 from __future__ import annotations
 
-from ray.util.metrics import Gauge
+from ray.util.metrics import Counter, Gauge
 
 # Ray exports custom metrics every 10 s (metrics_report_interval_ms); a faster export adds nothing.
 EXPORT_PERIOD_S = 10.0
@@ -40,9 +40,10 @@ class ControllerMetrics:
         self._standby_shards = Gauge("raylsm_controller_standby_shards",
                                      description="shards out of the ring after a scale-in, their actors stopped",
                                      tag_keys=())
-        self._scale_events = Gauge("raylsm_controller_scale_events",
-                                   description="scale events since the controller started, by kind (scale, "
-                                               "autoscale, scale_out, scale_in)", tag_keys=("kind",))
+        self._scale_events = Counter("raylsm_controller_scale_events_total",
+                                     description="scale events, by kind (scale, autoscale, scale_out, scale_in)",
+                                     tag_keys=("kind",))
+        self._scale_counted: dict[str, int] = {}  # what the counter was advanced to, by kind
         self._states = list(STATES)
         self._shards: set[str] = set()  # every shard ever exported (a forgotten one goes to 0)
 
@@ -62,4 +63,9 @@ class ControllerMetrics:
         self._target_shards.set(len(ring["shards"]) if target is None else target)
         self._standby_shards.set(len(scale.get("standby") or ()))
         for kind, count in (scale.get("event_counts") or {}).items():
-            self._scale_events.set(count, tags={"kind": kind})
+            # (Counts since this controller started; a restarted controller's counter starts at 0
+            # again, a reset that Prometheus' rate() and increase() absorb.)
+            delta = count - self._scale_counted.get(kind, 0)
+            if delta > 0:
+                self._scale_events.inc(delta, tags={"kind": kind})
+                self._scale_counted[kind] = count

@@ -854,8 +854,8 @@ def test_metric_names_follow_prometheus_conventions(ray_metrics):
         assert not NON_BASE_UNITS & set(words), f"{name}: not in base units"
         assert metric.description, name
         if metric.kind == "Counter":
-            assert name.endswith("_total") and {"pages", "bytes", "calls"} & set(words), \
-                f"{name}: a counter ends in _total and says what it counts (pages, bytes, calls)"
+            assert name.endswith("_total") and {"pages", "bytes", "calls", "events"} & set(words), \
+                f"{name}: a counter ends in _total and says what it counts (pages, bytes, calls, events)"
         if metric.kind == "Histogram":
             assert name.endswith(("_seconds", "_bytes")), f"{name}: a histogram in a base unit"
             if name.endswith("_seconds"):

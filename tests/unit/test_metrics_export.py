@@ -127,3 +127,18 @@ def test_the_controller_exports_shards_by_state_and_the_ring(ray_metrics):
     assert state.value(shard="a", state="failed") == 1 and state.value(shard="a", state="serving") == 0
     assert state.value(shard="c", state="draining") == 1 and state.value(shard="a", state="draining") == 0
     assert ray_metrics.defined["raylsm_controller_ring_shards"].value() == 1
+
+
+def test_the_controller_counts_scale_events_once_each_across_exports(ray_metrics):
+    metrics = ray_metrics.modules["raylsm.controller.metrics"].ControllerMetrics()
+    ring = {"version": 3, "shards": {"a": {}}, "splits": None}
+
+    def status(**counts):
+        return {"split_extents": 0, "shards": [{"shard": "a", "state": "serving"}],
+                "scale": {"target": 1, "standby": [], "event_counts": counts}}
+
+    metrics.export(status(scale_out=1), ring)
+    metrics.export(status(scale_out=1), ring)  # an export with nothing new adds nothing
+    metrics.export(status(scale_out=3, scale_in=1), ring)
+    events = ray_metrics.defined["raylsm_controller_scale_events_total"]
+    assert events.value(kind="scale_out") == 3 and events.value(kind="scale_in") == 1
