@@ -37,7 +37,7 @@ def _knob(default: Any, applies: str, doc: str):
 class StoreConfig:
     # Disk budget of the segment files. Eviction frees whole oldest segments before a new one would
     # exceed it; disk use never exceeds it plus one segment. Must hold at least 2 segments.
-    capacity_bytes: int = _knob(64 * GiB, LIVE, "bytes of segment files kept on disk")
+    capacity_bytes: int = _knob(64 * GiB, LIVE, "bytes kept on disk: segment files and the RocksDB index")
     # Size of one segment file. Larger: fewer files, coarser eviction. Smaller: finer FIFO, more files.
     segment_bytes: int = _knob(256 * MiB, NEXT_SEGMENT, "bytes per segment file")
     # Reserve each new segment's blocks up front (posix_fallocate): a full disk is then found when a
