@@ -2,9 +2,9 @@
 and the elasticity (target and standby shards, scale events).
 
 Owned here: their names and labels, and turning one `Controller.status()` / `ring()` pair into
-gauge and counter values. Called by the controller actor (`controller_actor.py`) from its own metrics thread
-every EXPORT_PERIOD_S, never from the reconcile loop: `status()` asks every shard for its stats
-(up to its timeout), and a slow shard must not delay membership. Names get Ray's `ray_` prefix;
+gauge and counter values. Called by the controller actor (`controller_actor.py`) from its own
+metrics thread every EXPORT_PERIOD_S, never from the reconcile loop: `status()` asks every shard
+for its stats (up to its timeout), and a slow shard must not delay membership. Names get Ray's `ray_` prefix;
 docs/deploy.md lists them. Not thread-safe: one exporting thread.
 """
 
