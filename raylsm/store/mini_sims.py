@@ -18,8 +18,9 @@ were accurate from about a thousand sampled pages.
 
 What is modelled, page by page: a reference is a hit if the model holds the page and no earlier
 sampled page of its extent missed in the same call (SGLang loads a chain's prefix up to its first
-miss); a miss is an offer, stored or not by the admission choice ("admit_all"; "second_touch": stored the second time it is
-offered within a ghost of the store's admission_ghost_entries x R offers); eviction takes the oldest
+miss); a miss is an offer, stored or not by the admission choice ("admit_all"; "second_touch":
+stored the second time it is offered within a ghost of the store's admission_ghost_entries x R
+offers); eviction takes the oldest
 page, and a page read since it was written (plus the reads it banked, up to
 reinsertion_read_credits) is re-appended instead ("read_since_written", a CLOCK; "none" is FIFO).
 Not modelled: segment granularity (the store evicts and re-appends a segment's pages together),
