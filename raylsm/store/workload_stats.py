@@ -125,24 +125,27 @@ class WorkloadStats:
 
     def asked(self, keys: Sequence[bytes], present: int, digests: Sequence[int] | None = None) -> None:
         """A probe of `keys` (chain order) whose first `present` were present: the curve's asks are
-        those and the first absent one; the models see every key. `digests`: the keys' key_digests,
-        if the caller has them."""
+        those and the first absent one. The models see every key, not only those up to this store's
+        first miss: a model holding pages this store lacks then sees the chain as SGLang would have
+        asked it under that model's policy (each model stops at its own first miss). `digests`: the
+        keys' key_digests, if the caller has them."""
         if digests is None:
             digests = key_digests(keys)
         asked = keys[:present + 1]
         missed = digests[present] if present < len(keys) else None
-        with self._lock:
-            self._refs_all += len(asked)
-            if missed is not None:  # its write follows (SGLang writes what it missed): one reference
-                self._recent_misses[missed] = None
-                while len(self._recent_misses) > RECENT_MISSES:
-                    self._recent_misses.popitem(last=False)
         sims = self.sims
         sim_threshold = sims.threshold if sims is not None else 0
         # One vectorised modulus for the batch (a Python step per key was a fifth of a 128-key probe).
         residues = np.fromiter(digests, dtype=np.uint64, count=len(digests)) % np.uint64(MODULUS)
-        if sim_threshold:
-            self._ask_models(keys, present, digests, residues, sim_threshold)
+        modelled = np.flatnonzero(residues < sim_threshold).tolist() if sim_threshold else []
+        with self._lock:
+            self._refs_all += len(asked)
+            if missed is not None:  # its write follows (SGLang writes what it missed): one reference
+                _remember(self._recent_misses, (missed,), RECENT_MISSES)
+            # The models' asks from the first miss on: their write follows, no second reference.
+            _remember(self._models_asked, [digests[index] for index in modelled if index >= present], MODELS_ASKED)
+        if modelled:
+            sims.record(sims.sample([keys[index] for index in modelled], [digests[index] for index in modelled]))
         chosen = np.flatnonzero(residues[:len(asked)] < self._threshold).tolist()
         tracked = [(index, digests[index]) for index in chosen]
         if not tracked:
@@ -168,62 +171,34 @@ class WorkloadStats:
         written now or declined by admission (a miss of the curve unless it was the probe's first
         miss, counted there), or already present (a refresh, not counted by the curve). `keys`: the
         pages' keys, in chain order (the miniature simulations sample by extent; without them they
-        see no writes; they count every page no probe just asked, present or not)."""
+        see no writes). The models count every page no probe just asked, present here or not (a
+        page this store holds past its first miss is one a model may lack)."""
         now = time.time()
         sims = self.sims
+        modelled = []
         with self._lock:
             self._written_pages += len(sizes)
             self._written_bytes += int(sum(sizes))
             if sims is not None and not sims.threshold and sizes:
                 sims.start(int(sizes[0]))
-            for digest, new in zip(digests, stored):
+            sim_threshold = sims.threshold if sims is not None and keys is not None else 0
+            models_asked = self._models_asked
+            for slot, (digest, new) in enumerate(zip(digests, stored)):
+                residue = digest % MODULUS
+                if residue < sim_threshold and models_asked.pop(digest, _ABSENT) is _ABSENT:
+                    modelled.append(slot)
                 just_asked = self._recent_misses.pop(digest, _ABSENT) is not _ABSENT
                 counted = bool(new) and not just_asked
                 self._refs_all += counted
-                if digest % MODULUS >= self._threshold:
+                if residue >= self._threshold:
                     continue
                 distance = self._reference(digest)
                 if counted:
                     self._count(distance)
                 self._written_at[digest] = now
                 self._ghost.pop(digest, None)
-        if sims is not None and sims.threshold and keys is not None:
-            self._write_models(keys, digests, sims)
-
-    def _ask_models(self, keys: Sequence[bytes], present: int, digests: Sequence[int], residues: np.ndarray,
-                    sim_threshold: int) -> None:
-        """The models' references of a probe: every key SGLang asked, not only those up to the
-        running store's first miss, so that a model holding pages this store lacks sees the chain as
-        SGLang would have asked it under that model's policy (each model stops at its own first
-        miss). The sampled keys from the first miss on are remembered until their write, which
-        then counts no second time."""
-        chosen = np.flatnonzero(residues < sim_threshold).tolist()
-        if not chosen:
-            return
-        sims = self.sims
-        sims.record(sims.sample([keys[index] for index in chosen], [digests[index] for index in chosen]))
-        pending = [digests[index] for index in chosen if index >= present]
-        if pending:
-            with self._lock:
-                asked = self._models_asked
-                for digest in pending:
-                    asked[digest] = None
-                while len(asked) > MODELS_ASKED:
-                    asked.popitem(last=False)
-
-    def _write_models(self, keys: Sequence[bytes], digests: Sequence[int], sims: MiniSims) -> None:
-        """The models' references of a put: its sampled pages that no probe asked just before
-        (pages past the probes SGLang made, or written without one), present here or not (a page
-        this store holds past its first miss is one a model may lack)."""
-        threshold = sims.threshold
-        chosen = [slot for slot, digest in enumerate(digests) if digest % MODULUS < threshold]
-        if not chosen:
-            return
-        with self._lock:
-            asked = self._models_asked
-            fresh = [slot for slot in chosen if asked.pop(digests[slot], _ABSENT) is _ABSENT]
-        if fresh:
-            sims.record(sims.sample([keys[slot] for slot in fresh], [digests[slot] for slot in fresh]))
+        if modelled:
+            sims.record(sims.sample([keys[slot] for slot in modelled], [digests[slot] for slot in modelled]))
 
     def evicted(self, keys: Sequence[bytes]) -> None:
         """Pages an eviction dropped (not those it re-appended)."""
@@ -356,3 +331,11 @@ def _interpolate(edges: np.ndarray, values: np.ndarray, x: float) -> float:
     if x >= edges[-1]:
         return float(values[-1])
     return float(np.interp(math.log(x), np.log(edges), values))
+
+
+def _remember(entries: OrderedDict, digests: Sequence[int], limit: int) -> None:
+    """Add `digests` to a bounded set (an OrderedDict of None), dropping the oldest beyond `limit`."""
+    for digest in digests:
+        entries[digest] = None
+    while len(entries) > limit:
+        entries.popitem(last=False)
